@@ -1,0 +1,45 @@
+"""Python SDK of the MetaNet one-shot concept-learning server.
+
+>>> from metanet_client import Client
+>>> task = Client("http://127.0.0.1:8000").task("demo")
+>>> task.add("cat", "cat.png")
+>>> task.classify("query.png").labels
+"""
+
+from ._client import AsyncClient, AsyncTask, Client, Task
+from ._errors import (
+    APIConnectionError,
+    APIError,
+    AuthenticationError,
+    InvalidRequestError,
+    MetaNetError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServerError,
+)
+from ._images import Image, Images
+from ._models import ClassifyResult, LabelScore, Prediction, SupportResult, TaskInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "AsyncClient",
+    "AsyncTask",
+    "AuthenticationError",
+    "ClassifyResult",
+    "Client",
+    "Image",
+    "Images",
+    "InvalidRequestError",
+    "LabelScore",
+    "MetaNetError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "Prediction",
+    "ServerError",
+    "SupportResult",
+    "Task",
+    "TaskInfo",
+]

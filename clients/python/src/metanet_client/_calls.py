@@ -1,0 +1,116 @@
+"""What each API call sends and how its answers become a result, shared by the sync and async clients.
+
+A call is one or more HTTP requests (large uploads are split to respect the server's per-request
+limits) and a function that turns their JSON answers into the typed result.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+from ._images import Image, Images, encode_image, iter_images
+from ._models import ClassifyResult, SupportResult, TaskInfo
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    content: bytes | None = None
+    idempotent: bool = True
+    """Safe to send again after a connection error or a 5xx answer."""
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    requests: Iterable[Request]
+    """Produced lazily, so that a big upload is encoded one request at a time."""
+    result: Callable[[list[Any]], T]
+    """Builds the result from the JSON answers of all requests."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request limits the client keeps to; the server's defaults (SPEC §4)."""
+
+    max_images: int = 256
+    max_bytes: int = 16 * 1024 * 1024
+
+
+def _segment(value: str) -> str:
+    """A path segment; '.' and '..' are escaped so that URL normalization leaves them alone."""
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if not quoted.strip(".") else quoted
+
+
+def _task_path(task_id: str) -> str:
+    return f"/tasks/{_segment(task_id)}"
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _b64(image: Image) -> str:
+    return base64.b64encode(encode_image(image)).decode("ascii")
+
+
+def _bodies(items: Iterable[bytes], head: bytes, tail: bytes, limits: Limits) -> Iterator[bytes]:
+    """Pack JSON items into bodies `head + items + tail`, each within the limits. Always yields at
+    least one body (an empty list is the server's to reject); an item too big on its own is sent
+    alone, for the server to answer 413."""
+    batch: list[bytes] = []
+    size = len(head) + len(tail)
+    for item in items:
+        if batch and (len(batch) == limits.max_images or size + len(item) + 1 > limits.max_bytes):
+            yield head + b",".join(batch) + tail
+            batch, size = [], len(head) + len(tail)
+        batch.append(item)
+        size += len(item) + 1
+    yield head + b",".join(batch) + tail
+
+
+def add_examples(task_id: str, examples: Iterable[tuple[str, Image]], limits: Limits) -> Call[SupportResult]:
+    items = (_json({"label": label, "image": _b64(image)}) for label, image in examples)
+    path = f"{_task_path(task_id)}/support"
+    requests = (
+        Request("POST", path, body, idempotent=False)
+        for body in _bodies(items, b'{"examples":[', b"]}", limits)
+    )
+    return Call(requests, lambda answers: SupportResult.model_validate(answers[-1]))
+
+
+def classify(task_id: str, images: Images, top_k: int, limits: Limits) -> Call[ClassifyResult]:
+    items = (_json(_b64(image)) for image in iter_images(images))
+    head = b'{"top_k":' + _json(top_k) + b',"images":['
+    path = f"{_task_path(task_id)}/classify"
+    requests = (Request("POST", path, body) for body in _bodies(items, head, b"]}", limits))
+
+    def result(answers: list[Any]) -> ClassifyResult:
+        predictions = [prediction for answer in answers for prediction in answer["predictions"]]
+        return ClassifyResult.model_validate({**answers[-1], "predictions": predictions})
+
+    return Call(requests, result)
+
+
+def info(task_id: str) -> Call[TaskInfo]:
+    return Call([Request("GET", _task_path(task_id))], lambda answers: TaskInfo.model_validate(answers[0]))
+
+
+def forget(task_id: str, label: str) -> Call[None]:
+    return Call([Request("DELETE", f"{_task_path(task_id)}/labels/{_segment(label)}")], lambda _: None)
+
+
+def delete(task_id: str) -> Call[None]:
+    return Call([Request("DELETE", _task_path(task_id))], lambda _: None)
+
+
+def health() -> Call[dict[str, Any]]:
+    return Call([Request("GET", "/health")], lambda answers: answers[0] or {})

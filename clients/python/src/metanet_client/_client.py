@@ -1,0 +1,235 @@
+"""`Client` and `AsyncClient`, and the task handles they hand out."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import time
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import httpx
+
+from . import _calls
+from ._calls import Call, Limits, Request
+from ._errors import APIConnectionError, error_from_response
+from ._images import Image, Images, iter_images
+from ._models import ClassifyResult, SupportResult, TaskInfo
+
+T = TypeVar("T")
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+_JSON_HEADERS = {"Content-Type": "application/json"}
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)  # the request never reached the server
+
+
+def _finish(request: Request, outcome: httpx.Response | httpx.TransportError) -> Any:
+    """The JSON answer of a final outcome, or the exception it stands for."""
+    if isinstance(outcome, httpx.TransportError):
+        url = outcome.request.url
+        raise APIConnectionError(f"{request.method} {url}: {type(outcome).__name__}: {outcome}") from outcome
+    if outcome.is_error:
+        raise error_from_response(outcome)
+    return outcome.json() if outcome.content else None
+
+
+class _BaseClient:
+    _http_class: type[httpx.Client] | type[httpx.AsyncClient]
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = 60.0,
+        max_retries: int = 2,
+        backoff: float = 0.5,
+        max_images_per_request: int = 256,
+        max_request_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        from . import __version__
+
+        self.base_url = base_url or os.environ.get("METANET_URL") or DEFAULT_URL
+        api_key = api_key if api_key is not None else os.environ.get("METANET_API_KEY")
+        headers = {"User-Agent": f"metanet-client/{__version__}"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.limits = Limits(max_images_per_request, max_request_bytes)
+        self._http = self._http_class(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def _request_args(self, request: Request) -> dict[str, Any]:
+        headers = _JSON_HEADERS if request.content is not None else None
+        return {"method": request.method, "url": request.path, "content": request.content, "headers": headers}
+
+    def _retry_delay(
+        self, request: Request, attempt: int, outcome: httpx.Response | httpx.TransportError
+    ) -> float | None:
+        """Seconds to wait before sending `request` again, or None to stop at this outcome."""
+        if attempt >= self.max_retries:
+            return None
+        if isinstance(outcome, httpx.Response):
+            retry = outcome.is_server_error and request.idempotent
+        else:
+            retry = request.idempotent or isinstance(outcome, _NOT_SENT)
+        return self.backoff * 2**attempt * random.uniform(0.75, 1.25) if retry else None
+
+
+class Client(_BaseClient):
+    """Synchronous client of a MetaNet server.
+
+    `base_url` and `api_key` default to the environment variables `METANET_URL` and
+    `METANET_API_KEY` (then to http://127.0.0.1:8000 and no key). Idempotent calls (info,
+    classify, forget, delete, health) are retried `max_retries` times with exponential backoff on
+    connection errors and 5xx answers; adding examples is retried only when the connection could
+    not be opened. Uploads of more than `max_images_per_request` images or `max_request_bytes`
+    bytes are split into several requests: such an upload is not all-or-nothing, as the requests
+    before a failed one stay stored.
+    """
+
+    _http_class = httpx.Client
+    _http: httpx.Client
+
+    def task(self, task_id: str) -> Task:
+        """A handle on one task; the task exists on the server once examples are added to it."""
+        return Task(self, task_id)
+
+    def health(self) -> dict[str, Any]:
+        """The server's health answer; raises unless the server is ready."""
+        return self._call(_calls.health())
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _call(self, call: Call[T]) -> T:
+        return call.result([self._send(request) for request in call.requests])
+
+    def _send(self, request: Request) -> Any:
+        for attempt in itertools.count():
+            try:
+                outcome: httpx.Response | httpx.TransportError = self._http.request(
+                    **self._request_args(request)
+                )
+            except httpx.TransportError as exc:
+                outcome = exc
+            delay = self._retry_delay(request, attempt, outcome)
+            if delay is None:
+                return _finish(request, outcome)
+            time.sleep(delay)
+
+
+class AsyncClient(_BaseClient):
+    """Asynchronous client of a MetaNet server: the same arguments and methods as `Client`, awaited."""
+
+    _http_class = httpx.AsyncClient
+    _http: httpx.AsyncClient
+
+    def task(self, task_id: str) -> AsyncTask:
+        """A handle on one task; the task exists on the server once examples are added to it."""
+        return AsyncTask(self, task_id)
+
+    async def health(self) -> dict[str, Any]:
+        """The server's health answer; raises unless the server is ready."""
+        return await self._call(_calls.health())
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _call(self, call: Call[T]) -> T:
+        return call.result([await self._send(request) for request in call.requests])
+
+    async def _send(self, request: Request) -> Any:
+        for attempt in itertools.count():
+            try:
+                outcome: httpx.Response | httpx.TransportError = await self._http.request(
+                    **self._request_args(request)
+                )
+            except httpx.TransportError as exc:
+                outcome = exc
+            delay = self._retry_delay(request, attempt, outcome)
+            if delay is None:
+                return _finish(request, outcome)
+            await asyncio.sleep(delay)
+
+
+class Task:
+    """One task of a `Client`: its labeled support examples and classification against them."""
+
+    def __init__(self, client: Client, task_id: str) -> None:
+        self.client = client
+        self.id = task_id
+
+    def add(self, label: str, images: Images) -> SupportResult:
+        """Teach `label` from one image or several."""
+        return self.add_examples((label, image) for image in iter_images(images))
+
+    def add_examples(self, examples: Iterable[tuple[str, Image]]) -> SupportResult:
+        """Add `(label, image)` pairs; the result is the task's state after the last request."""
+        return self.client._call(_calls.add_examples(self.id, examples, self.client.limits))
+
+    def classify(self, images: Images, top_k: int = 1) -> ClassifyResult:
+        """Predict a label for each image (in order), with the `top_k` best labels and their scores."""
+        return self.client._call(_calls.classify(self.id, images, top_k, self.client.limits))
+
+    def info(self) -> TaskInfo:
+        return self.client._call(_calls.info(self.id))
+
+    def forget(self, label: str) -> None:
+        """Forget a label and all its examples."""
+        self.client._call(_calls.forget(self.id, label))
+
+    def delete(self) -> None:
+        """Delete the task and everything it stored."""
+        self.client._call(_calls.delete(self.id))
+
+    def __repr__(self) -> str:
+        return f"Task({self.id!r})"
+
+
+class AsyncTask:
+    """One task of an `AsyncClient`: the methods of `Task`, awaited."""
+
+    def __init__(self, client: AsyncClient, task_id: str) -> None:
+        self.client = client
+        self.id = task_id
+
+    async def add(self, label: str, images: Images) -> SupportResult:
+        """Teach `label` from one image or several."""
+        return await self.add_examples((label, image) for image in iter_images(images))
+
+    async def add_examples(self, examples: Iterable[tuple[str, Image]]) -> SupportResult:
+        """Add `(label, image)` pairs; the result is the task's state after the last request."""
+        return await self.client._call(_calls.add_examples(self.id, examples, self.client.limits))
+
+    async def classify(self, images: Images, top_k: int = 1) -> ClassifyResult:
+        """Predict a label for each image (in order), with the `top_k` best labels and their scores."""
+        return await self.client._call(_calls.classify(self.id, images, top_k, self.client.limits))
+
+    async def info(self) -> TaskInfo:
+        return await self.client._call(_calls.info(self.id))
+
+    async def forget(self, label: str) -> None:
+        """Forget a label and all its examples."""
+        await self.client._call(_calls.forget(self.id, label))
+
+    async def delete(self) -> None:
+        """Delete the task and everything it stored."""
+        await self.client._call(_calls.delete(self.id))
+
+    def __repr__(self) -> str:
+        return f"AsyncTask({self.id!r})"
