@@ -104,8 +104,9 @@ def info(task_id: str) -> Call[TaskInfo]:
     return Call([Request("GET", _task_path(task_id))], lambda answers: TaskInfo.model_validate(answers[0]))
 
 
-def forget(task_id: str, label: str) -> Call[None]:
-    return Call([Request("DELETE", f"{_task_path(task_id)}/labels/{_segment(label)}")], lambda _: None)
+def forget(task_id: str, label: str) -> Call[TaskInfo]:
+    path = f"{_task_path(task_id)}/labels/{_segment(label)}"
+    return Call([Request("DELETE", path)], lambda answers: TaskInfo.model_validate(answers[0]))
 
 
 def delete(task_id: str) -> Call[None]:

@@ -187,11 +187,12 @@ class Task:
         return self.client._call(_calls.classify(self.id, images, top_k, self.client.limits))
 
     def info(self) -> TaskInfo:
+        """The task's version, number of examples, and examples per label."""
         return self.client._call(_calls.info(self.id))
 
-    def forget(self, label: str) -> None:
-        """Forget a label and all its examples."""
-        self.client._call(_calls.forget(self.id, label))
+    def forget(self, label: str) -> TaskInfo:
+        """Forget a label and all its examples; returns the task's new state."""
+        return self.client._call(_calls.forget(self.id, label))
 
     def delete(self) -> None:
         """Delete the task and everything it stored."""
@@ -221,11 +222,12 @@ class AsyncTask:
         return await self.client._call(_calls.classify(self.id, images, top_k, self.client.limits))
 
     async def info(self) -> TaskInfo:
+        """The task's version, number of examples, and examples per label."""
         return await self.client._call(_calls.info(self.id))
 
-    async def forget(self, label: str) -> None:
-        """Forget a label and all its examples."""
-        await self.client._call(_calls.forget(self.id, label))
+    async def forget(self, label: str) -> TaskInfo:
+        """Forget a label and all its examples; returns the task's new state."""
+        return await self.client._call(_calls.forget(self.id, label))
 
     async def delete(self) -> None:
         """Delete the task and everything it stored."""
