@@ -19,10 +19,10 @@ from ._errors import (
 )
 from ._images import Image, Images
 from ._models import ClassifyResult, LabelScore, Prediction, SupportResult, TaskInfo
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
+    "__version__",
     "APIConnectionError",
     "APIError",
     "AsyncClient",

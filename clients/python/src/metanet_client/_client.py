@@ -17,6 +17,7 @@ from ._calls import Call, Limits, Request
 from ._errors import APIConnectionError, error_from_response
 from ._images import Image, Images, iter_images
 from ._models import ClassifyResult, SupportResult, TaskInfo
+from ._version import __version__
 
 T = TypeVar("T")
 
@@ -49,8 +50,6 @@ class _BaseClient:
         max_images_per_request: int = 256,
         max_request_bytes: int = 16 * 1024 * 1024,
     ) -> None:
-        from . import __version__
-
         self.base_url = base_url or os.environ.get("METANET_URL") or DEFAULT_URL
         api_key = api_key if api_key is not None else os.environ.get("METANET_API_KEY")
         headers = {"User-Agent": f"metanet-client/{__version__}"}
