@@ -1,0 +1,1 @@
+"""The one-shot concept server: LitServe inference workers, HTTP API, task store, auth and limits."""

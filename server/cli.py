@@ -1,0 +1,67 @@
+"""Command line: ``python -m server [options]`` and ``metanet serve [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+
+from server.config import ServerSettings
+
+
+def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    fields = ServerSettings.model_fields
+    # Every option defaults to None: unset options fall through to METANET_* variables, then defaults.
+    for name, help_text in [
+        ("host", "address to listen on (127.0.0.1 whenever no API keys are configured)"),
+        ("port", "port to listen on"),
+        ("data_dir", "folder of the task store (SQLite) and metrics files"),
+        ("checkpoint", "model checkpoint (.safetensors)"),
+        ("device", "auto (CUDA when present, else CPU), cpu or cuda"),
+        ("workers", "inference worker processes"),
+        ("api_servers", "HTTP server processes (default: one per worker)"),
+        ("api_keys_file", "file of 'tenant:key' lines; also METANET_API_KEYS='tenant:key,...'"),
+        ("cache_bytes", "per-worker task-memory cache budget in bytes"),
+        ("topk_min_examples", "tasks with at least this many examples use FAISS top-k attention"),
+        ("max_batch_size", "requests per dynamic batch"),
+        ("log_level", "critical, error, warning, info or debug"),
+    ]:
+        default = fields[name].default
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=None, help=f"{help_text} [default: {default}]"
+        )
+    parser.add_argument(
+        "--no-normalize-polarity",
+        dest="normalize_polarity",
+        action="store_false",
+        default=None,
+        help="keep image polarity as sent (default: invert dark-on-light images)",
+    )
+    return parser
+
+
+def serve(argv: list[str] | None = None, prog: str = "python -m server") -> None:
+    """Start the server with options from ``argv``, the environment and defaults."""
+    args = _serve_parser(argparse.ArgumentParser(prog=prog, description="MetaNet one-shot concept server"))
+    options = {k: v for k, v in vars(args.parse_args(argv)).items() if v is not None}
+    settings = ServerSettings(**options)
+    settings.configure_logging()
+    # Prometheus multiprocess mode must be on before prometheus_client is first imported, in this
+    # process (the HTTP processes fork from it) and in the spawned workers (they inherit the variable).
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        shutil.rmtree(settings.metrics_dir, ignore_errors=True)
+        settings.metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
+    from server.app import serve as run
+
+    run(settings)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``metanet serve [options]``."""
+    parser = argparse.ArgumentParser(prog="metanet", description="MetaNet one-shot concept server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP server", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "serve":
+        serve(rest, prog="metanet serve")

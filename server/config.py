@@ -1,0 +1,72 @@
+"""Server configuration: one pydantic-settings class, environment prefix ``METANET_``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CHECKPOINT = Path("checkpoints/omniglot-standard.safetensors")
+
+
+class ServerSettings(BaseSettings):
+    """Everything the server reads at start-up; each field is also ``METANET_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="METANET_", extra="ignore")
+
+    # Where and what to serve.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1024, le=65535)
+    data_dir: Path = Path("data")
+    checkpoint: Path = DEFAULT_CHECKPOINT
+    device: str = "auto"  # "auto" = CUDA when present, else CPU
+    workers: int = Field(1, ge=1)
+    api_servers: int | None = Field(None, ge=1, description="HTTP processes; default: one per worker")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    # Auth: "tenant:key" pairs, comma separated, and/or a file with one pair per line.
+    api_keys: str = ""
+    api_keys_file: Path | None = None
+
+    # Inference.
+    max_batch_size: int = Field(16, ge=1, description="requests per dynamic batch in a worker")
+    batch_timeout: float = Field(0.0, ge=0, description="extra seconds a worker waits to fill a batch")
+    request_timeout: float = Field(120.0, gt=0, description="seconds a request may wait in the queue")
+    cache_bytes: int = Field(2 * 1024**3, ge=0, description="per-worker budget of the task-memory LRU cache")
+    topk_min_examples: int = Field(
+        512, ge=1, description="tasks with at least this many examples use FAISS top-k attention"
+    )
+    topk_neighbors: int = Field(64, ge=1, description="k of top-k attention")
+    torch_threads: int = Field(0, ge=0, description="threads per worker; 0 = cores / workers")
+    normalize_polarity: bool = True
+
+    # Limits (SPEC section 4).
+    max_body_bytes: int = Field(16 * 1024**2, ge=1)
+    max_images_per_request: int = Field(256, ge=1)
+    max_image_side: int = Field(4096, ge=1, description="pixels per side of a decoded image")
+    max_examples_per_task: int = Field(10_000, ge=1)
+    max_label_length: int = Field(128, ge=1)
+    task_id_pattern: str = r"^[A-Za-z0-9._-]{1,128}$"
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "tasks.sqlite3"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.data_dir / "prometheus"
+
+    def threads_per_worker(self) -> int:
+        return self.torch_threads or max(1, (os.cpu_count() or 1) // self.workers)
+
+    def configure_logging(self) -> None:
+        """One log format for the server's processes (each spawned worker calls this too)."""
+        logging.basicConfig(
+            level=self.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        )
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)

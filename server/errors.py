@@ -1,0 +1,73 @@
+"""Domain errors and the JSON error body ``{"error": {"code", "message"}}`` of SPEC section 4."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("metanet.server")
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and a stable machine-readable code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, "code": self.code, "message": self.message}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ApiError:
+        return cls(data["status"], data["code"], data["message"])
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _code_for(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "error"
+
+
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return error_response(exc.status, exc.code, exc.message, headers)
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    return error_response(exc.status_code, _code_for(exc.status_code), message, getattr(exc, "headers", None))
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    # Name the field and the problem, never echo the input (it may be megabytes of base64).
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return error_response(422, "validation_error", "; ".join(parts) or "invalid request")
+
+
+async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error: %s", type(exc).__name__)
+    return error_response(500, "internal_error", "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error the app returns the JSON error body."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unhandled)

@@ -1,0 +1,161 @@
+"""Derived task memory per worker: fast weights and keys from the model, a FAISS index over the keys,
+kept in an LRU cache under a byte budget and brought up to date from the task store on use."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+import faiss
+import numpy as np
+import torch
+from model.inference import MetaNetPredictor, TaskMemory
+
+from server.store import TaskStore
+
+Refresh = Literal["hit", "extend", "build"]
+
+
+class EmptyTaskError(Exception):
+    """The task exists but holds no examples (every label was forgotten)."""
+
+
+@dataclass(frozen=True)
+class CachedTask:
+    """A task's derived memory at one (uid, version) of the store."""
+
+    uid: int
+    version: int
+    memory: TaskMemory
+    index: faiss.IndexFlatIP | None  # over memory.keys; only for tasks that use top-k attention
+
+    @property
+    def nbytes(self) -> int:
+        return self.memory.nbytes() + (self.index.ntotal * self.index.d * 4 if self.index is not None else 0)
+
+
+class MemoryCache:
+    """LRU of CachedTask by (tenant, task_id) under a byte budget; an entry larger than the budget is
+    used once and not kept."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self._entries: OrderedDict[tuple[str, str], CachedTask] = OrderedDict()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._entries
+
+    def get(self, key: tuple[str, str]) -> CachedTask | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: tuple[str, str], entry: CachedTask) -> None:
+        self.pop(key)
+        size = entry.nbytes
+        if size > self.budget_bytes:
+            return
+        while self._entries and self.nbytes + size > self.budget_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.nbytes -= evicted.nbytes
+        self._entries[key] = entry
+        self.nbytes += size
+
+    def pop(self, key: tuple[str, str]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.nbytes -= entry.nbytes
+
+
+class TaskMemories:
+    """Keeps each task's derived memory in step with the store.
+
+    A cached memory at an older version of the same task is extended with just the examples added since
+    (``MetaNetPredictor.extend_memory`` reuses the other examples' fast weights); a memory older than the
+    task's last removal, or of a deleted and re-created task, is rebuilt.
+    """
+
+    def __init__(
+        self,
+        predictor: MetaNetPredictor,
+        store: TaskStore,
+        cache: MemoryCache,
+        topk_min_examples: int,
+        topk_neighbors: int,
+    ) -> None:
+        self.predictor = predictor
+        self.store = store
+        self.cache = cache
+        self.topk_min_examples = topk_min_examples
+        self.topk_neighbors = topk_neighbors
+
+    def current(self, tenant: str, task_id: str) -> tuple[CachedTask, Refresh] | None:
+        """The task's memory at the store's current version; None if the task does not exist."""
+        key = (tenant, task_id)
+        cached = self.cache.get(key)
+        snap = self.store.snapshot(tenant, task_id, since_version=cached.version if cached else 0)
+        if snap is None:
+            self.cache.pop(key)
+            return None
+        state = snap.state
+        if cached and cached.uid == state.uid and cached.version == state.version:
+            return cached, "hit"
+        if state.num_examples == 0:
+            self.cache.pop(key)
+            raise EmptyTaskError(task_id)
+        if cached and cached.uid == state.uid and state.rebuild_version <= cached.version:
+            memory, refresh = self.predictor.extend_memory(cached.memory, snap.images, snap.labels), "extend"
+        else:
+            if snap.since_version:  # the cached memory cannot be extended: read every example
+                snap = self.store.snapshot(tenant, task_id)
+                if snap is None:
+                    self.cache.pop(key)
+                    return None
+                state = snap.state
+            memory, refresh = self.predictor.build_memory(snap.images, snap.labels), "build"
+        entry = CachedTask(state.uid, state.version, memory, self._index(memory))
+        self.cache.put(key, entry)
+        return entry, refresh
+
+    def refresh_if_cached(self, tenant: str, task_id: str) -> Refresh | None:
+        """Bring a task this worker already holds up to date (after a support call)."""
+        if (tenant, task_id) not in self.cache:
+            return None
+        found = self.current(tenant, task_id)
+        return found[1] if found else None
+
+    def _index(self, memory: TaskMemory) -> faiss.IndexFlatIP | None:
+        if memory.num_examples < self.topk_min_examples:
+            return None
+        keys = memory.keys.detach().to("cpu", torch.float32).contiguous().numpy()
+        index = faiss.IndexFlatIP(keys.shape[1])  # inner product of unit vectors = cosine attention
+        index.add(keys)
+        return index
+
+    def classify(self, items: list[tuple[CachedTask, np.ndarray]]) -> list[torch.Tensor]:
+        """Probabilities [q, K] per item: small tasks densely in one batch, large ones by top-k attention."""
+        results: list[torch.Tensor | None] = [None] * len(items)
+        dense = [i for i, (task, _) in enumerate(items) if task.index is None]
+        if dense:
+            batch = self.predictor.classify_batch([(items[i][0].memory, items[i][1]) for i in dense])
+            for i, probs in zip(dense, batch, strict=True):
+                results[i] = probs
+        for i, (task, images) in enumerate(items):
+            if task.index is not None:
+                results[i] = self._classify_topk(task, images)
+        return results
+
+    def _classify_topk(self, task: CachedTask, images: np.ndarray) -> torch.Tensor:
+        queries = self.predictor.embed_queries(task.memory, images)
+        queries = queries.detach().to("cpu", torch.float32).contiguous().numpy()
+        k = min(self.topk_neighbors, task.index.ntotal)
+        sims, ids = task.index.search(queries, k)
+        return self.predictor.classify(
+            task.memory, images, neighbors=(torch.from_numpy(ids), torch.from_numpy(sims))
+        )

@@ -1,0 +1,71 @@
+"""Prometheus metrics. Every server process (HTTP and inference workers) records into
+``PROMETHEUS_MULTIPROC_DIR`` (set by the CLI before this module is imported); ``/metrics`` aggregates
+them and adds the store's counts, read at scrape time."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from server.store import TaskStore
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+HTTP_REQUESTS = Counter("metanet_http_requests_total", "HTTP requests", ["method", "route", "status"])
+HTTP_SECONDS = Histogram(
+    "metanet_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=_LATENCY_BUCKETS,
+)
+CACHE_REFRESHES = Counter(
+    "metanet_memory_cache_lookups_total",
+    "Task-memory lookups by outcome: hit, extend (new examples only) or build (from every example)",
+    ["result"],
+)
+CACHE_BYTES = Gauge("metanet_memory_cache_bytes", "Bytes of task memory cached", multiprocess_mode="livesum")
+CACHE_TASKS = Gauge("metanet_memory_cache_tasks", "Tasks with cached memory", multiprocess_mode="livesum")
+BATCH_SIZE = Histogram(
+    "metanet_worker_batch_size", "Work items per dynamic batch", buckets=(1, 2, 4, 8, 16, 32, 64)
+)
+INFERENCE_SECONDS = Histogram(
+    "metanet_worker_seconds", "Worker time per batch of an operation", ["op"], buckets=_LATENCY_BUCKETS
+)
+
+
+class StoreCollector(Collector):
+    """Tenants, tasks and examples stored, counted when scraped."""
+
+    def __init__(self, store: TaskStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = self.store.counts()
+        yield GaugeMetricFamily("metanet_store_tenants", "Tenants in the task store", value=counts.tenants)
+        yield GaugeMetricFamily("metanet_store_tasks", "Tasks in the task store", value=counts.tasks)
+        yield GaugeMetricFamily(
+            "metanet_store_examples", "Support examples in the task store", value=counts.examples
+        )
+
+
+def exposition(store: TaskStore) -> tuple[bytes, str]:
+    """The metrics page of every server process, plus the store's counts."""
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(store))
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # a single process (tests, embedding)
+        return generate_latest(REGISTRY) + generate_latest(registry), CONTENT_TYPE_LATEST
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,83 @@
+"""ASGI middleware: API-key auth for task routes, and per-route metrics with an access log."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server import metrics
+from server.auth import KeyRing
+from server.errors import ApiError, error_response
+
+logger = logging.getLogger("metanet.http")
+
+_ROUTES = [
+    (re.compile(r"^/tasks/[^/]+/support$"), "/tasks/{task_id}/support"),
+    (re.compile(r"^/tasks/[^/]+/classify$"), "/tasks/{task_id}/classify"),
+    (re.compile(r"^/tasks/[^/]+/labels/.+$"), "/tasks/{task_id}/labels/{label}"),
+    (re.compile(r"^/tasks/[^/]+$"), "/tasks/{task_id}"),
+]
+
+
+def route_template(path: str) -> str:
+    """The route a path belongs to, with bounded cardinality for metric labels."""
+    for pattern, template in _ROUTES:
+        if pattern.match(path):
+            return template
+    return path if path in ("/health", "/metrics", "/docs", "/openapi.json", "/info") else "other"
+
+
+class AuthMiddleware:
+    """Resolves the bearer key of every ``/tasks`` request to a tenant (``request.state.tenant``) before
+    the body is read, so a caller without a valid key learns nothing else."""
+
+    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/tasks"):
+            authorization = next(
+                (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
+            )
+            try:
+                scope.setdefault("state", {})["tenant"] = self.keys.tenant_for(authorization)
+            except ApiError as exc:
+                response = error_response(exc.status, exc.code, exc.message, {"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class ObservabilityMiddleware:
+    """Counts and times every request by route and logs one line per request (never bodies)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            elapsed = time.perf_counter() - started
+            method, route = scope["method"], route_template(scope["path"])
+            metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            metrics.HTTP_SECONDS.labels(method, route).observe(elapsed)
+            if route not in ("/health", "/metrics"):
+                tenant = scope.get("state", {}).get("tenant", "-")
+                logger.info("%s %s %d %.1fms tenant=%s", method, scope["path"], status, elapsed * 1e3, tenant)
