@@ -214,7 +214,8 @@ class SQLiteTaskStore(TaskStore):
                 "SELECT label, image FROM examples WHERE task_uid = ? AND version > ? ORDER BY id",
                 (state.uid, since_version),
             ).fetchall()
-        images = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.uint8).reshape(-1, *self.image_shape)
+        pixels = bytearray(b"".join(r[1] for r in rows))  # writable, as torch.as_tensor prefers
+        images = np.frombuffer(pixels, dtype=np.uint8).reshape(-1, *self.image_shape)
         return TaskSnapshot(state, since_version, images, [r[0] for r in rows])
 
     def forget_label(self, tenant: str, task_id: str, label: str) -> TaskState | None:

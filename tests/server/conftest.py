@@ -1,0 +1,34 @@
+"""Fixtures: a real server process per test module, and Omniglot drawings."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from serverkit import ServerProcess, omniglot, running_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One open server (no API keys) per test module."""
+    with running_server(tmp_path_factory.mktemp("server") / "data") as process:
+        yield process
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        yield http
+
+
+@pytest.fixture
+def task_id() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def tibetan() -> list[list[bytes]]:
+    """20 Tibetan characters (an evaluation alphabet: never seen in training), 20 drawers each."""
+    return omniglot("Tibetan", 20, 20)

@@ -1,0 +1,144 @@
+"""Derived task memory without HTTP: LRU budget, extend vs rebuild, FAISS top-k routing.
+
+A recording stand-in for MetaNetPredictor shows which examples each call was given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from server.memory import CachedTask, EmptyTaskError, MemoryCache, TaskMemories
+from server.store import SQLiteTaskStore
+
+
+@dataclass
+class FakeMemory:
+    labels: list[str]
+    keys: torch.Tensor
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.keys)
+
+    def nbytes(self) -> int:
+        return 1000 * self.num_examples
+
+
+def _keys(images: np.ndarray) -> torch.Tensor:
+    return torch.nn.functional.normalize(
+        torch.from_numpy(images.reshape(len(images), -1)[:, :64]).float() + 1, dim=1
+    )
+
+
+class RecordingPredictor:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def build_memory(self, images, labels):
+        self.calls.append(("build", len(labels)))
+        return FakeMemory(list(dict.fromkeys(labels)), _keys(images))
+
+    def extend_memory(self, memory, images, labels):
+        self.calls.append(("extend", len(labels)))
+        return FakeMemory(
+            list(dict.fromkeys(memory.labels + labels)), torch.cat([memory.keys, _keys(images)])
+        )
+
+    def embed_queries(self, memory, images):
+        return _keys(images)
+
+    def classify(self, memory, images, neighbors=None):
+        self.calls.append(("topk" if neighbors else "dense", len(images)))
+        self.neighbors = neighbors
+        return torch.full((len(images), len(memory.labels)), 1 / len(memory.labels))
+
+    def classify_batch(self, items):
+        return [self.classify(memory, images) for memory, images in items]
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+
+
+@pytest.fixture
+def store(tmp_path) -> SQLiteTaskStore:
+    return SQLiteTaskStore(tmp_path / "tasks.sqlite3")
+
+
+def memories(store, predictor, topk_min_examples=100, budget=10**9) -> TaskMemories:
+    return TaskMemories(predictor, store, MemoryCache(budget), topk_min_examples, topk_neighbors=2)
+
+
+def test_extend_reuses_cached_examples_and_rebuilds_after_removal(store) -> None:
+    predictor = RecordingPredictor()
+    tasks = memories(store, predictor)
+    assert tasks.current("t", "task") is None
+
+    store.add_examples("t", "task", images(3), ["a", "b", "c"], max_examples=100)
+    entry, refresh = tasks.current("t", "task")
+    assert refresh == "build" and (entry.version, entry.memory.num_examples) == (1, 3)
+    assert tasks.current("t", "task")[1] == "hit"
+
+    store.add_examples("t", "task", images(1, 1), ["b"], max_examples=100)
+    entry, refresh = tasks.current("t", "task")
+    assert refresh == "extend" and entry.memory.num_examples == 4
+    assert predictor.calls == [("build", 3), ("extend", 1)]  # only the new example was computed
+
+    store.forget_label("t", "task", "b")
+    entry, refresh = tasks.current("t", "task")
+    assert refresh == "build" and entry.memory.labels == ["a", "c"]
+
+    store.delete_task("t", "task")
+    store.add_examples("t", "task", images(1, 2), ["z"], max_examples=100)
+    entry, refresh = tasks.current("t", "task")
+    assert refresh == "build" and entry.memory.labels == ["z"]  # a new task, not an extension
+
+    for label in ["z"]:
+        store.forget_label("t", "task", label)
+    with pytest.raises(EmptyTaskError):
+        tasks.current("t", "task")
+
+
+def test_refresh_if_cached_only_touches_held_tasks(store) -> None:
+    predictor = RecordingPredictor()
+    tasks = memories(store, predictor)
+    store.add_examples("t", "task", images(2), ["a", "b"], max_examples=100)
+    assert tasks.refresh_if_cached("t", "task") is None and predictor.calls == []
+    tasks.current("t", "task")
+    store.add_examples("t", "task", images(1, 1), ["a"], max_examples=100)
+    assert tasks.refresh_if_cached("t", "task") == "extend"
+
+
+def test_large_tasks_use_faiss_top_k(store) -> None:
+    predictor = RecordingPredictor()
+    tasks = memories(store, predictor, topk_min_examples=4)
+    store.add_examples("t", "small", images(3), ["a", "b", "c"], max_examples=100)
+    store.add_examples("t", "large", images(5, 1), list("abcde"), max_examples=100)
+    small, _ = tasks.current("t", "small")
+    large, _ = tasks.current("t", "large")
+    assert small.index is None and large.index.ntotal == 5
+
+    query = store.snapshot("t", "large").images[[3]]
+    tasks.classify([(small, images(1)), (large, query)])
+    assert predictor.calls[-2:] == [("dense", 1), ("topk", 1)]
+    ids, sims = predictor.neighbors
+    assert ids.shape == (1, 2) and ids[0, 0] == 3 and sims[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cache_evicts_least_recently_used_within_budget() -> None:
+    def entry(n: int) -> CachedTask:
+        return CachedTask(1, 1, FakeMemory(["a"], torch.zeros(n, 64)), None)
+
+    cache = MemoryCache(budget_bytes=5000)
+    cache.put(("t", "a"), entry(2))
+    cache.put(("t", "b"), entry(2))
+    cache.get(("t", "a"))
+    cache.put(("t", "c"), entry(2))  # over budget: "b" is the least recently used
+    assert ("t", "a") in cache and ("t", "b") not in cache and ("t", "c") in cache
+    assert cache.nbytes == 4000
+    cache.put(("t", "huge"), entry(10))  # larger than the whole budget: not kept
+    assert ("t", "huge") not in cache and len(cache) == 2
