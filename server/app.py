@@ -11,7 +11,7 @@ from litserve.utils import WorkerSetupStatus
 from server.auth import KeyRing
 from server.config import ServerSettings
 from server.errors import install_error_handlers
-from server.middleware import AuthMiddleware, ObservabilityMiddleware
+from server.middleware import GuardMiddleware, ObservabilityMiddleware
 from server.routes import service_router, task_router
 from server.store import SQLiteTaskStore
 from server.worker import MetaNetAPI
@@ -53,7 +53,7 @@ def build_server(settings: ServerSettings, keys: KeyRing) -> ls.LitServer:
     app.include_router(service_router(store, workers_ready))
     app.include_router(task_router(settings, api.spec, store))
     install_error_handlers(app)
-    app.add_middleware(AuthMiddleware, keys=keys)
+    app.add_middleware(GuardMiddleware, keys=keys, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware)
     return server
 

@@ -34,11 +34,11 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
+_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 504: "timeout"}
+
+
 def _code_for(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
-    except ValueError:
-        return "error"
+    return _CODES.get(status, "bad_request" if status < 500 else "internal_error")
 
 
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:

@@ -1,4 +1,5 @@
-"""ASGI middleware: API-key auth for task routes, and per-route metrics with an access log."""
+"""ASGI middleware: header checks for task routes (API key, declared body size), and per-route metrics
+with an access log."""
 
 from __future__ import annotations
 
@@ -30,25 +31,29 @@ def route_template(path: str) -> str:
     return path if path in ("/health", "/metrics", "/docs", "/openapi.json", "/info") else "other"
 
 
-class AuthMiddleware:
-    """Resolves the bearer key of every ``/tasks`` request to a tenant (``request.state.tenant``) before
-    the body is read, so a caller without a valid key learns nothing else."""
+class GuardMiddleware:
+    """Checks what the headers of a ``/tasks`` request already tell, before its body is read: the bearer
+    key (401; the tenant goes to ``request.state.tenant``) and a declared Content-Length over the limit
+    (413). Bodies sent without a length are counted by the routes' own ``max_body_size``."""
 
-    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyRing, max_body_bytes: int) -> None:
         self.app = app
         self.keys = keys
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/tasks"):
-            authorization = next(
-                (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
-            )
+            headers = dict(scope["headers"])
             try:
-                scope.setdefault("state", {})["tenant"] = self.keys.tenant_for(authorization)
+                tenant = self.keys.tenant_for(headers.get(b"authorization", b"").decode("latin-1"))
+                length = headers.get(b"content-length", b"0")
+                if length.isdigit() and int(length) > self.max_body_bytes:
+                    raise ApiError(413, "payload_too_large", f"request body over {self.max_body_bytes} bytes")
             except ApiError as exc:
-                response = error_response(exc.status, exc.code, exc.message, {"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, send)
+                challenge = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+                await error_response(exc.status, exc.code, exc.message, challenge)(scope, receive, send)
                 return
+            scope.setdefault("state", {})["tenant"] = tenant
         await self.app(scope, receive, send)
 
 

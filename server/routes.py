@@ -25,7 +25,7 @@ from server.worker import WorkerBridge
 
 
 def _tenant(request: Request) -> str:
-    return request.state.tenant  # set by AuthMiddleware
+    return request.state.tenant  # set by GuardMiddleware
 
 
 Tenant = Annotated[str, Depends(_tenant)]
