@@ -10,8 +10,8 @@ from typing import Literal
 import faiss
 import numpy as np
 import torch
-from model.inference import MetaNetPredictor, TaskMemory
 
+from model.inference import MetaNetPredictor, TaskMemory
 from server.store import TaskStore
 
 Refresh = Literal["hit", "extend", "build"]
@@ -139,23 +139,15 @@ class TaskMemories:
         return index
 
     def classify(self, items: list[tuple[CachedTask, np.ndarray]]) -> list[torch.Tensor]:
-        """Probabilities [q, K] per item: small tasks densely in one batch, large ones by top-k attention."""
-        results: list[torch.Tensor | None] = [None] * len(items)
-        dense = [i for i, (task, _) in enumerate(items) if task.index is None]
-        if dense:
-            batch = self.predictor.classify_batch([(items[i][0].memory, items[i][1]) for i in dense])
-            for i, probs in zip(dense, batch, strict=True):
-                results[i] = probs
-        for i, (task, images) in enumerate(items):
-            if task.index is not None:
-                results[i] = self._classify_topk(task, images)
-        return results
+        """Probabilities [q, K] per item, all in one batch: dense attention for small tasks, top-k
+        attention over FAISS neighbours for large ones."""
+        neighbors = [
+            self._neighbors(task, images) if task.index is not None else None for task, images in items
+        ]
+        return self.predictor.classify_batch([(task.memory, images) for task, images in items], neighbors)
 
-    def _classify_topk(self, task: CachedTask, images: np.ndarray) -> torch.Tensor:
+    def _neighbors(self, task: CachedTask, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         queries = self.predictor.embed_queries(task.memory, images)
         queries = queries.detach().to("cpu", torch.float32).contiguous().numpy()
-        k = min(self.topk_neighbors, task.index.ntotal)
-        sims, ids = task.index.search(queries, k)
-        return self.predictor.classify(
-            task.memory, images, neighbors=(torch.from_numpy(ids), torch.from_numpy(sims))
-        )
+        sims, ids = task.index.search(queries, min(self.topk_neighbors, task.index.ntotal))
+        return torch.from_numpy(ids), torch.from_numpy(sims)

@@ -51,13 +51,12 @@ class RecordingPredictor:
     def embed_queries(self, memory, images):
         return _keys(images)
 
-    def classify(self, memory, images, neighbors=None):
-        self.calls.append(("topk" if neighbors else "dense", len(images)))
+    def classify_batch(self, items, neighbors):
+        self.calls.append(("classify", ["topk" if near else "dense" for near in neighbors]))
         self.neighbors = neighbors
-        return torch.full((len(images), len(memory.labels)), 1 / len(memory.labels))
-
-    def classify_batch(self, items):
-        return [self.classify(memory, images) for memory, images in items]
+        return [
+            torch.full((len(images), len(memory.labels)), 1 / len(memory.labels)) for memory, images in items
+        ]
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
@@ -124,8 +123,8 @@ def test_large_tasks_use_faiss_top_k(store) -> None:
 
     query = store.snapshot("t", "large").images[[3]]
     tasks.classify([(small, images(1)), (large, query)])
-    assert predictor.calls[-2:] == [("dense", 1), ("topk", 1)]
-    ids, sims = predictor.neighbors
+    assert predictor.calls[-1] == ("classify", ["dense", "topk"])  # one batch
+    ids, sims = predictor.neighbors[1]
     assert ids.shape == (1, 2) and ids[0, 0] == 3 and sims[0, 0] == pytest.approx(1.0, abs=1e-5)
 
 
