@@ -1,0 +1,59 @@
+"""The CNN shared by the base learner b and the representation learner u, with layer augmentation.
+
+Five blocks of 3x3 conv (no bias) -> ReLU -> 2x2 max-pool (ceil), 28 -> 14 -> 7 -> 4 -> 2 -> 1,
+then fc 64 -> 64. Every layer is *augmented* (paper section 3.3): it runs once per weight set
+(slow weights, plus any fast weights) on the same input, applies ReLU to each, and sums.
+
+Weights are plain dicts ``{"conv1": [64, 1, 3, 3], ..., "conv5": [64, 64, 3, 3], "fc": [64, 64]}``
+so the same functions serve slow weights, per-example fast weights under ``torch.func.vmap``,
+and per-example gradients under ``torch.func.grad``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+Weights = dict[str, torch.Tensor]
+
+
+def layer_names(num_blocks: int) -> list[str]:
+    return [f"conv{i}" for i in range(1, num_blocks + 1)] + ["fc"]
+
+
+def init_weights(channels: int, num_blocks: int) -> Weights:
+    """Kaiming-initialized slow weights."""
+    weights: Weights = {}
+    in_channels = 1
+    for name in layer_names(num_blocks)[:-1]:
+        w = torch.empty(channels, in_channels, 3, 3)
+        torch.nn.init.kaiming_normal_(w, nonlinearity="relu")
+        weights[name] = w
+        in_channels = channels
+    fc = torch.empty(channels, channels)
+    torch.nn.init.kaiming_normal_(fc, nonlinearity="relu")
+    weights["fc"] = fc
+    return weights
+
+
+def features(x: torch.Tensor, *weight_sets: Weights) -> torch.Tensor:
+    """Augmented forward pass to the fc output. x: [B, 1, H, W] or [1, H, W] -> [B, C] or [C]."""
+    convs = [name for name in weight_sets[0] if name.startswith("conv")]
+    for name in convs:
+        x = sum(F.relu(F.conv2d(x, w[name], padding=1)) for w in weight_sets)
+        x = F.max_pool2d(x, 2, ceil_mode=True)
+    x = x.flatten(-3)
+    return sum(F.relu(x @ w["fc"].T) for w in weight_sets)
+
+
+def codebook(max_labels: int, channels: int, seed: int = 0) -> torch.Tensor:
+    """Fixed output weights [max_labels, C]: label slot k of any task uses row k.
+
+    The paper inserts a fresh softmax layer for K-way tasks and keeps its weights fixed
+    (section 4.2.1); a fixed random codebook makes that layer deterministic for any K, so
+    tasks can grow labels on the fly. Fast weights from the meta learner carry the classes.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(max_labels, channels, generator=generator) / math.sqrt(channels)

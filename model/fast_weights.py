@@ -1,0 +1,68 @@
+"""Fast-weight generators: m (example level, per-coordinate MLP) and d (task level, per-coordinate LSTM).
+
+Both read preprocessed gradients coordinate by coordinate: a weight tensor's gradient [..., 2]
+becomes a fast weight tensor [...] of the same shape. Their last layers start at zero so the
+fast path is silent at first (otherwise ~150k emitted coordinates swamp the slow path).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CoordinateMLP(nn.Module):
+    """m: 2 -> hidden -> hidden -> 1 with ReLU, shared across coordinates."""
+
+    def __init__(self, hidden: int = 20) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, meta: torch.Tensor) -> torch.Tensor:
+        """meta: [..., 2] -> fast weights [...]."""
+        return self.net(meta).squeeze(-1)
+
+
+class CoordinateLSTM(nn.Module):
+    """d: LSTM(2, hidden) over a sequence of gradients, then linear hidden -> 1, per coordinate."""
+
+    def __init__(self, hidden: int = 20) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.cell = nn.LSTMCell(2, hidden)
+        self.head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def initial_state(self, coordinates: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        zeros = like.new_zeros(coordinates, self.hidden)
+        return zeros, zeros
+
+    def step(
+        self, meta: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One gradient per coordinate. meta: [P, 2]; state: ([P, H], [P, H])."""
+        return self.cell(meta, state)
+
+    def readout(self, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Fast weights [P] from the hidden state."""
+        return self.head(state[0]).squeeze(-1)
+
+
+def flatten(weights: dict[str, torch.Tensor], batch_dims: int = 1) -> torch.Tensor:
+    """{name: [*batch, *shape]} -> [*batch, P] in key order."""
+    return torch.cat([w.flatten(batch_dims) for w in weights.values()], dim=-1)
+
+
+def unflatten(flat: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """[*batch, P] -> {name: [*batch, *shape]} with the shapes of ``like`` (unbatched)."""
+    out, start = {}, 0
+    batch = flat.shape[:-1]
+    for name, w in like.items():
+        out[name] = flat[..., start : start + w.numel()].reshape(*batch, *w.shape)
+        start += w.numel()
+    return out

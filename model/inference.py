@@ -1,0 +1,193 @@
+"""Inference API for the server: build a task's memory from labeled support images, grow it,
+and classify query images against it.
+
+Images are preprocessed uint8 arrays [n, 28, 28] (see model/preprocess.py). Labels are strings;
+label k (in order of first appearance) uses codebook row k. An example's fast weights depend
+on that example alone, so adding examples never recomputes the others' fast weights. The
+task-level fast weights Q* read the first T examples (config.max_task_examples); while a task
+has fewer, adding an example refreshes Q* and with it every memory key (one cheap u pass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.metanet import Memory, MetaNet, SparseAttention
+from model.preprocess import to_tensor
+
+
+@dataclass
+class TaskMemory:
+    """Derived state of one task: fast weights M, keys R, labels. Immutable once built."""
+
+    labels: list[str]  # label strings, index k = label slot k
+    images: torch.Tensor  # [n, 28, 28] uint8 support images, kept to refresh keys
+    memory: Memory
+    label_index: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """[n, C] L2-normalized memory index (inner product = cosine)."""
+        return self.memory.keys
+
+    def nbytes(self) -> int:
+        """Bytes held by this memory's tensors."""
+        tensors = [self.images, *(v for v in vars(self.memory).values() if isinstance(v, torch.Tensor))]
+        for task_weights in (self.memory.rep_task_weights, self.memory.base_task_weights):
+            tensors += list((task_weights or {}).values())
+        for state in (self.memory.rep_state, self.memory.base_state):
+            tensors += list(state or ())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class MetaNetPredictor:
+    """A trained MetaNet on a device, answering the server's questions."""
+
+    def __init__(self, model: MetaNet, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, device: str | torch.device = "cpu") -> MetaNetPredictor:
+        model, _ = load_checkpoint(checkpoint, device)
+        return cls(model, device)
+
+    def _inputs(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return to_tensor(images).to(self.device)
+
+    def _label_ids(self, labels: list[str], known: list[str]) -> tuple[list[str], torch.Tensor]:
+        """Extend ``known`` with new labels in order of appearance; label indices of ``labels``."""
+        all_labels = list(known)
+        index = {label: i for i, label in enumerate(all_labels)}
+        for label in labels:
+            if label not in index:
+                index[label] = len(all_labels)
+                all_labels.append(label)
+        ids = torch.tensor([index[label] for label in labels], dtype=torch.int64, device=self.device)
+        return all_labels, ids
+
+    @torch.no_grad()
+    def build_memory(self, images: np.ndarray | torch.Tensor, labels: list[str]) -> TaskMemory:
+        """Memory of a task from its support images [n, 28, 28] and their labels (n >= 1)."""
+        if len(images) != len(labels) or len(labels) == 0:
+            raise ValueError("need one label per image and at least one image")
+        all_labels, ids = self._label_ids(labels, [])
+        codes = torch.arange(len(all_labels), device=self.device)
+        memory = self.model.build_memory(self._inputs(images), ids, codes)
+        if len(labels) >= self.model.config.max_task_examples:
+            memory.rep_state = memory.base_state = None
+        stored = torch.as_tensor(np.asarray(images), dtype=torch.uint8).to(self.device)
+        return TaskMemory(all_labels, stored, memory, {label: i for i, label in enumerate(all_labels)})
+
+    @torch.no_grad()
+    def extend_memory(
+        self, task: TaskMemory, images: np.ndarray | torch.Tensor, labels: list[str]
+    ) -> TaskMemory:
+        """A new memory with examples appended; ``task`` is left untouched.
+
+        Only the new examples' fast weights are computed. Q* and all keys are refreshed only
+        while the task had fewer than T examples.
+        """
+        if len(images) != len(labels) or len(labels) == 0:
+            raise ValueError("need one label per image and at least one image")
+        model, old = self.model, task.memory
+        all_labels, new_ids = self._label_ids(labels, task.labels)
+        codes = torch.arange(len(all_labels), device=self.device)
+        new_x = self._inputs(images)
+        fast, fast_out = model.example_fast_weights(new_x, codes[new_ids])
+        stored = torch.cat(
+            [task.images, torch.as_tensor(np.asarray(images), dtype=torch.uint8).to(self.device)]
+        )
+        label_ids = torch.cat([old.labels, new_ids])
+        t, n_old = model.config.max_task_examples, task.num_examples
+        rep_task, base_task = old.rep_task_weights, old.base_task_weights
+        rep_state, base_state = old.rep_state, old.base_state
+        if n_old < t:  # the new examples change Q*: d reads them, then every key is refreshed
+            first = slice(0, t - n_old)
+            if model.config.embedding_loss == "cross_entropy":
+                rep_task, rep_state = model.rep_task_weights(new_x[first], codes[new_ids][first], rep_state)
+            else:  # pairs are drawn among all of the first T examples
+                all_x = to_tensor(stored[:t]).to(self.device)
+                rep_task, rep_state = model.rep_task_weights(all_x, codes[label_ids[:t]])
+            base_task, base_state = model.base_task_weights(new_x[first], codes[new_ids][first], base_state)
+            keys = model.embed(to_tensor(stored).to(self.device), rep_task)
+        else:
+            keys = torch.cat([old.keys, model.embed(new_x, rep_task)])
+        if len(stored) >= t:  # Q* is final: d's state is no longer needed
+            rep_state = base_state = None
+        memory = Memory(
+            fast_weights=torch.cat([old.fast_weights, fast]),
+            fast_out=torch.cat([old.fast_out, fast_out]),
+            labels=label_ids,
+            label_codes=codes,
+            keys=keys,
+            rep_task_weights=rep_task,
+            base_task_weights=base_task,
+            rep_state=rep_state,
+            base_state=base_state,
+        )
+        return TaskMemory(all_labels, stored, memory, {label: i for i, label in enumerate(all_labels)})
+
+    @torch.no_grad()
+    def embed_queries(self, task: TaskMemory, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """[q, C] L2-normalized query keys in the task's space (use against ``task.keys``)."""
+        return self.model.embed(self._inputs(images), task.memory.rep_task_weights)
+
+    def _attention(
+        self, task: TaskMemory, query_keys: torch.Tensor, neighbors: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor | SparseAttention:
+        if neighbors is None:
+            return self.model.attention(query_keys @ task.keys.T)
+        ids, sims = (torch.as_tensor(t, device=self.device) for t in neighbors)
+        return SparseAttention(ids.long(), self.model.attention(sims.float()))
+
+    @torch.no_grad()
+    def classify(
+        self,
+        task: TaskMemory,
+        images: np.ndarray | torch.Tensor,
+        neighbors: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Probabilities [q, K] over ``task.labels`` for query images [q, 28, 28].
+
+        neighbors: optional (ids [q, k], cosine similarities [q, k]) of each query's nearest
+        memory keys (e.g. from FAISS): attention then reads only those rows.
+        """
+        return self.classify_batch([(task, images)], [neighbors])[0]
+
+    @torch.no_grad()
+    def classify_batch(
+        self,
+        items: list[tuple[TaskMemory, np.ndarray | torch.Tensor]],
+        neighbors: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+    ) -> list[torch.Tensor]:
+        """Classify queries of several tasks in one base-learner pass. Returns [q_i, K_i] per item."""
+        neighbors = neighbors or [None] * len(items)
+        model = self.model
+        xs, fasts, attentions = [], [], []
+        for (task, images), near in zip(items, neighbors, strict=True):
+            x = self._inputs(images)
+            attention = self._attention(task, model.embed(x, task.memory.rep_task_weights), near)
+            xs.append(x)
+            attentions.append(attention)
+            fasts.append(model.read_memory(task.memory, attention))
+        if model.config.variant == "plus":  # task-level base weights differ per task
+            features = [
+                model.base_features(x, fast, task.memory.base_task_weights)
+                for x, fast, (task, _) in zip(xs, fasts, items, strict=True)
+            ]
+        else:
+            features = model.base_features(torch.cat(xs), torch.cat(fasts), None).split([len(x) for x in xs])
+        return [
+            torch.softmax(model.output_logits(h, task.memory, attention), dim=-1).float()
+            for h, (task, _), attention in zip(features, items, attentions, strict=True)
+        ]

@@ -1,0 +1,250 @@
+"""MetaNet (Munkhdalai & Yu, ICML 2017, Algorithm 1) for one-shot classification.
+
+Support side (once per task):
+  1. d reads the embedding-loss gradients of T support examples and emits task-level fast
+     weights Q* for the representation learner u (skipped by MetaNet-).
+  2. m reads each support example's task-loss gradient of the base learner b and emits its
+     example-level fast weights W*_i, row i of the memory M.
+  3. u(Q, Q*) embeds each support example: row i of the memory index R.
+Query side (per query x):
+  4. r = u(Q, Q*, x); attention a = softmax(s * cos(r, R)); W* = a^T M.
+  5. b(W, W*, x) gives logits over the task's K labels (layer augmentation on every layer).
+
+Label slot k of a task uses row k of a fixed codebook as the slow output weights, so a task
+may hold any number of labels (paper 4.2.1). The meta information is the gradient of a
+one-vs-rest cross-entropy on the example's own label row, hence an example's fast weights
+depend on that example alone and a memory grows one row at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import vmap
+
+from model import cnn
+from model.config import MetaNetConfig
+from model.fast_weights import CoordinateLSTM, CoordinateMLP, flatten, unflatten
+from model.meta_info import (
+    embedding_gradients_ce,
+    embedding_gradients_contrastive,
+    example_gradients,
+    preprocess_gradient,
+)
+
+LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [P, hidden]
+
+
+@dataclass
+class Memory:
+    """A task's support-side state. n support examples, P flattened base-learner coordinates."""
+
+    fast_weights: torch.Tensor  # M: [n, P] example-level fast weights of b's conv and fc layers
+    fast_out: torch.Tensor  # [n, C] fast weights of each example's own output row
+    labels: torch.Tensor  # [n] label index (0..K-1) of each example, int64
+    label_codes: torch.Tensor  # [K] codebook row of each label, int64
+    keys: torch.Tensor  # R: [n, C] L2-normalized memory index
+    rep_task_weights: dict[str, torch.Tensor] | None  # Q* for u (None for MetaNet-)
+    base_task_weights: dict[str, torch.Tensor] | None  # task-level fast weights for b (MetaNet+)
+    rep_state: LSTMState | None = None  # d's state after the first T examples, to continue from
+    base_state: LSTMState | None = None
+
+
+@dataclass
+class SparseAttention:
+    """Attention restricted to each query's top-k memory rows (e.g. from a FAISS search)."""
+
+    ids: torch.Tensor  # [q, k] memory rows, int64
+    weights: torch.Tensor  # [q, k] softmax weights, rows sum to 1
+
+
+class MetaNet(nn.Module):
+    def __init__(self, config: MetaNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or MetaNetConfig()
+        c, blocks, hidden = config.channels, config.num_blocks, config.meta_hidden
+        self.base = nn.ParameterDict(cnn.init_weights(c, blocks))  # W: slow weights of b
+        self.rep = nn.ParameterDict(cnn.init_weights(c, blocks))  # Q: slow weights of u
+        self.m_conv = CoordinateMLP(hidden)  # Z: fast weights for conv layers
+        self.m_fc = CoordinateMLP(hidden)  # Z: fast weights for fc and output layers
+        self.d_rep = CoordinateLSTM(hidden) if config.variant != "minus" else None  # G
+        self.d_base = CoordinateLSTM(hidden) if config.variant == "plus" else None
+        self.log_attention_scale = nn.Parameter(torch.tensor(math.log(config.attention_scale_init)))
+        self.register_buffer("base_codes", cnn.codebook(config.max_labels, c, seed=0), persistent=False)
+        self.register_buffer("rep_codes", cnn.codebook(config.max_labels, c, seed=1), persistent=False)
+
+    # ---- meta learners -------------------------------------------------------------------
+    def _m(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        k = self.config.grad_clip_k
+        return {
+            name: (self.m_conv if name.startswith("conv") else self.m_fc)(preprocess_gradient(g, k))
+            for name, g in grads.items()
+        }
+
+    def _zero_gradient_fast_weight(self) -> torch.Tensor:
+        """m's output for a zero gradient: every output row other than the example's own."""
+        zero = preprocess_gradient(self.base_codes.new_zeros(1), self.config.grad_clip_k)
+        return self.m_fc(zero)[0]
+
+    def _d(
+        self, d: CoordinateLSTM, grads: dict[str, torch.Tensor], state: LSTMState | None
+    ) -> tuple[dict[str, torch.Tensor], LSTMState]:
+        """d reads grads {name: [t, *shape]} one example per step, continuing from ``state``.
+
+        Returns task-level fast weights {name: shape} and the LSTM state after the last step.
+        """
+        meta = preprocess_gradient(flatten(grads), self.config.grad_clip_k)  # [t, P, 2]
+        if state is None:
+            state = d.initial_state(meta.shape[1], meta)
+        for step in meta:
+            state = d.step(step, state)
+        like = {name: g[0] for name, g in grads.items()}
+        return unflatten(d.readout(state), like), state
+
+    def example_fast_weights(self, x: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """m(Z, grad_W loss_task(b(W, x_i), y_i)) for every example.
+
+        x: [n, 1, H, W]; slots: [n] codebook rows of the examples' labels.
+
+        Returns the conv+fc fast weights flattened [n, P] and the own-output-row fast weights [n, C].
+        """
+        grads = example_gradients(dict(self.base), self.base_codes[slots], x)
+        fast = self._m(grads)
+        out = fast.pop("out")
+        return flatten(fast), out
+
+    def rep_task_weights(
+        self, x: torch.Tensor, slots: torch.Tensor, state: LSTMState | None = None
+    ) -> tuple[dict[str, torch.Tensor] | None, LSTMState | None]:
+        """Q* = d(G, {grad_Q loss_emb}) over support examples x (the first T of a task).
+
+        Cross-entropy: d reads one example per step, continuing from ``state`` (its state after
+        the task's earlier examples), so a growing task feeds only its new examples. Contrastive:
+        d reads up to T pairs drawn among x, from scratch. Returns (Q*, state to continue from).
+        """
+        if self.d_rep is None:
+            return None, None
+        if self.config.embedding_loss == "cross_entropy":
+            grads = embedding_gradients_ce(dict(self.rep), self.rep_codes[slots], x)
+            return self._d(self.d_rep, grads, state)
+        first, second, same = contrastive_pairs(slots, self.config.max_task_examples)
+        grads = embedding_gradients_contrastive(
+            dict(self.rep), x[first], x[second], same, self.config.contrastive_margin
+        )
+        return self._d(self.d_rep, grads, None)[0], None
+
+    def base_task_weights(
+        self, x: torch.Tensor, slots: torch.Tensor, state: LSTMState | None = None
+    ) -> tuple[dict[str, torch.Tensor] | None, LSTMState | None]:
+        """MetaNet+: task-level fast weights for b's conv and fc layers, read like Q*."""
+        if self.d_base is None:
+            return None, None
+        grads = example_gradients(dict(self.base), self.base_codes[slots], x)
+        grads.pop("out")
+        return self._d(self.d_base, grads, state)
+
+    # ---- representation and attention ----------------------------------------------------
+    def embed(self, x: torch.Tensor, rep_task_weights: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """r = u(Q, Q*, x), L2-normalized. x: [n, 1, H, W] -> [n, C]."""
+        weight_sets = [dict(self.rep)] + ([rep_task_weights] if rep_task_weights is not None else [])
+        return F.normalize(cnn.features(x, *weight_sets), dim=-1)
+
+    def attention(self, cosine: torch.Tensor) -> torch.Tensor:
+        """softmax over (scaled) cosine similarity. cosine: [q, n] (or top-k [q, k]) -> same shape."""
+        return torch.softmax(self.log_attention_scale.exp() * cosine, dim=-1)
+
+    # ---- support and query passes ---------------------------------------------------------
+    def build_memory(self, x: torch.Tensor, labels: torch.Tensor, label_codes: torch.Tensor) -> Memory:
+        """Algorithm 1, lines 1-14. x: [n, 1, H, W] support images; labels: [n] in 0..K-1;
+        label_codes: [K] codebook row of each label."""
+        slots = label_codes[labels]
+        t = self.config.max_task_examples
+        rep_task, rep_state = self.rep_task_weights(x[:t], slots[:t])
+        base_task, base_state = self.base_task_weights(x[:t], slots[:t])
+        fast, fast_out = self.example_fast_weights(x, slots)
+        return Memory(
+            fast_weights=fast,
+            fast_out=fast_out,
+            labels=labels,
+            label_codes=label_codes,
+            keys=self.embed(x, rep_task),
+            rep_task_weights=rep_task,
+            base_task_weights=base_task,
+            rep_state=rep_state,
+            base_state=base_state,
+        )
+
+    def read_memory(self, memory: Memory, attention: torch.Tensor | SparseAttention) -> torch.Tensor:
+        """W* = a^T M: per-query fast weights [q, P] (conv and fc layers, flattened)."""
+        if isinstance(attention, SparseAttention):
+            return torch.einsum("qk,qkp->qp", attention.weights, memory.fast_weights[attention.ids])
+        return attention @ memory.fast_weights
+
+    def base_features(
+        self, x: torch.Tensor, fast_weights: torch.Tensor, base_task_weights: dict[str, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """Augmented base learner to its fc output, every query with its own fast weights.
+
+        x: [q, 1, H, W]; fast_weights: [q, P] -> [q, C]."""
+        slow = dict(self.base)
+        per_query = unflatten(fast_weights, slow)  # {name: [q, *shape]}
+        task = [base_task_weights] if base_task_weights is not None else []
+
+        def features_one(fast: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
+            return cnn.features(xi, slow, fast, *task)
+
+        return vmap(features_one)(per_query, x)
+
+    def output_logits(
+        self, h: torch.Tensor, memory: Memory, attention: torch.Tensor | SparseAttention
+    ) -> torch.Tensor:
+        """Augmented output layer: slow codebook rows plus fast rows read from memory. h: [q, C] -> [q, K].
+
+        Fast row k for query q is the sum over examples i of label k of a_qi * fast_out_i, plus
+        m(0) weighted by the attention on every other example (their gradient on row k is zero).
+        """
+        num_labels = len(memory.label_codes)
+        if isinstance(attention, SparseAttention):
+            labels = memory.labels[attention.ids]  # [q, k]
+            scores = torch.einsum("qc,qkc->qk", h, memory.fast_out[attention.ids])
+            zeros = h.new_zeros(h.shape[0], num_labels)
+            label_attention = zeros.scatter_add(1, labels, attention.weights)  # [q, K]
+            own = zeros.scatter_add(1, labels, attention.weights * scores)
+        else:
+            label_of = F.one_hot(memory.labels, num_labels).to(h.dtype)  # [n, K]
+            label_attention = attention @ label_of
+            own = (attention * (h @ memory.fast_out.T)) @ label_of
+        others = self._zero_gradient_fast_weight() * (1 - label_attention) * h.sum(-1, keepdim=True)
+        return h @ self.base_codes[memory.label_codes].T + own + others
+
+    def query_logits(
+        self, x: torch.Tensor, memory: Memory, attention: torch.Tensor | SparseAttention
+    ) -> torch.Tensor:
+        """b(W, W*, x) with W* = a^T M. x: [q, 1, H, W]; attention: [q, n] or sparse -> logits [q, K]."""
+        h = self.base_features(x, self.read_memory(memory, attention), memory.base_task_weights)
+        return self.output_logits(h, memory, attention)
+
+    def forward(
+        self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, label_codes: torch.Tensor
+    ) -> torch.Tensor:
+        """One episode: support [n, 1, H, W] with labels [n]; query [q, 1, H, W] -> logits [q, K]."""
+        memory = self.build_memory(support, labels, label_codes)
+        query_keys = self.embed(query, memory.rep_task_weights)
+        attention = self.attention(query_keys @ memory.keys.T)
+        return self.query_logits(query, memory, attention)
+
+
+def contrastive_pairs(slots: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Up to ``count`` support pairs for the contrastive embedding loss, alternating positive and
+    negative where possible; deterministic in the slots. Returns (first [T], second [T], same [T])."""
+    n = slots.shape[0]
+    i, j = torch.triu_indices(n, n, offset=1, device=slots.device)
+    same = slots[i] == slots[j]
+    positive, negative = torch.nonzero(same).flatten(), torch.nonzero(~same).flatten()
+    half = min(count // 2, positive.numel())
+    chosen = torch.cat([positive[:half], negative[: count - half]])
+    return i[chosen], j[chosen], same[chosen].float()

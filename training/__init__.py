@@ -1,0 +1,1 @@
+"""Data, episodes, training, evaluation and export for MetaNet on Omniglot."""
