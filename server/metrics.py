@@ -36,8 +36,9 @@ CACHE_REFRESHES = Counter(
     "Task-memory lookups by outcome: hit, extend (new examples only) or build (from every example)",
     ["result"],
 )
-CACHE_BYTES = Gauge("metanet_memory_cache_bytes", "Bytes of task memory cached", multiprocess_mode="livesum")
-CACHE_TASKS = Gauge("metanet_memory_cache_tasks", "Tasks with cached memory", multiprocess_mode="livesum")
+# Per worker (a "pid" label): each worker has its own cache and budget.
+CACHE_BYTES = Gauge("metanet_memory_cache_bytes", "Bytes of task memory cached", multiprocess_mode="liveall")
+CACHE_TASKS = Gauge("metanet_memory_cache_tasks", "Tasks with cached memory", multiprocess_mode="liveall")
 BATCH_SIZE = Histogram(
     "metanet_worker_batch_size", "Work items per dynamic batch", buckets=(1, 2, 4, 8, 16, 32, 64)
 )

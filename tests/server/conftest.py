@@ -12,8 +12,8 @@ from serverkit import ServerProcess, omniglot, running_server
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One open server (no API keys) per test module."""
-    with running_server(tmp_path_factory.mktemp("server") / "data") as process:
+    """One open server per test module: no API keys, so it must ignore the host it is given."""
+    with running_server(tmp_path_factory.mktemp("server") / "data", "--host", "0.0.0.0") as process:
         yield process
 
 

@@ -3,8 +3,11 @@ deleting a task, on-the-fly labels, metrics and OpenAPI docs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
-from serverkit import b64, support_body
+import pytest
+from serverkit import ServerProcess, b64, support_body
 
 
 def metric(client: httpx.Client, name: str, **labels: str) -> float:
@@ -145,3 +148,12 @@ def test_health_metrics_and_docs(client: httpx.Client) -> None:
     } <= set(schema["paths"])
     assert "/_worker" not in schema["paths"]
     assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's socket table")
+def test_without_keys_it_listens_on_loopback_only(server: ServerProcess) -> None:
+    assert "no API keys configured: listening on 127.0.0.1 only (not 0.0.0.0)" in server.log()
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    listening = {row[1] for row in rows if row[3] == "0A"}  # state 0A = LISTEN
+    assert f"0100007F:{server.port:04X}" in listening
+    assert f"00000000:{server.port:04X}" not in listening
