@@ -49,29 +49,30 @@ def test_task_lifecycle(client: Client, task_id: str, drawings: list[list[bytes]
     assert isinstance(first, SupportResult)
     assert (first.task_id, first.num_examples, first.labels) == (task_id, 1, ["a"])
 
-    second = task.add_examples([("b", drawings[1][0]), ("c", drawings[2][0]), ("c", drawings[2][1])])
-    assert second.num_examples == 4 and set(second.labels) == {"a", "b", "c"}
+    second = task.add_examples([("b", drawings[1][0]), ("c", drawings[2][0])])
+    assert second.num_examples == 3 and set(second.labels) == {"a", "b", "c"}
     assert second.version > first.version
-
-    info = task.info()
-    assert isinstance(info, TaskInfo)
-    assert info == TaskInfo(
-        task_id=task_id, version=second.version, num_examples=4, labels={"a": 1, "b": 1, "c": 2}
-    )
 
     result = task.classify([drawings[0][0], drawings[1][0], drawings[2][0], drawings[1][5]], top_k=2)
     assert isinstance(result, ClassifyResult)
-    assert result.version == info.version and len(result.predictions) == 4
+    assert result.task_id == task_id and result.version == second.version and len(result.predictions) == 4
     assert result.labels[:3] == ["a", "b", "c"]  # the taught drawings themselves
     for prediction in result.predictions:
         assert [s.label for s in prediction.top_k][0] == prediction.label
         assert len(prediction.top_k) == 2 and prediction.top_k[0].score >= prediction.top_k[1].score
         assert 0 <= prediction.score <= 1 and prediction.score == prediction.top_k[0].score
 
+    third = task.add("c", drawings[2][1])
+    info = task.info()
+    assert isinstance(info, TaskInfo)
+    assert info == TaskInfo(
+        task_id=task_id, version=third.version, num_examples=4, labels={"a": 1, "b": 1, "c": 2}
+    )
+
     forgotten = task.forget("b")
     info = task.info()
     assert forgotten == info
-    assert info.labels == {"a": 1, "c": 2} and info.num_examples == 3 and info.version > result.version
+    assert info.labels == {"a": 1, "c": 2} and info.num_examples == 3 and info.version > third.version
     assert "b" not in task.classify([drawings[1][0], drawings[1][1]], top_k=2).labels
 
     task.delete()
@@ -168,10 +169,10 @@ def test_uploads_are_split(server_url: str, task_id: str, drawings: list[list[by
         [p.score for p in whole.predictions], abs=1e-4
     )
 
-    with Client(server_url, max_request_bytes=1500) as client:
+    with Client(server_url, max_request_bytes=1000) as client:
         seen = _requests_seen(client)
         assert client.task(task_id).add("more", [png for _, png in examples]).num_examples == 14
-        assert len(seen) > 2 and all(len(request.content) <= 1500 for request in seen)
+        assert len(seen) > 2 and all(len(request.content) <= 1000 for request in seen)
 
 
 def test_api_keys_and_tenants(
