@@ -238,10 +238,13 @@ def test_server_errors_and_retries(stub: Any) -> None:
         assert (type(raised.value), raised.value.message) == (APIError, "teapot")
 
 
-def test_paths_are_escaped(stub: Any) -> None:
-    info = TaskInfo(task_id="..", version=1, num_examples=0, labels={}).model_dump_json().encode()
-    stub.answers = [(200, info), (200, info)]
-    with Client(stub.url) as client:
-        client.task("..").forget("a/b c")
-        client.task(".").info()
-    assert stub.seen == ["DELETE /tasks/%2E%2E/labels/a%2Fb%20c", "GET /tasks/%2E"]
+def test_any_label_and_task_id_round_trip(client: Client, drawings: list[list[bytes]]) -> None:
+    """Path segments are escaped: labels with '/', '%', '?', '#' or dots, and the task ids '.' and '..'."""
+    labels = ["b/ü x", "a%2Fb", "..", "?x=1#y"]
+    for task_id in (".", ".."):
+        task = client.task(task_id)
+        assert task.add_examples((label, drawings[i][0]) for i, label in enumerate(labels)).task_id == task_id
+        for label in labels:
+            assert label in task.info().labels
+            assert label not in task.forget(label).labels
+        task.delete()

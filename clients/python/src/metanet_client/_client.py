@@ -44,7 +44,7 @@ class _BaseClient:
         base_url: str | None = None,
         api_key: str | None = None,
         *,
-        timeout: float | httpx.Timeout = 60.0,
+        timeout: float | httpx.Timeout = 120.0,
         max_retries: int = 2,
         backoff: float = 0.5,
         max_images_per_request: int = 256,

@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--url", help="server URL (default: $METANET_URL or http://127.0.0.1:8000)")
     parser.add_argument("--api-key", help="API key (default: $METANET_API_KEY)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: 60)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: 120)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     Run = Callable[[Client, argparse.Namespace], None]
