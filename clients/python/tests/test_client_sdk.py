@@ -94,7 +94,8 @@ def test_image_inputs(client: Client, task_id: str, drawings: list[list[bytes]],
     with open(path, "rb") as file:
         inputs = [
             str(path), path, png, bytearray(png), memoryview(png), file, pil, pil.convert("CMYK"),
-            gray, gray.astype(bool), gray / 255.0, np.stack([gray] * 3, axis=-1), gray[:, :, None],
+            gray, gray.astype(bool), gray / 255.0, gray[:, :, None], np.stack([gray] * 3, axis=-1),
+            np.stack([gray] * 3 + [np.full_like(gray, 255)], axis=-1),
         ]  # fmt: skip
         predictions = task.classify(inputs, top_k=3).predictions
     reference = predictions[0].top_k
@@ -111,6 +112,8 @@ def test_bad_image_arguments_are_caught_locally() -> None:
         task.classify(io.StringIO("text"))
     with pytest.raises(ValueError, match="list"):
         task.classify(np.zeros((2, 28, 28)))
+    with pytest.raises(ValueError, match="non-empty"):
+        task.classify(np.zeros((0, 0), np.uint8))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         task.classify(np.full((28, 28), 2.0))
 

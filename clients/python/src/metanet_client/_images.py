@@ -81,18 +81,18 @@ def _png_from_array(array: Any) -> bytes:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     channels = 1 if array.ndim == 2 else array.shape[2] if array.ndim == 3 else 0
-    if channels not in (1, 3, 4):
+    if channels not in (1, 3, 4) or array.size == 0:
         raise ValueError(
-            f"expected an HxW, HxWx1, HxWx3 or HxWx4 image array, got shape {array.shape} "
+            f"expected a non-empty HxW, HxWx1, HxWx3 or HxWx4 image array, got shape {array.shape} "
             "(pass several images as a list, e.g. list(array))"
         )
     if array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
     elif array.dtype.kind == "f":
-        if array.size and (array.min() < 0 or array.max() > 1):
+        if array.min() < 0 or array.max() > 1:
             raise ValueError("float image arrays must hold values in [0, 1]")
         array = np.rint(array * 255)
-    elif array.dtype.kind in "iu" and array.size and (array.min() < 0 or array.max() > 255):
+    elif array.dtype.kind in "iu" and (array.min() < 0 or array.max() > 255):
         raise ValueError("integer image arrays must hold values in 0..255")
     pixels = np.ascontiguousarray(array, dtype=np.uint8).reshape(array.shape[0], -1)
     height, width = array.shape[:2]
