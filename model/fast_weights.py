@@ -1,14 +1,24 @@
 """Fast-weight generators: m (example level, per-coordinate MLP) and d (task level, per-coordinate LSTM).
 
 Both read preprocessed gradients coordinate by coordinate: a weight tensor's gradient [..., 2]
-becomes a fast weight tensor [...] of the same shape. Their last layers start at zero so the
-fast path is silent at first (otherwise ~150k emitted coordinates swamp the slow path).
+becomes a fast weight tensor [...] of the same shape. Their last layers start near zero so the
+fast path is quiet at first (otherwise ~150k emitted coordinates swamp the slow path). Not at
+exactly zero: a zero fast weight gives ReLU(conv(x, 0)) = 0, whose gradient is zero, and that
+fast path would never learn.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+HEAD_INIT_STD = 1e-3
+
+
+def init_quiet(layer: nn.Linear) -> None:
+    """Near-zero output layer: small random weights, zero bias."""
+    nn.init.normal_(layer.weight, std=HEAD_INIT_STD)
+    nn.init.zeros_(layer.bias)
 
 
 class CoordinateMLP(nn.Module):
@@ -19,8 +29,7 @@ class CoordinateMLP(nn.Module):
         self.net = nn.Sequential(
             nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
         )
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        init_quiet(self.net[-1])
 
     def forward(self, meta: torch.Tensor) -> torch.Tensor:
         """meta: [..., 2] -> fast weights [...]."""
@@ -35,8 +44,7 @@ class CoordinateLSTM(nn.Module):
         self.hidden = hidden
         self.cell = nn.LSTMCell(2, hidden)
         self.head = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        init_quiet(self.head)
 
     def initial_state(self, coordinates: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         zeros = like.new_zeros(coordinates, self.hidden)

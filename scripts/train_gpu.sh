@@ -33,4 +33,4 @@ for split in vinyals standard; do
 done
 wait
 cat runs/eval-*.json
-tar czf "$OUT/results.tar.gz" checkpoints runs --exclude='*.pt'
+tar czf "$OUT/results.tar.gz" --exclude='*.pt' checkpoints runs
