@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 
 import litserve as ls
 import torch
@@ -58,6 +60,21 @@ def build_server(settings: ServerSettings, keys: KeyRing) -> ls.LitServer:
     return server
 
 
+def _shutdown_on_sigterm() -> None:
+    """SIGTERM to the main process shuts the whole server down, the way Ctrl+C does (LitServe only
+    handles KeyboardInterrupt; without this its HTTP and worker processes would be orphaned)."""
+    main = os.getpid()
+
+    def handler(signum: int, frame: object) -> None:
+        if os.getpid() != main:  # a forked child that kept this handler: die as usual
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def serve(settings: ServerSettings) -> None:
     """Load keys, pick the listening address and run until interrupted."""
     keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
@@ -70,6 +87,7 @@ def serve(settings: ServerSettings) -> None:
     else:
         logger.warning("no API keys configured: open access, listening on 127.0.0.1 only")
     server = build_server(settings, keys)
+    _shutdown_on_sigterm()
     logger.info(
         "serving %s with %d worker(s), data in %s", settings.checkpoint, settings.workers, settings.data_dir
     )

@@ -119,7 +119,7 @@ class TaskMemories:
                     return None
                 state = snap.state
             memory, refresh = self.predictor.build_memory(snap.images, snap.labels), "build"
-        entry = CachedTask(state.uid, state.version, memory, self._index(memory))
+        entry = CachedTask(state.uid, state.version, memory, self.build_index(memory))
         self.cache.put(key, entry)
         return entry, refresh
 
@@ -130,7 +130,8 @@ class TaskMemories:
         found = self.current(tenant, task_id)
         return found[1] if found else None
 
-    def _index(self, memory: TaskMemory) -> faiss.IndexFlatIP | None:
+    def build_index(self, memory: TaskMemory) -> faiss.IndexFlatIP | None:
+        """A FAISS index over the memory keys if the task is large enough for top-k attention."""
         if memory.num_examples < self.topk_min_examples:
             return None
         keys = memory.keys.detach().to("cpu", torch.float32).contiguous().numpy()

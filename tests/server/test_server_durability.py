@@ -3,9 +3,13 @@ there and predictions are the same."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 
 import httpx
+import pytest
 from serverkit import ServerProcess, b64, support_body
 
 
@@ -55,5 +59,24 @@ def test_sigkill_loses_no_acknowledged_example(tmp_path, tibetan) -> None:
             assert [r["label"] for r in new["top_k"]] == [r["label"] for r in old["top_k"]]
             for a, b in zip(old["top_k"], new["top_k"], strict=True):
                 assert abs(a["score"] - b["score"]) < 1e-4
+    finally:
+        server.stop()
+
+
+def test_sigterm_to_the_main_process_stops_every_process(tmp_path) -> None:
+    server = ServerProcess(tmp_path / "data", "--workers", "2").start()
+    try:
+        server.process.send_signal(signal.SIGTERM)  # the main process only, as `docker stop` or systemd do
+        server.process.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(server.process.pid, 0)  # anyone left in the server's process group?
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("server processes outlived SIGTERM to the main process")
+        assert not server.healthy()
     finally:
         server.stop()
