@@ -145,10 +145,11 @@ class MetaNetPredictor:
     def _attention(
         self, task: TaskMemory, query_keys: torch.Tensor, neighbors: tuple[torch.Tensor, torch.Tensor] | None
     ) -> torch.Tensor | SparseAttention:
+        shots = self.model.shots_per_row(task.memory)
         if neighbors is None:
-            return self.model.attention(query_keys @ task.keys.T)
+            return self.model.attention(query_keys @ task.keys.T, shots)
         ids, sims = (torch.as_tensor(t, device=self.device) for t in neighbors)
-        return SparseAttention(ids.long(), self.model.attention(sims.float()))
+        return SparseAttention(ids.long(), self.model.attention(sims.float(), shots[ids.long()]))
 
     @torch.no_grad()
     def classify(

@@ -153,9 +153,21 @@ class MetaNet(nn.Module):
         weight_sets = [dict(self.rep)] + ([rep_task_weights] if rep_task_weights is not None else [])
         return F.normalize(cnn.features(x, *weight_sets), dim=-1)
 
-    def attention(self, cosine: torch.Tensor) -> torch.Tensor:
-        """softmax over (scaled) cosine similarity. cosine: [q, n] (or top-k [q, k]) -> same shape."""
-        return torch.softmax(self.log_attention_scale.exp() * cosine, dim=-1)
+    def attention(self, cosine: torch.Tensor, shots: torch.Tensor) -> torch.Tensor:
+        """softmax over (scaled) cosine similarity, balanced across labels.
+
+        cosine: [q, n] (or top-k [q, k]); shots: same shape or broadcastable, the number of
+        examples of each row's label. Each row's score is lowered by log(shots), so a label's
+        total attention does not grow with how many examples it has (identical to the paper's
+        softmax in the one-shot case).
+        """
+        return torch.softmax(self.log_attention_scale.exp() * cosine - shots.log(), dim=-1)
+
+    @staticmethod
+    def shots_per_row(memory: Memory) -> torch.Tensor:
+        """[n] number of examples that share each memory row's label."""
+        counts = torch.bincount(memory.labels, minlength=len(memory.label_codes))
+        return counts[memory.labels].to(memory.keys.dtype)
 
     # ---- support and query passes ---------------------------------------------------------
     def build_memory(self, x: torch.Tensor, labels: torch.Tensor, label_codes: torch.Tensor) -> Memory:
@@ -234,7 +246,7 @@ class MetaNet(nn.Module):
         """One episode: support [n, 1, H, W] with labels [n]; query [q, 1, H, W] -> logits [q, K]."""
         memory = self.build_memory(support, labels, label_codes)
         query_keys = self.embed(query, memory.rep_task_weights)
-        attention = self.attention(query_keys @ memory.keys.T)
+        attention = self.attention(query_keys @ memory.keys.T, self.shots_per_row(memory))
         return self.query_logits(query, memory, attention)
 
 
