@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 from pathlib import Path
 
@@ -11,9 +12,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_learning_curve(metrics_csv: Path, png: Path, title: str = "") -> None:
-    """Training loss and validation accuracy against episodes."""
-    rows = list(csv.DictReader(metrics_csv.open()))
+def read_runs(metrics_csvs: list[Path]) -> tuple[list[dict], list[int]]:
+    """Rows of consecutive runs (a run continued from another's checkpoint), episodes made
+    cumulative; also the episode at which each continuation starts."""
+    rows, starts, offset = [], [], 0
+    for path in metrics_csvs:
+        run = list(csv.DictReader(path.open()))
+        if rows:
+            starts.append(offset)
+        rows += [r | {"episode": int(r["episode"]) + offset} for r in run]
+        offset = rows[-1]["episode"] if rows else 0
+    return rows, starts
+
+
+def plot_learning_curve(metrics_csv: Path | list[Path], png: Path, title: str = "") -> None:
+    """Training loss and validation accuracy against episodes (of one run or consecutive runs)."""
+    rows, starts = read_runs(metrics_csv if isinstance(metrics_csv, list) else [metrics_csv])
     if not rows:
         return
     episodes = [int(r["episode"]) for r in rows]
@@ -23,6 +37,9 @@ def plot_learning_curve(metrics_csv: Path, png: Path, title: str = "") -> None:
     acc_axis.plot(episodes, [float(r["train_accuracy"]) for r in rows], marker=".", label="train (queries)")
     acc_axis.plot(episodes, [float(r["val_accuracy"]) for r in rows], marker=".", label="validation")
     acc_axis.set(xlabel="episode", ylabel="accuracy (%)", title="accuracy")
+    for start in starts:
+        for axis in (loss_axis, acc_axis):
+            axis.axvline(start, color="gray", linestyle=":", label="continued (--init-from)")
     acc_axis.legend()
     acc_axis.grid(alpha=0.3)
     loss_axis.grid(alpha=0.3)
@@ -30,3 +47,16 @@ def plot_learning_curve(metrics_csv: Path, png: Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Plot learning curves from metrics.csv files.")
+    parser.add_argument("metrics", type=Path, nargs="+", help="metrics.csv of a run and of its continuations")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--title", default="")
+    args = parser.parse_args()
+    plot_learning_curve(args.metrics, args.out, args.title)
+
+
+if __name__ == "__main__":
+    main()

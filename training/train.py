@@ -134,7 +134,13 @@ def main(argv: list[str] | None = None) -> None:
     began = time.perf_counter() - elapsed_before
     losses, hits = [], []
     progress = tqdm(range(start, args.episodes), initial=start, total=args.episodes, unit="ep")
+
+    def out_of_time() -> bool:
+        return args.max_minutes is not None and time.perf_counter() - began > 60 * args.max_minutes
+
     for episode_index in progress:
+        if out_of_time():
+            break
         model.train()
         episode = sampler.sample().to(device)
         logits = model(episode.support, episode.support_labels, episode.query, episode.label_codes)
@@ -147,8 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         hits.append((logits.argmax(-1) == episode.query_labels).float().mean().detach())
 
         done = episode_index + 1
-        out_of_time = args.max_minutes is not None and time.perf_counter() - began > 60 * args.max_minutes
-        if done % args.val_every == 0 or done == args.episodes or out_of_time:
+        if done % args.val_every == 0 or done == args.episodes or out_of_time():
             train_loss = torch.stack(losses).mean().item()
             train_accuracy = 100 * torch.stack(hits).mean().item()
             losses, hits = [], []
@@ -200,8 +205,6 @@ def main(argv: list[str] | None = None) -> None:
                 state_path,
             )
             plot_learning_curve(metrics_path, run_dir / "learning_curve.png", title=args.out.stem)
-        if out_of_time:
-            break
     log_file.close()
     print(f"best validation accuracy {best:.2f}% -> {args.out}")
 
