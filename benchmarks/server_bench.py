@@ -5,13 +5,14 @@ Measures, with real Omniglot drawings (evaluation alphabets):
     tasks of 5, 20 and 100 labels (one example per label);
   * throughput of classify calls under 1, 4 and 16 concurrent clients (dynamic batching);
   * memory per stored example: derived memory in a worker's cache, and the task store on disk;
-  * dense vs FAISS top-k attention in-process, over task sizes, to place the server's default
-    ``topk_min_examples`` where top-k starts to win.
+  * dense vs FAISS top-k attention in-process: latency over task sizes, to place the server's
+    default ``topk_min_examples`` where top-k starts to win, and accuracy on a task of every
+    evaluation character.
 
 Prints a table and writes JSON:
 
     python benchmarks/server_bench.py                      # defaults: 200 calls each, 1 worker
-    python benchmarks/server_bench.py --calls 50 --skip-crossover --out /tmp/quick.json
+    python benchmarks/server_bench.py --calls 50 --skip-attention --out /tmp/quick.json
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ import statistics
 import sys
 import tempfile
 import time
-import zipfile
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,9 +39,9 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests/server")]  # the server's code, and its test helpers
 
-from serverkit import CHECKPOINT, OMNIGLOT_ZIP, ServerProcess  # noqa: E402
+from serverkit import CHECKPOINT, ServerProcess, omniglot  # noqa: E402
 
-from model.inference import MetaNetPredictor  # noqa: E402
+from model.inference import MetaNetPredictor, TaskMemory  # noqa: E402
 from server.images import ImageDecoder  # noqa: E402
 from server.memory import CachedTask, MemoryCache, TaskMemories  # noqa: E402
 
@@ -50,17 +49,8 @@ SIZES = (5, 20, 100)
 
 
 def drawings(characters: int, drawers: int) -> list[list[str]]:
-    """base64 PNGs of ``characters`` evaluation characters (alphabet by alphabet): [character][drawer]."""
-    by_character: dict[str, list[str]] = defaultdict(list)
-    with zipfile.ZipFile(OMNIGLOT_ZIP) as archive:
-        for name in archive.namelist():
-            if name.endswith(".png"):
-                by_character[name.rsplit("/", 1)[0]].append(name)
-        chosen = sorted(by_character)[:characters]
-        return [
-            [base64.b64encode(archive.read(n)).decode() for n in sorted(by_character[c])[:drawers]]
-            for c in chosen
-        ]
+    """base64 PNGs of evaluation characters, alphabet by alphabet: [character][drawer]."""
+    return [[base64.b64encode(png).decode() for png in row] for row in omniglot(None, characters, drawers)]
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -170,56 +160,86 @@ def bench_memory(http: httpx.Client, data_dir: Path, tasks: list[str]) -> dict:
     }
 
 
-def bench_crossover(sizes: list[int], neighbors: int, repeats: int, threads: int) -> dict:
-    """In-process: classify latency of one query with dense attention vs FAISS top-k, per task size.
+def tiled(task: TaskMemory, n: int) -> TaskMemory:
+    """A memory of n examples made of copies of ``task``'s rows: classify costs depend only on shapes."""
+    reps, m = -(-n // task.num_examples), task.memory
 
-    Memories of n examples are tiles of a real 100-example memory (classify cost depends only on
-    shapes), so large sizes need no long builds.
-    """
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        return t.repeat(reps, *[1] * (t.dim() - 1))[:n].contiguous()
+
+    inner = dataclasses.replace(
+        m,
+        fast_weights=rows(m.fast_weights),
+        fast_out=rows(m.fast_out),
+        labels=rows(m.labels),
+        keys=rows(m.keys),
+    )
+    return dataclasses.replace(task, images=rows(task.images), memory=inner)
+
+
+def median_ms(tasks: TaskMemories, entry: CachedTask, queries: np.ndarray, repeats: int) -> float:
+    tasks.classify([(entry, queries[:1])])  # warm-up
+    seconds = []
+    for i in range(repeats):
+        started = time.perf_counter()
+        tasks.classify([(entry, queries[[i % len(queries)]])])
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds) * 1e3
+
+
+def accuracy(tasks: TaskMemories, entry: CachedTask, queries: np.ndarray) -> float:
+    """Share of queries (query i shows label i) classified correctly."""
+    hits = 0
+    for start in range(0, len(queries), 32):
+        probs = tasks.classify([(entry, queries[start : start + 32])])[0]
+        hits += int((probs.argmax(dim=1) == torch.arange(start, start + len(probs))).sum())
+    return hits / len(queries)
+
+
+def bench_attention(sizes: list[int], tiled_sizes: list[int], neighbors: list[int], repeats: int) -> dict:
+    """In-process, dense attention vs FAISS top-k: accuracy and latency on real one-shot tasks of the
+    first n evaluation characters (one drawing each; grown with extend_memory, as the server does),
+    and latency on larger tiled memories."""
     predictor = MetaNetPredictor.load(CHECKPOINT)
     decoder = ImageDecoder(max_side=4096)
-    chars = drawings(100, 3)
+    chars = drawings(max(sizes), 2)
     support = np.stack([decoder.decode(c[0], "support") for c in chars])
     queries = np.stack([decoder.decode(c[1], "query") for c in chars])
-    base = predictor.build_memory(support, [f"c{i}" for i in range(100)])
-    results = []
-    for n in tqdm(sizes, desc="dense vs top-k", leave=False):
-        reps = -(-n // 100)
-        m = base.memory
-        memory = dataclasses.replace(
-            base,
-            images=base.images.repeat(reps, 1, 1)[:n],
-            memory=dataclasses.replace(
-                m,
-                fast_weights=m.fast_weights.repeat(reps, 1)[:n].contiguous(),
-                fast_out=m.fast_out.repeat(reps, 1)[:n].contiguous(),
-                labels=m.labels.repeat(reps)[:n].contiguous(),
-                keys=m.keys.repeat(reps, 1)[:n].contiguous(),
-            ),
-        )
-        timings = {}
-        for mode, threshold in (("dense", n + 1), ("topk", 1)):
-            tasks = TaskMemories(predictor, None, MemoryCache(0), threshold, neighbors)
+    labels = [f"c{i}" for i in range(len(chars))]
+
+    def memories(threshold: int, k: int) -> TaskMemories:
+        return TaskMemories(predictor, None, MemoryCache(0), threshold, k)
+
+    def measure(memory: TaskMemory, n_queries: int) -> dict:
+        row = {"examples": memory.num_examples}
+        variants = [("dense", memories(memory.num_examples + 1, 1))]
+        variants += [(f"top{k}", memories(1, k)) for k in neighbors]
+        for name, tasks in variants:
             entry = CachedTask(1, 1, memory, tasks.build_index(memory))
-            q = queries[:1]
-            tasks.classify([(entry, q)])  # warm-up
-            seconds = []
-            for i in range(repeats):
-                q = queries[[i % 100]]
-                started = time.perf_counter()
-                tasks.classify([(entry, q)])
-                seconds.append(time.perf_counter() - started)
-            timings[mode] = statistics.median(seconds) * 1e3
-        results.append({"examples": n, "dense_ms": timings["dense"], "topk_ms": timings["topk"]})
-        del memory
-    wins_from = None  # the smallest size from which top-k is faster at every larger size
-    for r in reversed(results):
-        if r["topk_ms"] >= r["dense_ms"]:
-            break
-        wins_from = r["examples"]
-    return {"neighbors": neighbors, "threads": threads, "sizes": results, "topk_wins_from": wins_from}
+            row[f"{name}_ms"] = median_ms(tasks, entry, queries[:n_queries], repeats)
+            if n_queries == memory.num_examples:
+                row[f"{name}_accuracy"] = accuracy(tasks, entry, queries[:n_queries])
+        return row
+
+    rows, memory = [], None
+    for n in tqdm(sorted(sizes), desc="real tasks: dense vs top-k", leave=False):
+        if memory is None:
+            memory = predictor.build_memory(support[:n], labels[:n])
+        else:
+            memory = predictor.extend_memory(
+                memory, support[memory.num_examples : n], labels[memory.num_examples : n]
+            )
+        rows.append(measure(memory, n))
+    for n in tqdm(tiled_sizes, desc="tiled tasks: dense vs top-k", leave=False):
+        rows.append(measure(tiled(memory, n), memory.num_examples))
+    wins_from = {}
+    for k in neighbors:  # the smallest size from which top-k is faster at every larger size
+        wins_from[k] = None
+        for row in reversed(rows):
+            if row[f"top{k}_ms"] >= row["dense_ms"]:
+                break
+            wins_from[k] = row["examples"]
+    return {"rows": rows, "topk_faster_from": wins_from}
 
 
 def main() -> None:
@@ -230,8 +250,10 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--crossover-sizes", type=int, nargs="+", default=[100, 200, 400, 800, 1600, 3200])
-    parser.add_argument("--skip-crossover", action="store_true")
+    parser.add_argument("--attention-sizes", type=int, nargs="+", default=[20, 50, 100, 200, 400, 659])
+    parser.add_argument("--tiled-sizes", type=int, nargs="+", default=[1600, 3200])
+    parser.add_argument("--neighbors", type=int, nargs="+", default=[16, 64], help="k of top-k attention")
+    parser.add_argument("--skip-attention", action="store_true", help="skip dense vs top-k (in-process)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/server_bench.json")
     args = parser.parse_args()
 
@@ -260,8 +282,12 @@ def main() -> None:
                 report["memory"] = bench_memory(http, server.data_dir, held)
         finally:
             server.stop()
-    if not args.skip_crossover:
-        report["crossover"] = bench_crossover(args.crossover_sizes, 64, 30, os.cpu_count() or 1)
+    if not args.skip_attention:
+        torch.set_num_threads(os.cpu_count() or 1)  # as a lone server worker
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        report["attention"] = bench_attention(
+            args.attention_sizes, args.tiled_sizes, args.neighbors, repeats=30
+        )
     report["load_average_after"] = os.getloadavg()
 
     print_table(report)
@@ -289,12 +315,23 @@ def print_table(report: dict) -> None:
         f"\nmemory per example: {m['cache_bytes_per_example'] / 2**20:.2f} MiB cached in a worker, "
         f"{m['store_bytes_per_example'] / 1024:.2f} KiB in the store; mean batch {m['batch_size_mean']:.2f}"
     )
-    if "crossover" in report:
-        c = report["crossover"]
-        print(f"\n{'examples':<10}{'dense ms':>10}{'top-' + str(c['neighbors']) + ' ms':>12}")
-        for r in c["sizes"]:
-            print(f"{r['examples']:<10}{r['dense_ms']:>10.1f}{r['topk_ms']:>12.1f}")
-        print(f"top-k attention wins from {c['topk_wins_from']} examples")
+    if "attention" in report:
+        a = report["attention"]
+        names = ["dense"] + [
+            key[:-3] for key in a["rows"][0] if key.startswith("top") and key.endswith("_ms")
+        ]
+        print(f"\n{'examples':<10}" + "".join(f"{n + ' ms':>11}{n + ' acc':>11}" for n in names))
+        for row in a["rows"]:
+            cells = [(row[f"{n}_ms"], row.get(f"{n}_accuracy")) for n in names]
+            print(
+                f"{row['examples']:<10}"
+                + "".join(
+                    f"{ms:>11.1f}" + (f"{acc:>11.1%}" if acc is not None else f"{'':>11}")
+                    for ms, acc in cells
+                )
+            )
+        for k, n in a["topk_faster_from"].items():
+            print(f"top-{k} attention is faster from {n} examples on")
 
 
 if __name__ == "__main__":

@@ -37,10 +37,12 @@ class ServerSettings(BaseSettings):
     batch_timeout: float = Field(0.0, ge=0, description="extra seconds a worker waits to fill a batch")
     request_timeout: float = Field(120.0, gt=0, description="seconds a request may wait in the queue")
     cache_bytes: int = Field(2 * 1024**3, ge=0, description="per-worker budget of the task-memory LRU cache")
+    # From benchmarks/server_bench.py: dense attention loses accuracy as a task grows past the 20-way
+    # tasks the model was trained on, while top-16 keeps it (and is faster from a few hundred examples).
     topk_min_examples: int = Field(
-        512, ge=1, description="tasks with at least this many examples use FAISS top-k attention"
+        32, ge=1, description="tasks with at least this many examples use FAISS top-k attention"
     )
-    topk_neighbors: int = Field(64, ge=1, description="k of top-k attention")
+    topk_neighbors: int = Field(16, ge=1, description="k of top-k attention")
     torch_threads: int = Field(0, ge=0, description="threads per worker; 0 = cores / workers")
     normalize_polarity: bool = True
 

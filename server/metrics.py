@@ -39,6 +39,9 @@ CACHE_REFRESHES = Counter(
 # Per worker (a "pid" label): each worker has its own cache and budget.
 CACHE_BYTES = Gauge("metanet_memory_cache_bytes", "Bytes of task memory cached", multiprocess_mode="liveall")
 CACHE_TASKS = Gauge("metanet_memory_cache_tasks", "Tasks with cached memory", multiprocess_mode="liveall")
+ATTENTION = Counter(
+    "metanet_classified_images_total", "Images classified, by attention: dense or FAISS top-k", ["attention"]
+)
 BATCH_SIZE = Histogram(
     "metanet_worker_batch_size", "Work items per dynamic batch", buckets=(1, 2, 4, 8, 16, 32, 64)
 )

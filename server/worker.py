@@ -20,8 +20,8 @@ import litserve as ls
 import torch
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem
-from model.inference import MetaNetPredictor
 
+from model.inference import MetaNetPredictor
 from server import metrics
 from server.config import ServerSettings
 from server.errors import ApiError
@@ -168,6 +168,7 @@ class MetaNetAPI(ls.LitAPI):
         )
         for (i, task), probs in zip(ready, probabilities, strict=True):
             results[i] = _predictions(task, probs, items[i]["top_k"])
+            metrics.ATTENTION.labels("dense" if task.index is None else "topk").inc(len(probs))
         return results
 
     def _task(self, tenant: str, task_id: str) -> CachedTask | ApiError:

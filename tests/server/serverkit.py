@@ -114,14 +114,14 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def omniglot(alphabet: str, characters: int, drawers: int) -> list[list[bytes]]:
-    """PNG files of one evaluation alphabet: result[character][drawer]."""
+def omniglot(alphabet: str | None, characters: int, drawers: int) -> list[list[bytes]]:
+    """PNG files of evaluation characters (of one alphabet, or alphabet by alphabet): [character][drawer]."""
     by_character: dict[str, list[str]] = defaultdict(list)
-    prefix = f"images_evaluation/{alphabet}/"
+    prefix = f"images_evaluation/{alphabet}/" if alphabet else "images_evaluation/"
     with zipfile.ZipFile(OMNIGLOT_ZIP) as archive:
         for name in archive.namelist():
             if name.startswith(prefix) and name.endswith(".png"):
-                by_character[name.split("/")[2]].append(name)
+                by_character[name.rsplit("/", 1)[0]].append(name)
         chosen = sorted(by_character)[:characters]
         return [[archive.read(name) for name in sorted(by_character[c])[:drawers]] for c in chosen]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serverkit import ServerProcess, b64, support_body
+from serverkit import ServerProcess, b64, omniglot, support_body
 
 
 def metric(client: httpx.Client, name: str, **labels: str) -> float:
@@ -54,6 +54,22 @@ def test_one_shot_flow_on_unseen_omniglot_characters(client: httpx.Client, task_
 
     info = client.get(f"/tasks/{task_id}").json()
     assert info == {"task_id": task_id, "version": 1, "num_examples": 20, "labels": dict.fromkeys(labels, 1)}
+
+
+def test_large_tasks_use_faiss_top_k_attention(client: httpx.Client, task_id: str) -> None:
+    characters = omniglot(None, 40, 2)  # 40 characters of two alphabets, past the top-k threshold (32)
+    labels = [f"char{i:02d}" for i in range(len(characters))]
+    client.post(
+        f"/tasks/{task_id}/support",
+        json=support_body([(lab, c[0]) for lab, c in zip(labels, characters, strict=True)]),
+    )
+    before = metric(client, "metanet_classified_images_total", attention="topk")
+    answer = client.post(f"/tasks/{task_id}/classify", json={"images": [b64(c[1]) for c in characters]})
+    assert answer.status_code == 200, answer.text
+    assert metric(client, "metanet_classified_images_total", attention="topk") == before + len(characters)
+    predicted = [p["label"] for p in answer.json()["predictions"]]
+    accuracy = sum(p == label for p, label in zip(predicted, labels, strict=True)) / len(labels)
+    assert accuracy >= 0.5, f"40-way one-shot accuracy {accuracy:.2f} (chance 0.025)"
 
 
 def test_new_labels_and_examples_arrive_on_the_fly(client: httpx.Client, task_id: str, tibetan) -> None:
