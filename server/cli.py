@@ -6,6 +6,8 @@ import argparse
 import os
 import shutil
 
+from pydantic import ValidationError
+
 from server.config import ServerSettings
 
 
@@ -27,9 +29,8 @@ def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         ("log_level", "critical, error, warning, info or debug"),
     ]:
         default = fields[name].default
-        parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, help=f"{help_text} [default: {default}]"
-        )
+        shown = f" [default: {default}]" if default is not None else ""
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=help_text + shown)
     parser.add_argument(
         "--no-normalize-polarity",
         dest="normalize_polarity",
@@ -42,9 +43,12 @@ def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def serve(argv: list[str] | None = None, prog: str = "python -m server") -> None:
     """Start the server with options from ``argv``, the environment and defaults."""
-    args = _serve_parser(argparse.ArgumentParser(prog=prog, description="MetaNet one-shot concept server"))
-    options = {k: v for k, v in vars(args.parse_args(argv)).items() if v is not None}
-    settings = ServerSettings(**options)
+    parser = _serve_parser(argparse.ArgumentParser(prog=prog, description="MetaNet one-shot concept server"))
+    options = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    try:
+        settings = ServerSettings(**options)
+    except ValidationError as exc:
+        parser.error("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     settings.configure_logging()
     # Prometheus multiprocess mode must be on before prometheus_client is first imported, in this
     # process (the HTTP processes fork from it) and in the spawned workers (they inherit the variable).

@@ -3,6 +3,7 @@ kept in an LRU cache under a byte budget and brought up to date from the task st
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
@@ -15,6 +16,7 @@ from model.inference import MetaNetPredictor, TaskMemory
 from server.store import TaskStore
 
 Refresh = Literal["hit", "extend", "build"]
+logger = logging.getLogger("metanet.memory")
 
 
 class EmptyTaskError(Exception):
@@ -56,16 +58,18 @@ class MemoryCache:
             self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: tuple[str, str], entry: CachedTask) -> None:
+    def put(self, key: tuple[str, str], entry: CachedTask) -> bool:
+        """Cache ``entry``, evicting least recently used ones; False if it alone exceeds the budget."""
         self.pop(key)
         size = entry.nbytes
         if size > self.budget_bytes:
-            return
+            return False
         while self._entries and self.nbytes + size > self.budget_bytes:
             _, evicted = self._entries.popitem(last=False)
             self.nbytes -= evicted.nbytes
         self._entries[key] = entry
         self.nbytes += size
+        return True
 
     def pop(self, key: tuple[str, str]) -> None:
         entry = self._entries.pop(key, None)
@@ -120,7 +124,14 @@ class TaskMemories:
                 state = snap.state
             memory, refresh = self.predictor.build_memory(snap.images, snap.labels), "build"
         entry = CachedTask(state.uid, state.version, memory, self.build_index(memory))
-        self.cache.put(key, entry)
+        if not self.cache.put(key, entry):
+            logger.warning(
+                "task %r needs %d bytes of memory, more than the whole cache budget (%d): it is rebuilt on "
+                "every call; raise METANET_CACHE_BYTES",
+                task_id,
+                entry.nbytes,
+                self.cache.budget_bytes,
+            )
         return entry, refresh
 
     def refresh_if_cached(self, tenant: str, task_id: str) -> Refresh | None:

@@ -139,5 +139,5 @@ def test_cache_evicts_least_recently_used_within_budget() -> None:
     cache.put(("t", "c"), entry(2))  # over budget: "b" is the least recently used
     assert ("t", "a") in cache and ("t", "b") not in cache and ("t", "c") in cache
     assert cache.nbytes == 4000
-    cache.put(("t", "huge"), entry(10))  # larger than the whole budget: not kept
+    assert not cache.put(("t", "huge"), entry(10))  # larger than the whole budget: not kept
     assert ("t", "huge") not in cache and len(cache) == 2

@@ -1,0 +1,22 @@
+"""The command line, without starting a server."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.cli import main, serve
+
+
+def test_metanet_serve_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: metanet serve" in out and "--api-keys-file" in out and "--workers" in out
+
+
+@pytest.mark.parametrize("argv", [["--port", "abc"], ["--port", "80"], ["--workers", "0"], ["--bogus"]])
+def test_bad_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        serve(argv)
+    assert exited.value.code == 2 and "error" in capsys.readouterr().err
