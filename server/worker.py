@@ -49,9 +49,12 @@ class WorkerBridge(LitSpec):
         uid = str(uuid.uuid4())
         event = asyncio.Event()
         self.response_buffer[uid] = ResponseBufferItem(event=event)
-        self.request_queue.put((self.response_queue_id, uid, time.monotonic(), item))
-        await event.wait()
-        response, status = self.response_buffer.pop(uid).response
+        try:
+            self.request_queue.put((self.response_queue_id, uid, time.monotonic(), item))
+            await event.wait()
+        finally:  # also when the client went away: a late answer for uid is then dropped
+            buffered = self.response_buffer.pop(uid)
+        response, status = buffered.response
         if status == LitAPIStatus.ERROR:
             if getattr(response, "status_code", None) == 504:
                 raise ApiError(504, "timeout", "the request waited too long for an inference worker")
