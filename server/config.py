@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -43,7 +42,9 @@ class ServerSettings(BaseSettings):
         32, ge=1, description="tasks with at least this many examples use FAISS top-k attention"
     )
     topk_neighbors: int = Field(16, ge=1, description="k of top-k attention")
-    torch_threads: int = Field(0, ge=0, description="threads per worker; 0 = cores / workers")
+    # One thread: this model's per-query ops are small, and on a CPU shared with the HTTP process (or
+    # anything else) more intra-op threads stall each other (benchmarks/server_bench.py, docs/SERVER.md).
+    torch_threads: int = Field(1, ge=1, description="intra-op threads per inference worker")
     normalize_polarity: bool = True
 
     # Limits (SPEC section 4).
@@ -61,9 +62,6 @@ class ServerSettings(BaseSettings):
     @property
     def metrics_dir(self) -> Path:
         return self.data_dir / "prometheus"
-
-    def threads_per_worker(self) -> int:
-        return self.torch_threads or max(1, (os.cpu_count() or 1) // self.workers)
 
     def configure_logging(self) -> None:
         """One log format for the server's processes (each spawned worker calls this too)."""

@@ -78,10 +78,9 @@ class MetaNetAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         self.settings.configure_logging()
-        threads = self.settings.threads_per_worker()
-        torch.set_num_threads(threads)
-        faiss.omp_set_num_threads(threads)
         s = self.settings
+        torch.set_num_threads(s.torch_threads)
+        faiss.omp_set_num_threads(s.torch_threads)
         self.store = SQLiteTaskStore(s.store_path)
         self.memories = TaskMemories(
             MetaNetPredictor.load(s.checkpoint, device),
@@ -90,7 +89,7 @@ class MetaNetAPI(ls.LitAPI):
             s.topk_min_examples,
             s.topk_neighbors,
         )
-        logger.info("worker ready: %s on %s, %d threads", s.checkpoint, device, threads)
+        logger.info("worker ready: %s on %s, %d thread(s)", s.checkpoint, device, s.torch_threads)
 
     def batch(self, inputs: list[dict]) -> list[dict]:
         return inputs
