@@ -39,9 +39,10 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests/server")]  # the server's code, and its test helpers
 
-from serverkit import CHECKPOINT, ServerProcess, omniglot  # noqa: E402
+from serverkit import CHECKPOINT, omniglot, running_server  # noqa: E402
 
 from model.inference import MetaNetPredictor, TaskMemory  # noqa: E402
+from server.config import ServerSettings  # noqa: E402
 from server.images import ImageDecoder  # noqa: E402
 from server.memory import CachedTask, MemoryCache, TaskMemories  # noqa: E402
 
@@ -266,25 +267,23 @@ def main() -> None:
     }
     chars = drawings(100, 20)
     with tempfile.TemporaryDirectory() as folder:
-        server = ServerProcess(
-            Path(folder) / "data", "--workers", str(args.workers), "--log-level", "warning"
-        )
         print("starting server ...", file=sys.stderr)
-        server.start()
-        try:
-            with httpx.Client(base_url=server.url, timeout=300) as http:
-                report["classify"] = bench_classify(http, chars, args.calls)
-                report["support"] = bench_support(http, chars, args.calls, args.pool)
-                print("throughput ...", file=sys.stderr)
-                report["throughput"] = bench_throughput(server.url, chars, args.clients, args.calls)
-                held = [f"classify-{size}" for size in SIZES]
-                held += [task for size in SIZES for task in support_tasks(size, args.pool)]
-                report["memory"] = bench_memory(http, server.data_dir, held)
-        finally:
-            server.stop()
+        server_args = ("--workers", str(args.workers), "--log-level", "warning")
+        with (
+            running_server(Path(folder) / "data", *server_args) as server,
+            httpx.Client(base_url=server.url, timeout=300) as http,
+        ):
+            report["classify"] = bench_classify(http, chars, args.calls)
+            report["support"] = bench_support(http, chars, args.calls, args.pool)
+            print("throughput ...", file=sys.stderr)
+            report["throughput"] = bench_throughput(server.url, chars, args.clients, args.calls)
+            held = [f"classify-{size}" for size in SIZES]
+            held += [task for size in SIZES for task in support_tasks(size, args.pool)]
+            report["memory"] = bench_memory(http, server.data_dir, held)
     if not args.skip_attention:
-        torch.set_num_threads(os.cpu_count() or 1)  # as a lone server worker
-        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        threads = ServerSettings().torch_threads  # as in a server worker
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
         report["attention"] = bench_attention(
             args.attention_sizes, args.tiled_sizes, args.neighbors, repeats=30
         )
