@@ -37,18 +37,15 @@ def test_cnn_shapes_and_parameter_count():
 
 
 def test_layer_augmentation_sums_relu_of_each_weight_set():
-    weights = cnn.init_weights(8, 1)
-    fast = {k: torch.randn_like(v) for k, v in weights.items()}
-    x = torch.rand(2, 1, 4, 4)
-    h_slow = F.max_pool2d(F.relu(F.conv2d(x, weights["conv1"], padding=1)), 2, ceil_mode=True)
-    h_fast = F.max_pool2d(F.relu(F.conv2d(x, fast["conv1"], padding=1)), 2, ceil_mode=True)
-    assert not torch.allclose(h_slow, h_fast)
-    pooled = F.max_pool2d(
-        F.relu(F.conv2d(x, weights["conv1"], padding=1)) + F.relu(F.conv2d(x, fast["conv1"], padding=1)),
-        2,
-        ceil_mode=True,
-    ).flatten(1)  # 4x4 -> 2x2: flatten before fc only works for 1x1, so check the conv block alone
-    assert pooled.shape == (2, 8 * 4)
+    torch.manual_seed(0)
+    slow = cnn.init_weights(8, 1)  # one conv block: 2x2 -> 1x1, then fc 8 -> 8
+    fast = {k: torch.randn_like(v) for k, v in slow.items()}
+    x = torch.rand(3, 1, 2, 2)
+    conv = F.relu(F.conv2d(x, slow["conv1"], padding=1)) + F.relu(F.conv2d(x, fast["conv1"], padding=1))
+    pooled = F.max_pool2d(conv, 2, ceil_mode=True).flatten(1)  # [3, 8]
+    expected = F.relu(pooled @ slow["fc"].T) + F.relu(pooled @ fast["fc"].T)
+    torch.testing.assert_close(cnn.features(x, slow, fast), expected)
+    assert not torch.allclose(cnn.features(x, slow), expected)
 
 
 def test_gradient_preprocessing_matches_hand_computed_values():

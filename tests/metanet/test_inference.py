@@ -1,0 +1,90 @@
+"""The inference API the server uses, on the shipped default checkpoint and real drawings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.inference import MetaNetPredictor
+
+CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "omniglot-standard.safetensors"
+
+
+@pytest.fixture(scope="module")
+def predictor() -> MetaNetPredictor:
+    return MetaNetPredictor.load(CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def task(evaluation_characters):
+    chars = np.random.default_rng(0).choice(len(evaluation_characters.names), 25, replace=False)
+    images = evaluation_characters.images[chars]  # [25, 20, 28, 28]
+    return images[:, 0], [f"char{i}" for i in range(25)], images[:, 1]
+
+
+def test_one_shot_classification_is_far_above_chance(predictor, task):
+    support, labels, queries = task
+    memory = predictor.build_memory(support[:20], labels[:20])
+    probabilities = predictor.classify(memory, queries[:20])
+    assert probabilities.shape == (20, 20)
+    torch.testing.assert_close(probabilities.sum(-1), torch.ones(20))
+    assert (probabilities.argmax(-1) == torch.arange(20)).float().mean() >= 0.75  # chance: 0.05
+
+
+def test_growing_a_task_equals_building_it_at_once(predictor, task):
+    support, labels, queries = task
+    whole = predictor.build_memory(support, labels)  # 25 examples: Q* reads the first 20
+    grown = predictor.build_memory(support[:3], labels[:3])
+    for i in range(3, 25):  # one new label at a time, through d's kept LSTM state
+        previous = grown
+        grown = predictor.extend_memory(grown, support[i : i + 1], labels[i : i + 1])
+        assert previous.num_examples == i  # the old memory is untouched
+    assert grown.labels == whole.labels
+    torch.testing.assert_close(grown.memory.fast_weights, whole.memory.fast_weights, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(grown.keys, whole.keys, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        predictor.classify(grown, queries), predictor.classify(whole, queries), atol=1e-4, rtol=1e-3
+    )
+
+
+def test_extending_with_a_known_label_keeps_the_other_fast_weights(predictor, task):
+    support, labels, _ = task
+    memory = predictor.build_memory(support[:20], labels[:20])
+    extended = predictor.extend_memory(memory, support[20:21], labels[:1])
+    assert extended.labels == memory.labels and extended.num_examples == 21
+    assert torch.equal(extended.memory.fast_weights[:20], memory.memory.fast_weights)
+    assert torch.equal(extended.keys[:20], memory.keys)  # Q* is final after T = 20 examples
+
+
+def test_top_k_attention_over_every_key_equals_dense(predictor, task):
+    support, labels, queries = task
+    memory = predictor.build_memory(support[:10], labels[:10])
+    cosine = predictor.embed_queries(memory, queries[:4]) @ memory.keys.T
+    top = cosine.topk(10)
+    torch.testing.assert_close(
+        predictor.classify(memory, queries[:4], (top.indices, top.values)),
+        predictor.classify(memory, queries[:4]),
+        atol=1e-5,
+        rtol=1e-4,
+    )
+
+
+def test_a_batch_of_several_tasks_equals_one_call_per_task(predictor, task):
+    support, labels, queries = task
+    first = predictor.build_memory(support[:5], labels[:5])
+    second = predictor.build_memory(support[5:12], labels[5:12])
+    batched = predictor.classify_batch([(first, queries[:3]), (second, queries[5:7])])
+    assert [p.shape for p in batched] == [(3, 5), (2, 7)]
+    torch.testing.assert_close(batched[0], predictor.classify(first, queries[:3]), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(batched[1], predictor.classify(second, queries[5:7]), atol=1e-5, rtol=1e-4)
+
+
+def test_bad_calls_are_rejected(predictor, task):
+    support, labels, _ = task
+    with pytest.raises(ValueError):
+        predictor.build_memory(support[:2], labels[:3])
+    with pytest.raises(ValueError):
+        predictor.build_memory(support[:0], [])
