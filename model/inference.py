@@ -10,7 +10,7 @@ has fewer, adding an example refreshes Q* and with it every memory key (one chea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,6 @@ class TaskMemory:
     labels: list[str]  # label strings, index k = label slot k
     images: torch.Tensor  # [n, 28, 28] uint8 support images, kept to refresh keys
     memory: Memory
-    label_index: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_examples(self) -> int:
@@ -86,7 +85,7 @@ class MetaNetPredictor:
         if len(labels) >= self.model.config.max_task_examples:
             memory.rep_state = memory.base_state = None
         stored = torch.as_tensor(np.asarray(images), dtype=torch.uint8).to(self.device)
-        return TaskMemory(all_labels, stored, memory, {label: i for i, label in enumerate(all_labels)})
+        return TaskMemory(all_labels, stored, memory)
 
     @torch.no_grad()
     def extend_memory(
@@ -135,7 +134,7 @@ class MetaNetPredictor:
             rep_state=rep_state,
             base_state=base_state,
         )
-        return TaskMemory(all_labels, stored, memory, {label: i for i, label in enumerate(all_labels)})
+        return TaskMemory(all_labels, stored, memory)
 
     @torch.no_grad()
     def embed_queries(self, task: TaskMemory, images: np.ndarray | torch.Tensor) -> torch.Tensor:
