@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from model.config import MetaNetConfig
@@ -37,8 +38,6 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     side = metadata_path(path)
     if side.exists():
         return json.loads(side.read_text())
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         return json.loads(f.metadata()["metanet"])
 

@@ -63,8 +63,15 @@ class MetaNetPredictor:
     def _inputs(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         return to_tensor(images).to(self.device)
 
-    def _label_ids(self, labels: list[str], known: list[str]) -> tuple[list[str], torch.Tensor]:
-        """Extend ``known`` with new labels in order of appearance; label indices of ``labels``."""
+    def _labels(
+        self, images: np.ndarray | torch.Tensor, labels: list[str], known: list[str]
+    ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """Check one label per image; extend ``known`` with new labels in order of appearance.
+
+        Returns (all labels, label indices of ``labels`` [n], codebook rows of all labels [K]).
+        """
+        if len(images) != len(labels) or len(labels) == 0:
+            raise ValueError("need one label per image and at least one image")
         all_labels = list(known)
         index = {label: i for i, label in enumerate(all_labels)}
         for label in labels:
@@ -72,20 +79,20 @@ class MetaNetPredictor:
                 index[label] = len(all_labels)
                 all_labels.append(label)
         ids = torch.tensor([index[label] for label in labels], dtype=torch.int64, device=self.device)
-        return all_labels, ids
+        return all_labels, ids, torch.arange(len(all_labels), device=self.device)
+
+    def _stored(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Support images as kept in a TaskMemory: uint8 [n, 28, 28] on the device."""
+        return torch.as_tensor(np.asarray(images), dtype=torch.uint8).to(self.device)
 
     @torch.no_grad()
     def build_memory(self, images: np.ndarray | torch.Tensor, labels: list[str]) -> TaskMemory:
         """Memory of a task from its support images [n, 28, 28] and their labels (n >= 1)."""
-        if len(images) != len(labels) or len(labels) == 0:
-            raise ValueError("need one label per image and at least one image")
-        all_labels, ids = self._label_ids(labels, [])
-        codes = torch.arange(len(all_labels), device=self.device)
+        all_labels, ids, codes = self._labels(images, labels, [])
         memory = self.model.build_memory(self._inputs(images), ids, codes)
         if len(labels) >= self.model.config.max_task_examples:
             memory.rep_state = memory.base_state = None
-        stored = torch.as_tensor(np.asarray(images), dtype=torch.uint8).to(self.device)
-        return TaskMemory(all_labels, stored, memory)
+        return TaskMemory(all_labels, self._stored(images), memory)
 
     @torch.no_grad()
     def extend_memory(
@@ -96,29 +103,24 @@ class MetaNetPredictor:
         Only the new examples' fast weights are computed. Q* and all keys are refreshed only
         while the task had fewer than T examples.
         """
-        if len(images) != len(labels) or len(labels) == 0:
-            raise ValueError("need one label per image and at least one image")
         model, old = self.model, task.memory
-        all_labels, new_ids = self._label_ids(labels, task.labels)
-        codes = torch.arange(len(all_labels), device=self.device)
+        all_labels, new_ids, codes = self._labels(images, labels, task.labels)
         new_x = self._inputs(images)
         fast, fast_out = model.example_fast_weights(new_x, codes[new_ids])
-        stored = torch.cat(
-            [task.images, torch.as_tensor(np.asarray(images), dtype=torch.uint8).to(self.device)]
-        )
+        stored = torch.cat([task.images, self._stored(images)])
         label_ids = torch.cat([old.labels, new_ids])
         t, n_old = model.config.max_task_examples, task.num_examples
         rep_task, base_task = old.rep_task_weights, old.base_task_weights
         rep_state, base_state = old.rep_state, old.base_state
         if n_old < t:  # the new examples change Q*: d reads them, then every key is refreshed
             first = slice(0, t - n_old)
+            all_x = self._inputs(stored)
             if model.config.embedding_loss == "cross_entropy":
                 rep_task, rep_state = model.rep_task_weights(new_x[first], codes[new_ids][first], rep_state)
             else:  # pairs are drawn among all of the first T examples
-                all_x = to_tensor(stored[:t]).to(self.device)
-                rep_task, rep_state = model.rep_task_weights(all_x, codes[label_ids[:t]])
+                rep_task, rep_state = model.rep_task_weights(all_x[:t], codes[label_ids[:t]])
             base_task, base_state = model.base_task_weights(new_x[first], codes[new_ids][first], base_state)
-            keys = model.embed(to_tensor(stored).to(self.device), rep_task)
+            keys = model.embed(all_x, rep_task)
         else:
             keys = torch.cat([old.keys, model.embed(new_x, rep_task)])
         if len(stored) >= t:  # Q* is final: d's state is no longer needed

@@ -42,11 +42,7 @@ def example_gradients(weights: Weights, codes: torch.Tensor, x: torch.Tensor) ->
     (every other row's gradient is zero).
     """
     params = {name: w.detach() for name, w in weights.items()}
-
-    def loss(w: Weights, xi: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        return _own_label_loss(w, xi, code)
-
-    grads, out = vmap(grad(loss, argnums=(0, 2)), in_dims=(None, 0, 0))(params, x, codes.detach())
+    grads, out = vmap(grad(_own_label_loss, argnums=(0, 2)), in_dims=(None, 0, 0))(params, x, codes.detach())
     return grads | {"out": out}
 
 
