@@ -38,14 +38,19 @@ def init_weights(channels: int, num_blocks: int) -> Weights:
     return weights
 
 
-def features(x: torch.Tensor, *weight_sets: Weights) -> torch.Tensor:
-    """Augmented forward pass to the fc output. x: [B, 1, H, W] or [1, H, W] -> [B, C] or [C]."""
+def features(x: torch.Tensor, *weight_sets: Weights, relu_out: bool = True) -> torch.Tensor:
+    """Augmented forward pass to the fc output. x: [B, 1, H, W] or [1, H, W] -> [B, C] or [C].
+
+    relu_out=False leaves the fc layer linear (the sum of each weight set's fc output), a signed
+    embedding; the paper's network applies ReLU there too.
+    """
     convs = [name for name in weight_sets[0] if name.startswith("conv")]
     for name in convs:
         x = sum(F.relu(F.conv2d(x, w[name], padding=1)) for w in weight_sets)
         x = F.max_pool2d(x, 2, ceil_mode=True)
     x = x.flatten(-3)
-    return sum(F.relu(x @ w["fc"].T) for w in weight_sets)
+    out_fn = F.relu if relu_out else (lambda t: t)
+    return sum(out_fn(x @ w["fc"].T) for w in weight_sets)
 
 
 def codebook(max_labels: int, channels: int, seed: int = 0) -> torch.Tensor:

@@ -14,6 +14,8 @@ class MetaNetConfig:
         "plus" (MetaNet+, task-level fast weights for the base learner too).
     embedding_loss: loss whose gradients d reads. "cross_entropy" for one-shot tasks,
         "contrastive" for several shots per class (paper eq. 6-7).
+    signed_keys: the paper's u ends in a ReLU, so its embeddings are non-negative and every
+        cosine is >= 0; True keys the memory by the fc output before that ReLU (cosines in [-1, 1]).
     """
 
     variant: Literal["metanet", "minus", "plus"] = "metanet"
@@ -27,6 +29,7 @@ class MetaNetConfig:
     embedding_loss: Literal["cross_entropy", "contrastive"] = "cross_entropy"
     contrastive_margin: float = 1.0
     attention_scale_init: float = 10.0  # learned inverse temperature of the cosine attention
+    signed_keys: bool = False  # memory keys from u's fc output before its ReLU (see model/metanet.py)
 
     def to_dict(self) -> dict:
         return asdict(self)

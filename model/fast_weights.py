@@ -36,28 +36,50 @@ class CoordinateMLP(nn.Module):
         return self.net(meta).squeeze(-1)
 
 
+def lstm_cell(
+    meta: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    w_ih: torch.Tensor,
+    w_hh: torch.Tensor,
+    bias: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LSTM step on any leading shape: meta [..., 2]; h, c [..., H] -> (h, c).
+
+    Written out (instead of ``nn.LSTMCell``) so that it runs on any batch shape and under
+    ``torch.compile``, which fuses the gate arithmetic into one kernel per pass.
+    """
+    gates = meta @ w_ih.T + h @ w_hh.T + bias  # [..., 4H]: input, forget, cell, output
+    i, f, g, o = gates.chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
 class CoordinateLSTM(nn.Module):
     """d: LSTM(2, hidden) over a sequence of gradients, then linear hidden -> 1, per coordinate."""
 
     def __init__(self, hidden: int = 20) -> None:
         super().__init__()
         self.hidden = hidden
-        self.cell = nn.LSTMCell(2, hidden)
+        self.cell = nn.LSTMCell(2, hidden)  # parameter container; the step is lstm_cell
         self.head = nn.Linear(hidden, 1)
+        self.step_fn = lstm_cell
         init_quiet(self.head)
 
-    def initial_state(self, coordinates: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        zeros = like.new_zeros(coordinates, self.hidden)
+    def initial_state(self, meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero state for coordinates shaped like ``meta`` [..., 2]."""
+        zeros = meta.new_zeros(*meta.shape[:-1], self.hidden)
         return zeros, zeros
 
     def step(
         self, meta: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One gradient per coordinate. meta: [P, 2]; state: ([P, H], [P, H])."""
-        return self.cell(meta, state)
+        """One gradient per coordinate. meta: [..., 2]; state: ([..., H], [..., H])."""
+        cell = self.cell
+        return self.step_fn(meta, *state, cell.weight_ih, cell.weight_hh, cell.bias_ih + cell.bias_hh)
 
     def readout(self, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Fast weights [P] from the hidden state."""
+        """Fast weights [...] from the hidden state."""
         return self.head(state[0]).squeeze(-1)
 
 

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
+from torch.utils._pytree import tree_map
 
 from model.cnn import Weights, features
 
@@ -34,22 +35,36 @@ def _own_label_loss(weights: Weights, x: torch.Tensor, code: torch.Tensor) -> to
     return F.softplus(-(features(x, weights) @ code))
 
 
+def _per_example(loss, weights: Weights, *batched: torch.Tensor, argnums=0, example_dims: tuple[int, ...]):
+    """vmap(grad(loss)) over examples with any leading shape ``batch`` (e.g. [episodes, n]).
+
+    Each tensor in ``batched`` is [*batch, *example_shape] with the example's own dims given by
+    ``example_dims``; gradients come back as [*batch, *shape].
+    """
+    lead = batched[0].shape[: batched[0].dim() - example_dims[0]]
+    flat = [t.reshape(-1, *t.shape[t.dim() - d :]) for t, d in zip(batched, example_dims, strict=True)]
+    params = {name: w.detach() for name, w in weights.items()}
+    in_dims = (None,) + (0,) * len(flat)
+    grads = vmap(grad(loss, argnums=argnums), in_dims=in_dims)(params, *flat)
+    return tree_map(lambda g: g.reshape(*lead, *g.shape[1:]), grads)
+
+
 def example_gradients(weights: Weights, codes: torch.Tensor, x: torch.Tensor) -> Weights:
     """Per-example gradients of the one-vs-rest task loss, vectorized over examples.
 
-    weights: slow CNN weights; codes: [n, C] each example's output row; x: [n, 1, H, W].
-    Returns {name: [n, *shape]} plus "out": [n, C], the gradient of the example's own output row
-    (every other row's gradient is zero).
+    weights: slow CNN weights; codes: [..., n, C] each example's output row; x: [..., n, 1, H, W].
+    Returns {name: [..., n, *shape]} plus "out": [..., n, C], the gradient of the example's own
+    output row (every other row's gradient is zero).
     """
-    params = {name: w.detach() for name, w in weights.items()}
-    grads, out = vmap(grad(_own_label_loss, argnums=(0, 2)), in_dims=(None, 0, 0))(params, x, codes.detach())
+    grads, out = _per_example(
+        _own_label_loss, weights, x, codes.detach(), argnums=(0, 2), example_dims=(3, 1)
+    )
     return grads | {"out": out}
 
 
 def embedding_gradients_ce(weights: Weights, codes: torch.Tensor, x: torch.Tensor) -> Weights:
     """Per-example gradients of the cross-entropy embedding loss w.r.t. u's CNN weights."""
-    params = {name: w.detach() for name, w in weights.items()}
-    return vmap(grad(_own_label_loss), in_dims=(None, 0, 0))(params, x, codes.detach())
+    return _per_example(_own_label_loss, weights, x, codes.detach(), example_dims=(3, 1))
 
 
 def embedding_gradients_contrastive(
@@ -57,12 +72,11 @@ def embedding_gradients_contrastive(
 ) -> Weights:
     """Per-pair gradients of the contrastive loss (paper eq. 6-7; Chopra et al. 2005).
 
-    x1, x2: [T, 1, H, W]; same: [T] 1.0 where the pair shares a label.
+    x1, x2: [..., T, 1, H, W]; same: [..., T] 1.0 where the pair shares a label.
     """
-    detached = {name: w.detach() for name, w in weights.items()}
 
     def loss(w: Weights, a: torch.Tensor, b: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         distance = (features(a, w) - features(b, w)).pow(2).sum().add(1e-12).sqrt()
         return s * distance.pow(2) + (1 - s) * F.relu(margin - distance).pow(2)
 
-    return vmap(grad(loss), in_dims=(None, 0, 0, 0))(detached, x1, x2, same)
+    return _per_example(loss, weights, x1, x2, same, example_dims=(3, 3, 0))

@@ -14,6 +14,10 @@ Label slot k of a task uses row k of a fixed codebook as the slow output weights
 may hold any number of labels (paper 4.2.1). The meta information is the gradient of a
 one-vs-rest cross-entropy on the example's own label row, hence an example's fast weights
 depend on that example alone and a memory grows one row at a time.
+
+Every function takes any number of leading batch dimensions: a single task (support
+[n, 1, H, W]) or a meta-batch of episodes (support [E, n, 1, H, W]) run the same code, and
+training, evaluation and serving share it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from torch import nn
 from torch.func import vmap
 
 from model import cnn
+from model.cnn import Weights
 from model.config import MetaNetConfig
 from model.fast_weights import CoordinateLSTM, CoordinateMLP, flatten, unflatten
 from model.meta_info import (
@@ -36,18 +41,18 @@ from model.meta_info import (
     preprocess_gradient,
 )
 
-LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [P, hidden]
+LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [..., P, hidden]
 
 
 @dataclass
 class Memory:
     """A task's support-side state. n support examples, P flattened base-learner coordinates."""
 
-    fast_weights: torch.Tensor  # M: [n, P] example-level fast weights of b's conv and fc layers
-    fast_out: torch.Tensor  # [n, C] fast weights of each example's own output row
-    labels: torch.Tensor  # [n] label index (0..K-1) of each example, int64
-    label_codes: torch.Tensor  # [K] codebook row of each label, int64
-    keys: torch.Tensor  # R: [n, C] L2-normalized memory index
+    fast_weights: torch.Tensor  # M: [..., n, P] example-level fast weights of b's conv and fc layers
+    fast_out: torch.Tensor  # [..., n, C] fast weights of each example's own output row
+    labels: torch.Tensor  # [..., n] label index (0..K-1) of each example, int64
+    label_codes: torch.Tensor  # [..., K] codebook row of each label, int64
+    keys: torch.Tensor  # R: [..., n, C] L2-normalized memory index
     rep_task_weights: dict[str, torch.Tensor] | None  # Q* for u (None for MetaNet-)
     base_task_weights: dict[str, torch.Tensor] | None  # task-level fast weights for b (MetaNet+)
     rep_state: LSTMState | None = None  # d's state after the first T examples, to continue from
@@ -77,6 +82,12 @@ class MetaNet(nn.Module):
         self.register_buffer("base_codes", cnn.codebook(config.max_labels, c, seed=0), persistent=False)
         self.register_buffer("rep_codes", cnn.codebook(config.max_labels, c, seed=1), persistent=False)
 
+    def compile_meta_learners(self) -> None:
+        """Compile m and d (per-coordinate networks over ~150k coordinates per example, the bulk
+        of an episode's memory traffic) with ``torch.compile``, which fuses their elementwise work."""
+        self._m = torch.compile(self._m, dynamic=False)
+        self._d = torch.compile(self._d, dynamic=False)
+
     # ---- meta learners -------------------------------------------------------------------
     def _m(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         k = self.config.grad_clip_k
@@ -91,31 +102,35 @@ class MetaNet(nn.Module):
         return self.m_fc(zero)[0]
 
     def _d(
-        self, d: CoordinateLSTM, grads: dict[str, torch.Tensor], state: LSTMState | None
+        self, d: CoordinateLSTM, grads: dict[str, torch.Tensor], like: Weights, state: LSTMState | None
     ) -> tuple[dict[str, torch.Tensor], LSTMState]:
-        """d reads grads {name: [t, *shape]} one example per step, continuing from ``state``.
+        """d reads grads {name: [..., t, *shape]} one example per step, continuing from ``state``.
 
-        Returns task-level fast weights {name: shape} and the LSTM state after the last step.
+        ``like`` gives the unbatched shapes. Returns task-level fast weights {name: [..., *shape]}
+        and the LSTM state after the last step.
         """
-        meta = preprocess_gradient(flatten(grads), self.config.grad_clip_k)  # [t, P, 2]
+        batch = next(iter(grads.values())).dim() - next(iter(like.values())).dim()  # leading dims incl. t
+        flat = torch.cat([g.flatten(batch) for g in grads.values()], dim=-1)  # [..., t, P]
+        meta = preprocess_gradient(flat, self.config.grad_clip_k)  # [..., t, P, 2]
+        steps = meta.unbind(-3)
         if state is None:
-            state = d.initial_state(meta.shape[1], meta)
-        for step in meta:
+            state = d.initial_state(steps[0])
+        for step in steps:
             state = d.step(step, state)
-        like = {name: g[0] for name, g in grads.items()}
         return unflatten(d.readout(state), like), state
 
     def example_fast_weights(self, x: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """m(Z, grad_W loss_task(b(W, x_i), y_i)) for every example.
 
-        x: [n, 1, H, W]; slots: [n] codebook rows of the examples' labels.
+        x: [..., n, 1, H, W]; slots: [..., n] codebook rows of the examples' labels.
 
-        Returns the conv+fc fast weights flattened [n, P] and the own-output-row fast weights [n, C].
+        Returns the conv+fc fast weights flattened [..., n, P] and the own-output-row fast
+        weights [..., n, C].
         """
         grads = example_gradients(dict(self.base), self.base_codes[slots], x)
         fast = self._m(grads)
         out = fast.pop("out")
-        return flatten(fast), out
+        return flatten(fast, batch_dims=slots.dim()), out
 
     def rep_task_weights(
         self, x: torch.Tensor, slots: torch.Tensor, state: LSTMState | None = None
@@ -128,14 +143,21 @@ class MetaNet(nn.Module):
         """
         if self.d_rep is None:
             return None, None
+        rep = dict(self.rep)
         if self.config.embedding_loss == "cross_entropy":
-            grads = embedding_gradients_ce(dict(self.rep), self.rep_codes[slots], x)
-            return self._d(self.d_rep, grads, state)
-        first, second, same = contrastive_pairs(slots, self.config.max_task_examples)
+            grads = embedding_gradients_ce(rep, self.rep_codes[slots], x)
+            return self._d(self.d_rep, grads, rep, state)
+        # every task of a batch has the same label layout, so the pairs are the same positions
+        layout = slots.reshape(-1, slots.shape[-1])[0]
+        first, second, same = contrastive_pairs(layout, self.config.max_task_examples)
         grads = embedding_gradients_contrastive(
-            dict(self.rep), x[first], x[second], same, self.config.contrastive_margin
+            rep,
+            x[..., first, :, :, :],
+            x[..., second, :, :, :],
+            same.expand(*slots.shape[:-1], -1),
+            self.config.contrastive_margin,
         )
-        return self._d(self.d_rep, grads, None)[0], None
+        return self._d(self.d_rep, grads, rep, None)[0], None
 
     def base_task_weights(
         self, x: torch.Tensor, slots: torch.Tensor, state: LSTMState | None = None
@@ -143,20 +165,31 @@ class MetaNet(nn.Module):
         """MetaNet+: task-level fast weights for b's conv and fc layers, read like Q*."""
         if self.d_base is None:
             return None, None
-        grads = example_gradients(dict(self.base), self.base_codes[slots], x)
+        base = dict(self.base)
+        grads = example_gradients(base, self.base_codes[slots], x)
         grads.pop("out")
-        return self._d(self.d_base, grads, state)
+        return self._d(self.d_base, grads, base, state)
 
     # ---- representation and attention ----------------------------------------------------
     def embed(self, x: torch.Tensor, rep_task_weights: dict[str, torch.Tensor] | None) -> torch.Tensor:
-        """r = u(Q, Q*, x), L2-normalized. x: [n, 1, H, W] -> [n, C]."""
-        weight_sets = [dict(self.rep)] + ([rep_task_weights] if rep_task_weights is not None else [])
-        return F.normalize(cnn.features(x, *weight_sets), dim=-1)
+        """r = u(Q, Q*, x), L2-normalized. x: [..., n, 1, H, W]; Q*: {name: [..., *shape]} -> [..., n, C].
+
+        With ``config.signed_keys`` the embedding is u's fc output before its ReLU.
+        """
+        slow, relu_out = dict(self.rep), not self.config.signed_keys
+        if rep_task_weights is None:
+            h = cnn.features(x.reshape(-1, *x.shape[-3:]), slow, relu_out=relu_out)
+            return F.normalize(h.reshape(*x.shape[:-3], -1), dim=-1)
+
+        def embed_task(xt: torch.Tensor, task: dict[str, torch.Tensor]) -> torch.Tensor:
+            return cnn.features(xt, slow, task, relu_out=relu_out)
+
+        return F.normalize(over_batch(embed_task, x.dim() - 4)(x, rep_task_weights), dim=-1)
 
     def attention(self, cosine: torch.Tensor, shots: torch.Tensor) -> torch.Tensor:
         """softmax over (scaled) cosine similarity, balanced across labels.
 
-        cosine: [q, n] (or top-k [q, k]); shots: same shape or broadcastable, the number of
+        cosine: [..., q, n] (or top-k [q, k]); shots: same shape or broadcastable, the number of
         examples of each row's label. Each row's score is lowered by log(shots), so a label's
         total attention does not grow with how many examples it has (identical to the paper's
         softmax in the one-shot case).
@@ -164,19 +197,29 @@ class MetaNet(nn.Module):
         return torch.softmax(self.log_attention_scale.exp() * cosine - shots.log(), dim=-1)
 
     @staticmethod
+    def label_matrix(memory: Memory, dtype: torch.dtype) -> torch.Tensor:
+        """[..., n, K] one-hot label of each memory row."""
+        return F.one_hot(memory.labels, memory.label_codes.shape[-1]).to(dtype)
+
+    @staticmethod
     def shots_per_row(memory: Memory) -> torch.Tensor:
-        """[n] number of examples that share each memory row's label."""
-        counts = torch.bincount(memory.labels, minlength=len(memory.label_codes))
-        return counts[memory.labels].to(memory.keys.dtype)
+        """[..., n] number of examples that share each memory row's label."""
+        label_of = MetaNet.label_matrix(memory, memory.keys.dtype)
+        return (label_of @ label_of.sum(-2).unsqueeze(-1)).squeeze(-1)
+
+    def label_attention(self, memory: Memory, attention: torch.Tensor) -> torch.Tensor:
+        """[..., q, K] total attention on each label's rows: the memory's own vote (no base learner)."""
+        return attention @ self.label_matrix(memory, attention.dtype)
 
     # ---- support and query passes ---------------------------------------------------------
     def build_memory(self, x: torch.Tensor, labels: torch.Tensor, label_codes: torch.Tensor) -> Memory:
-        """Algorithm 1, lines 1-14. x: [n, 1, H, W] support images; labels: [n] in 0..K-1;
-        label_codes: [K] codebook row of each label."""
-        slots = label_codes[labels]
+        """Algorithm 1, lines 1-14. x: [..., n, 1, H, W] support images; labels: [..., n] in 0..K-1;
+        label_codes: [..., K] codebook row of each label."""
+        slots = label_codes.gather(-1, labels)
         t = self.config.max_task_examples
-        rep_task, rep_state = self.rep_task_weights(x[:t], slots[:t])
-        base_task, base_state = self.base_task_weights(x[:t], slots[:t])
+        first_x, first_slots = x[..., :t, :, :, :], slots[..., :t]
+        rep_task, rep_state = self.rep_task_weights(first_x, first_slots)
+        base_task, base_state = self.base_task_weights(first_x, first_slots)
         fast, fast_out = self.example_fast_weights(x, slots)
         return Memory(
             fast_weights=fast,
@@ -191,7 +234,7 @@ class MetaNet(nn.Module):
         )
 
     def read_memory(self, memory: Memory, attention: torch.Tensor | SparseAttention) -> torch.Tensor:
-        """W* = a^T M: per-query fast weights [q, P] (conv and fc layers, flattened)."""
+        """W* = a^T M: per-query fast weights [..., q, P] (conv and fc layers, flattened)."""
         if isinstance(attention, SparseAttention):
             return torch.einsum("qk,qkp->qp", attention.weights, memory.fast_weights[attention.ids])
         return attention @ memory.fast_weights
@@ -201,15 +244,24 @@ class MetaNet(nn.Module):
     ) -> torch.Tensor:
         """Augmented base learner to its fc output, every query with its own fast weights.
 
-        x: [q, 1, H, W]; fast_weights: [q, P] -> [q, C]."""
+        x: [..., q, 1, H, W]; fast_weights: [..., q, P]; base_task_weights {name: [..., *shape]}
+        -> [..., q, C]."""
         slow = dict(self.base)
-        per_query = unflatten(fast_weights, slow)  # {name: [q, *shape]}
-        task = [base_task_weights] if base_task_weights is not None else []
-
-        def features_one(fast: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
-            return cnn.features(xi, slow, fast, *task)
-
-        return vmap(features_one)(per_query, x)
+        lead = x.shape[:-3]
+        per_query = unflatten(fast_weights.reshape(-1, fast_weights.shape[-1]), slow)  # {name: [Q, *shape]}
+        queries = x.reshape(-1, *x.shape[-3:])
+        if base_task_weights is None:
+            h = vmap(lambda fast, xi: cnn.features(xi, slow, fast))(per_query, queries)
+        elif len(lead) == 1:  # one task: its task-level weights are shared by every query
+            h = vmap(lambda fast, xi: cnn.features(xi, slow, fast, base_task_weights))(per_query, queries)
+        else:
+            tasks = len(lead) - 1  # task dims before the query dim
+            task = {  # each query gets its task's weights: [*batch, *shape] -> [Q, *shape]
+                name: w.unsqueeze(tasks).expand(*lead, *w.shape[tasks:]).reshape(-1, *w.shape[tasks:])
+                for name, w in base_task_weights.items()
+            }
+            h = vmap(lambda fast, tw, xi: cnn.features(xi, slow, fast, tw))(per_query, task, queries)
+        return h.reshape(*lead, -1)
 
     def output_logits(
         self, h: torch.Tensor, memory: Memory, attention: torch.Tensor | SparseAttention
@@ -219,7 +271,7 @@ class MetaNet(nn.Module):
         Fast row k for query q is the sum over examples i of label k of a_qi * fast_out_i, plus
         m(0) weighted by the attention on every other example (their gradient on row k is zero).
         """
-        num_labels = len(memory.label_codes)
+        num_labels = memory.label_codes.shape[-1]
         if isinstance(attention, SparseAttention):
             labels = memory.labels[attention.ids]  # [q, k]
             scores = torch.einsum("qc,qkc->qk", h, memory.fast_out[attention.ids])
@@ -227,11 +279,11 @@ class MetaNet(nn.Module):
             label_attention = zeros.scatter_add(1, labels, attention.weights)  # [q, K]
             own = zeros.scatter_add(1, labels, attention.weights * scores)
         else:
-            label_of = F.one_hot(memory.labels, num_labels).to(h.dtype)  # [n, K]
+            label_of = self.label_matrix(memory, h.dtype)  # [..., n, K]
             label_attention = attention @ label_of
-            own = (attention * (h @ memory.fast_out.T)) @ label_of
+            own = (attention * (h @ memory.fast_out.transpose(-1, -2))) @ label_of
         others = self._zero_gradient_fast_weight() * (1 - label_attention) * h.sum(-1, keepdim=True)
-        return h @ self.base_codes[memory.label_codes].T + own + others
+        return h @ self.base_codes[memory.label_codes].transpose(-1, -2) + own + others
 
     def query_logits(
         self, x: torch.Tensor, memory: Memory, attention: torch.Tensor | SparseAttention
@@ -240,14 +292,31 @@ class MetaNet(nn.Module):
         h = self.base_features(x, self.read_memory(memory, attention), memory.base_task_weights)
         return self.output_logits(h, memory, attention)
 
+    def forward_with_attention(
+        self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, label_codes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Episodes: support [..., n, 1, H, W] with labels [..., n]; query [..., q, 1, H, W].
+
+        Returns (logits [..., q, K] of the full model, label attention [..., q, K]: the memory's
+        vote alone, for attention-only accuracy)."""
+        memory = self.build_memory(support, labels, label_codes)
+        query_keys = self.embed(query, memory.rep_task_weights)
+        shots = self.shots_per_row(memory).unsqueeze(-2)  # [..., 1, n]
+        attention = self.attention(query_keys @ memory.keys.transpose(-1, -2), shots)
+        return self.query_logits(query, memory, attention), self.label_attention(memory, attention)
+
     def forward(
         self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, label_codes: torch.Tensor
     ) -> torch.Tensor:
-        """One episode: support [n, 1, H, W] with labels [n]; query [q, 1, H, W] -> logits [q, K]."""
-        memory = self.build_memory(support, labels, label_codes)
-        query_keys = self.embed(query, memory.rep_task_weights)
-        attention = self.attention(query_keys @ memory.keys.T, self.shots_per_row(memory))
-        return self.query_logits(query, memory, attention)
+        """Logits [..., q, K] of episodes (see ``forward_with_attention``)."""
+        return self.forward_with_attention(support, labels, query, label_codes)[0]
+
+
+def over_batch(fn, batch_dims: int):
+    """``fn`` vmapped over ``batch_dims`` leading dimensions of every argument."""
+    for _ in range(batch_dims):
+        fn = vmap(fn)
+    return fn
 
 
 def contrastive_pairs(slots: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
