@@ -1,10 +1,19 @@
-"""Splits of Omniglot into class pools, and the N-way K-shot episode sampler.
+"""Splits of Omniglot into class pools, and the episode samplers.
 
 A class is one character at one rotation (k * 90 degrees). Splits:
 - ``vinyals``: the Matching Networks split files (``Alphabet/characterNN/rotDDD`` lines; the
   characters come from both archives). Train on train.txt, validate on val.txt, test on test.txt.
-- ``standard``: train on images_background (random 90-degree rotation of every class in every
-  episode as augmentation), validate on held-out background alphabets, test on images_evaluation.
+- ``standard``: train on images_background with each of the four rotations of a character as a
+  class of its own (the practice of the paper's code and of the Vinyals split), validate on
+  held-out background alphabets, test on images_evaluation.
+
+Samplers:
+- ``EpisodeSampler``: one N-way K-shot episode at a time, in NumPy, reproducible under a seed
+  (evaluation draws its tasks with it).
+- ``DeviceEpisodeSampler``: meta-batches of episodes drawn and rotated on the training device
+  from the resident image set, with a share of episodes drawn within one alphabet.
+- ``within_alphabet_episodes``: Lake et al.'s protocol: the classes of a trial come from one
+  alphabet, the support images from one drawer and the queries from another.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import numpy as np
 import torch
 
 from model.preprocess import to_tensor
-from training.data import DEFAULT_DATA, Characters, load_archive
+from training.data import DEFAULT_DATA, DRAWINGS_PER_CHARACTER, Characters, load_archive
 
 SPLIT_DIR = DEFAULT_DATA / "splits" / "vinyals"
 # Background alphabets held out of training to select checkpoints on the standard split.
@@ -25,11 +34,14 @@ STANDARD_VALIDATION_ALPHABETS = ("Tifinagh", "Tagalog", "Ojibwe_(Canadian_Aborig
 
 @dataclass
 class ClassPool:
-    """Classes to draw episodes from: ``images`` [chars, 20, 28, 28]; ``classes`` [(char, quarter_turns)]."""
+    """Classes to draw episodes from: ``images`` [chars, 20, 28, 28] (drawing j of every character
+    is by drawer j + 1); ``classes`` [(char, quarter_turns)]; ``groups`` [classes] the alphabet
+    and rotation of each class (classes of one group look alike)."""
 
     images: np.ndarray
     classes: list[tuple[int, int]]
     random_rotation: bool = False
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -45,6 +57,13 @@ class Episode:
 
     def to(self, device: torch.device | str) -> Episode:
         return Episode(*(t.to(device, non_blocking=True) for t in vars(self).values()))
+
+    @staticmethod
+    def stack(episodes: list[Episode]) -> Episode:
+        """A batch of same-shaped episodes: every field gains a leading episode dimension."""
+        return Episode(
+            *(torch.stack(fields) for fields in zip(*(vars(e).values() for e in episodes), strict=True))
+        )
 
 
 class EpisodeSampler:
@@ -81,16 +100,158 @@ class EpisodeSampler:
         )
 
 
-def _vinyals_pool(split: str, lookup: dict[str, int], images: np.ndarray, split_dir: Path) -> ClassPool:
+class DeviceEpisodeSampler:
+    """Meta-batches of ``batch`` N-way K-shot episodes, drawn on ``device`` without host round trips.
+
+    The pool's images live on the device in all four rotations ([chars, 4, 20, 28, 28] uint8).
+    A share ``within_alphabet`` of the episodes takes its N classes from one group (alphabet and
+    rotation) with at least N classes, the hardest kind of task. Every label gets a random
+    codebook row (``code_rows``), so that every output row is trained.
+    """
+
+    def __init__(
+        self,
+        pool: ClassPool,
+        way: int,
+        shot: int,
+        queries: int,
+        batch: int,
+        device: torch.device | str,
+        seed: int,
+        code_rows: int,
+        within_alphabet: float = 0.0,
+    ):
+        if way > len(pool):
+            raise ValueError(f"{way}-way episodes need {way} classes; the pool has {len(pool)}")
+        self.way, self.shot, self.queries, self.batch = way, shot, queries, batch
+        self.code_rows, self.within_alphabet = code_rows, within_alphabet
+        self.device = torch.device(device)
+        self.random_rotation = pool.random_rotation
+        rotated = np.stack([np.rot90(pool.images, t, axes=(2, 3)) for t in range(4)], axis=1)
+        self.images = torch.as_tensor(rotated).to(self.device)  # [chars, 4, 20, 28, 28] uint8
+        chars, turns = zip(*pool.classes, strict=True)
+        self.chars = torch.as_tensor(chars, device=self.device)
+        self.turns = torch.as_tensor(turns, device=self.device)
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.group_table = self.group_sizes = None
+        if within_alphabet > 0:
+            if pool.groups is None:
+                raise ValueError("within-alphabet episodes need the pool's groups")
+            self.group_table, self.group_sizes = _group_table(pool.groups, way, self.device)
+
+    def _rand(self, *shape: int) -> torch.Tensor:
+        return torch.rand(*shape, device=self.device, generator=self.generator)
+
+    def _classes(self) -> torch.Tensor:
+        """[E, N] class indices, distinct within each episode."""
+        e, n = self.batch, self.way
+        chosen = self._rand(e, len(self.chars)).topk(n, dim=-1).indices
+        if self.group_table is None:
+            return chosen
+        groups = torch.multinomial(self.group_sizes.float(), e, replacement=True, generator=self.generator)
+        members = self.group_table[groups]  # [E, max group size], -1 padded
+        scores = self._rand(*members.shape).masked_fill(members < 0, -1.0)
+        within = members.gather(1, scores.topk(n, dim=-1).indices)
+        use_within = self._rand(e, 1) < self.within_alphabet
+        return torch.where(use_within, within, chosen)
+
+    def sample(self) -> Episode:
+        """One meta-batch: support [E, N*K, 1, 28, 28], query [E, N*L, 1, 28, 28], labels, codes [E, N]."""
+        e, n, k, q = self.batch, self.way, self.shot, self.queries
+        classes = self._classes()  # [E, N]
+        turns = self.turns[classes]
+        if self.random_rotation:
+            turns = (
+                turns + torch.randint(0, 4, turns.shape, device=self.device, generator=self.generator)
+            ) % 4
+        drawings = self._rand(e, n, 20).argsort(dim=-1)[..., : k + q]  # [E, N, K+L]
+        chars = self.chars[classes]
+        images = self.images[chars[..., None], turns[..., None], drawings]  # [E, N, K+L, 28, 28]
+        images = images.float().div_(255.0).unsqueeze(-3)
+        labels = torch.arange(n, device=self.device).expand(e, n)
+        codes = self._rand(e, self.code_rows).topk(n, dim=-1).indices
+        return Episode(
+            support=images[:, :, :k].reshape(e, n * k, 1, 28, 28),
+            support_labels=labels.repeat_interleave(k, dim=1),
+            query=images[:, :, k:].reshape(e, n * q, 1, 28, 28),
+            query_labels=labels.repeat_interleave(q, dim=1),
+            label_codes=codes,
+        )
+
+
+def _group_table(groups: np.ndarray, way: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classes of every group with at least ``way`` classes: table [G, max size] (-1 padded), sizes [G]."""
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    members = [m for m in members if len(m) >= way]
+    if not members:
+        raise ValueError(f"no alphabet has {way} classes for within-alphabet episodes")
+    table = np.full((len(members), max(len(m) for m in members)), -1, dtype=np.int64)
+    for row, m in enumerate(members):
+        table[row, : len(m)] = m
+    return torch.as_tensor(table, device=device), torch.as_tensor([len(m) for m in members], device=device)
+
+
+def within_alphabet_episodes(pool: ClassPool, way: int, trials: int, seed: int) -> list[Episode]:
+    """Lake et al.'s one-shot protocol: each trial takes ``way`` classes of one group (alphabet and
+    rotation), one support image per class from one drawer and one query per class from another
+    drawer. Reproducible under ``seed``."""
+    if pool.groups is None:
+        raise ValueError("the within-alphabet protocol needs the pool's groups")
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(pool.groups == g) for g in np.unique(pool.groups)]
+    members = [m for m in members if len(m) >= way]
+    if not members:
+        raise ValueError(f"no alphabet of this pool has {way} classes")
+    episodes = []
+    labels = torch.arange(way)
+    for _ in range(trials):
+        group = members[rng.integers(len(members))]
+        chosen = rng.choice(group, size=way, replace=False)
+        support_drawer, query_drawer = rng.choice(DRAWINGS_PER_CHARACTER, size=2, replace=False)
+        images = np.stack(
+            [
+                np.rot90(
+                    pool.images[pool.classes[c][0], [support_drawer, query_drawer]],
+                    pool.classes[c][1],
+                    axes=(1, 2),
+                )
+                for c in chosen
+            ]
+        )  # [N, 2, 28, 28]
+        episodes.append(
+            Episode(
+                support=to_tensor(images[:, 0]),
+                support_labels=labels,
+                query=to_tensor(images[:, 1]),
+                query_labels=labels,
+                label_codes=labels,
+            )
+        )
+    return episodes
+
+
+def _vinyals_pool(split: str, merged: Characters, split_dir: Path) -> ClassPool:
+    lookup = {character: i for i, character in enumerate(merged.names)}
     classes = []
     for line in (split_dir / f"{split}.txt").read_text().split():
         alphabet, character, rotation = line.strip().split("/")
         classes.append((lookup[f"{alphabet}/{character}"], int(rotation.removeprefix("rot")) // 90))
-    return ClassPool(images, classes)
+    return ClassPool(merged.images, classes, groups=_groups(merged, classes))
 
 
-def load_split(name: str, part: str, data: Path = DEFAULT_DATA) -> ClassPool:
-    """Class pool of a split ("vinyals" or "standard") and part ("train", "val" or "test")."""
+def _groups(characters: Characters, classes: list[tuple[int, int]]) -> np.ndarray:
+    """Group id of every class: its alphabet and rotation."""
+    alphabets = sorted({characters.alphabet(c) for c, _ in classes})
+    index = {a: i for i, a in enumerate(alphabets)}
+    return np.array([4 * index[characters.alphabet(c)] + turns for c, turns in classes])
+
+
+def load_split(name: str, part: str, data: Path = DEFAULT_DATA, rotation_classes: bool = True) -> ClassPool:
+    """Class pool of a split ("vinyals" or "standard") and part ("train", "val" or "test").
+
+    rotation_classes: for the standard split's training part, each rotation of a character is
+    a class of its own (else one class per character, rotated at random in every episode).
+    """
     if part not in ("train", "val", "test"):
         raise ValueError(f"unknown part {part!r}")
     if name == "vinyals":
@@ -101,16 +262,22 @@ def load_split(name: str, part: str, data: Path = DEFAULT_DATA) -> ClassPool:
         merged = Characters(
             np.concatenate([background.images, evaluation.images]), background.names + evaluation.names
         )
-        lookup = {character: i for i, character in enumerate(merged.names)}
-        return _vinyals_pool(part, lookup, merged.images, data / "splits" / "vinyals")
+        return _vinyals_pool(part, merged, data / "splits" / "vinyals")
     if name == "standard":
         if part == "test":
             evaluation = load_archive("images_evaluation", data)
-            return ClassPool(evaluation.images, [(i, 0) for i in range(len(evaluation.names))])
+            classes = [(i, 0) for i in range(len(evaluation.names))]
+            return ClassPool(evaluation.images, classes, groups=_groups(evaluation, classes))
         background = load_archive("images_background", data)
         held_out = [
             background.alphabet(i) in STANDARD_VALIDATION_ALPHABETS for i in range(len(background.names))
         ]
         keep = [i for i, out in enumerate(held_out) if out == (part == "val")]
-        return ClassPool(background.images, [(i, 0) for i in keep], random_rotation=part == "train")
+        if part == "train" and rotation_classes:
+            classes = [(i, t) for i in keep for t in range(4)]
+            return ClassPool(background.images, classes, groups=_groups(background, classes))
+        classes = [(i, 0) for i in keep]
+        return ClassPool(
+            background.images, classes, random_rotation=part == "train", groups=_groups(background, classes)
+        )
     raise ValueError(f"unknown split {name!r}")

@@ -1,7 +1,19 @@
-"""Evaluate a checkpoint: mean accuracy and 95% confidence interval over N-way K-shot test tasks.
+"""Evaluate a checkpoint: mean accuracy and 95% confidence interval over one-shot test tasks.
 
     python -m training.evaluate --checkpoint checkpoints/omniglot-vinyals.safetensors \
         --split vinyals --way 5 --shot 1 --tasks 1000 --seed 0 --json
+    python -m training.evaluate --checkpoint checkpoints/omniglot-standard.safetensors \
+        --split standard --way 20 --protocol within-alphabet --tasks 400 --json
+
+Protocols:
+- ``random``: N classes drawn at random from the test pool, K support and ``--queries`` query
+  drawings per class (the paper's Tables 1 and 3).
+- ``within-alphabet`` (Lake et al. 2015): N classes of one alphabet (at one rotation), the support
+  drawings by one drawer and one query per class by another; ``--tasks`` trials.
+
+Both the full model and attention-only (the label of the largest total attention on the memory
+keys, i.e. the nearest support example on u's embedding, no base learner) are scored on the same
+tasks. Tasks are drawn in the same order whatever ``--batch`` is, and run ``--batch`` at a time.
 """
 
 from __future__ import annotations
@@ -10,6 +22,9 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,10 +32,54 @@ from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, metadata_path, read_metadata
 from model.metanet import MetaNet
-from training.episodes import ClassPool, EpisodeSampler, load_split
+from training.data import DEFAULT_DATA
+from training.episodes import ClassPool, Episode, EpisodeSampler, load_split, within_alphabet_episodes
+
+PROTOCOLS = ("random", "within-alphabet")
+
+
+@dataclass
+class TaskAccuracies:
+    """Per-task accuracy of the full model and of attention alone, each [tasks] in 0..1."""
+
+    full: np.ndarray
+    attention: np.ndarray
+
+
+def default_batch(device: torch.device | str) -> int:
+    """Tasks per forward pass: many on a GPU; on a CPU one at a time measured fastest (cache)."""
+    return 32 if torch.device(device).type == "cuda" else 1
 
 
 @torch.no_grad()
+def episode_accuracies(
+    model: MetaNet,
+    episodes: Iterator[Episode],
+    tasks: int,
+    batch: int,
+    device: torch.device | str,
+    progress: bool = False,
+    desc: str = "",
+) -> TaskAccuracies:
+    """Accuracies of ``tasks`` same-shaped episodes, run ``batch`` at a time."""
+    model.eval()
+    full, attention = np.empty(tasks), np.empty(tasks)
+    with tqdm(total=tasks, desc=desc, unit="task", disable=not progress) as bar:
+        for start in range(0, tasks, batch):
+            size = min(batch, tasks - start)
+            episode = Episode.stack([next(episodes) for _ in range(size)]).to(device)
+            # torch.func.grad computes the meta information even under no_grad.
+            logits, votes = model.forward_with_attention(
+                episode.support, episode.support_labels, episode.query, episode.label_codes
+            )
+            hits = logits.argmax(-1) == episode.query_labels  # [size, q]
+            attention_hits = votes.argmax(-1) == episode.query_labels
+            full[start : start + size] = hits.float().mean(-1).cpu().numpy()
+            attention[start : start + size] = attention_hits.float().mean(-1).cpu().numpy()
+            bar.update(size)
+    return TaskAccuracies(full, attention)
+
+
 def task_accuracies(
     model: MetaNet,
     pool: ClassPool,
@@ -31,17 +90,22 @@ def task_accuracies(
     seed: int,
     device: torch.device | str = "cpu",
     progress: bool = False,
-) -> np.ndarray:
-    """Accuracy of every task, [tasks]. Tasks are drawn reproducibly from ``seed``."""
-    model.eval()
-    sampler = EpisodeSampler(pool, way, shot, queries, seed)
-    accuracies = np.empty(tasks)
-    for t in tqdm(range(tasks), desc=f"{way}-way {shot}-shot", unit="task", disable=not progress):
-        episode = sampler.sample().to(device)
-        # torch.func.grad computes the meta information even under no_grad.
-        logits = model(episode.support, episode.support_labels, episode.query, episode.label_codes)
-        accuracies[t] = (logits.argmax(-1) == episode.query_labels).float().mean().item()
-    return accuracies
+    batch: int | None = None,
+    protocol: str = "random",
+) -> TaskAccuracies:
+    """Accuracy of every task. Tasks are drawn reproducibly from ``seed``."""
+    if protocol == "random":
+        sampler = EpisodeSampler(pool, way, shot, queries, seed)
+        episodes = iter(sampler.sample, None)
+    elif protocol == "within-alphabet":
+        if shot != 1:
+            raise ValueError("the within-alphabet protocol is one-shot")
+        episodes = iter(within_alphabet_episodes(pool, way, tasks, seed))
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}")
+    return episode_accuracies(
+        model, episodes, tasks, batch or default_batch(device), device, progress, f"{way}-way {protocol}"
+    )
 
 
 def summarize(accuracies: np.ndarray) -> dict[str, float]:
@@ -50,14 +114,31 @@ def summarize(accuracies: np.ndarray) -> dict[str, float]:
     return {"accuracy": 100 * float(accuracies.mean()), "ci95": 100 * float(ci)}
 
 
+def summarize_both(result: TaskAccuracies) -> dict[str, float]:
+    """Full model and attention-only, with the paired 95% interval of their difference."""
+    full, attention = summarize(result.full), summarize(result.attention)
+    gain = summarize(result.full - result.attention)
+    return full | {
+        "attention_only_accuracy": attention["accuracy"],
+        "attention_only_ci95": attention["ci95"],
+        "gain_over_attention": gain["accuracy"],
+        "gain_ci95": gain["ci95"],
+    }
+
+
+def result_key(split: str, part: str, way: int, shot: int, protocol: str) -> str:
+    suffix = "" if protocol == "random" else f" {protocol}"
+    return f"{split}/{part} {way}-way {shot}-shot{suffix}"
+
+
 def record_test_result(checkpoint: str, args: argparse.Namespace, result: dict[str, float]) -> None:
     """Add a measured test accuracy to the checkpoint's metadata JSON."""
     path = metadata_path(checkpoint)
     metadata = read_metadata(checkpoint)
-    key = f"{args.split}/{args.part} {args.way}-way {args.shot}-shot"
+    key = result_key(args.split, args.part, args.way, args.shot, args.protocol)
     metadata.setdefault("test", {})[key] = result | {
         "tasks": args.tasks,
-        "queries_per_class": args.queries,
+        "queries_per_class": args.queries if args.protocol == "random" else 1,
         "seed": args.seed,
         "device": torch.cuda.get_device_name() if str(args.device).startswith("cuda") else "cpu",
         "command": "python -m training.evaluate " + " ".join(sys.argv[1:]),
@@ -74,14 +155,20 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--checkpoint", required=True)
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="folder with the Omniglot zips and splits/"
+    )
     parser.add_argument("--split", choices=["vinyals", "standard"], required=True)
     parser.add_argument("--part", choices=["train", "val", "test"], default="test")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="random")
     parser.add_argument("--way", type=int, default=5)
     parser.add_argument("--shot", type=int, default=1)
-    parser.add_argument("--queries", type=int, default=5, help="query images per class in each task")
-    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--queries", type=int, default=5, help="query images per class (random protocol)")
+    parser.add_argument("--tasks", type=int, default=1000, help="tasks (trials, within-alphabet)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=default_device())
+    parser.add_argument("--batch", type=int, default=None, help="tasks per forward pass (default: by device)")
+    parser.add_argument("--compile", action="store_true", help="compile m and d with torch.compile")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     parser.add_argument(
         "--record", action="store_true", help="store the result in the checkpoint's JSON metadata"
@@ -90,7 +177,9 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(args.seed)
     model, _ = load_checkpoint(args.checkpoint, args.device)
-    pool = load_split(args.split, args.part)
+    if args.compile:
+        model.compile_meta_learners()
+    pool = load_split(args.split, args.part, args.data)
     accuracies = task_accuracies(
         model,
         pool,
@@ -101,21 +190,30 @@ def main(argv: list[str] | None = None) -> None:
         args.seed,
         args.device,
         progress=not args.json,
+        batch=args.batch,
+        protocol=args.protocol,
     )
-    result = summarize(accuracies)
+    result = summarize_both(accuracies)
     if args.record:
         record_test_result(args.checkpoint, args, result)
     if args.json:
         print(
             json.dumps(
-                result | {"way": args.way, "shot": args.shot, "tasks": args.tasks, "split": args.split}
+                result
+                | {
+                    "way": args.way,
+                    "shot": args.shot,
+                    "tasks": args.tasks,
+                    "split": args.split,
+                    "protocol": args.protocol,
+                }
             )
         )
     else:
         print(
-            f"{args.split} {args.way}-way {args.shot}-shot over {args.tasks} tasks: "
-            f"{result['accuracy']:.2f}% ± {result['ci95']:.2f}",
-            file=sys.stdout,
+            f"{args.split} {args.way}-way {args.shot}-shot ({args.protocol}) over {args.tasks} tasks: "
+            f"{result['accuracy']:.2f}% ± {result['ci95']:.2f}; attention only "
+            f"{result['attention_only_accuracy']:.2f}% ± {result['attention_only_ci95']:.2f}"
         )
 
 

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 
 def read_runs(metrics_csvs: list[Path]) -> tuple[list[dict], list[int]]:
@@ -36,11 +37,16 @@ def plot_learning_curve(metrics_csv: Path | list[Path], png: Path, title: str = 
     loss_axis.set(xlabel="episode", ylabel="training loss", yscale="log", title="training loss")
     acc_axis.plot(episodes, [float(r["train_accuracy"]) for r in rows], marker=".", label="train (queries)")
     acc_axis.plot(episodes, [float(r["val_accuracy"]) for r in rows], marker=".", label="validation")
+    if all(r.get("val_attention_accuracy") for r in rows):
+        attention = [float(r["val_attention_accuracy"]) for r in rows]
+        acc_axis.plot(episodes, attention, linestyle="--", label="validation, attention only")
     acc_axis.set(xlabel="episode", ylabel="accuracy (%)", title="accuracy")
     for start in starts:
         for axis in (loss_axis, acc_axis):
             axis.axvline(start, color="gray", linestyle=":", label="continued (--init-from)")
     acc_axis.legend()
+    for axis in (loss_axis, acc_axis):
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
     acc_axis.grid(alpha=0.3)
     loss_axis.grid(alpha=0.3)
     fig.suptitle(title)

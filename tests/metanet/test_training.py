@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import MetaNet
+from model import MetaNet, MetaNetConfig
 from model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from training import evaluate, train
-from training.episodes import ClassPool, EpisodeSampler
+from training.episodes import ClassPool, DeviceEpisodeSampler, EpisodeSampler
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +68,89 @@ def test_evaluation_is_deterministic_under_a_seed(pool: ClassPool):
     model = MetaNet()
     first = evaluate.task_accuracies(model, pool, way=5, shot=1, queries=2, tasks=4, seed=3)
     second = evaluate.task_accuracies(model, pool, way=5, shot=1, queries=2, tasks=4, seed=3)
-    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first.full, second.full)
+    np.testing.assert_array_equal(first.attention, second.attention)
     summary = evaluate.summarize(np.array([1.0, 0.5, 0.75, 0.75]))
     assert summary["accuracy"] == 75.0
     assert summary["ci95"] == pytest.approx(100 * 1.96 * np.std([1, 0.5, 0.75, 0.75], ddof=1) / 2)
 
 
+def test_batched_evaluation_gives_the_numbers_of_a_task_by_task_loop(pool: ClassPool):
+    torch.manual_seed(0)
+    model = MetaNet(MetaNetConfig(max_task_examples=5, signed_keys=True))
+    for head in (model.m_conv.net[-1], model.m_fc.net[-1], model.d_rep.head):
+        torch.nn.init.normal_(head.weight, std=0.02)
+    sampler = EpisodeSampler(pool, way=5, shot=1, queries=3, seed=5)
+    loop = []
+    with torch.no_grad():
+        for _ in range(6):  # the evaluation loop as it was: one task per forward pass
+            episode = sampler.sample()
+            logits = model(episode.support, episode.support_labels, episode.query, episode.label_codes)
+            loop.append((logits.argmax(-1) == episode.query_labels).float().mean().item())
+    batched = evaluate.task_accuracies(model, pool, way=5, shot=1, queries=3, tasks=6, seed=5, batch=4)
+    np.testing.assert_allclose(batched.full, loop)
+
+
+def test_attention_only_is_the_label_of_the_largest_attention(pool: ClassPool):
+    torch.manual_seed(0)
+    model = MetaNet()
+    episode = EpisodeSampler(pool, way=4, shot=1, queries=2, seed=1).sample()
+    logits, votes = model.forward_with_attention(
+        episode.support, episode.support_labels, episode.query, episode.label_codes
+    )
+    assert logits.shape == votes.shape == (8, 4)
+    torch.testing.assert_close(votes.sum(-1), torch.ones(8))
+    memory = model.build_memory(episode.support, episode.support_labels, episode.label_codes)
+    keys = model.embed(episode.query, memory.rep_task_weights)
+    nearest = (keys @ memory.keys.T).argmax(-1)  # one shot: the nearest key's label wins
+    assert votes.argmax(-1).tolist() == episode.support_labels[nearest].tolist()
+
+
+def test_device_sampler_draws_meta_batches_and_within_alphabet_episodes():
+    groups = np.repeat(np.arange(6), 10)  # 6 "alphabets" of 10 characters
+    images = np.random.default_rng(0).integers(0, 255, size=(60, 20, 28, 28), dtype=np.uint8)
+    pool = ClassPool(images, [(i, i % 4) for i in range(60)], groups=groups)
+    sampler = DeviceEpisodeSampler(pool, 5, 1, 3, batch=64, device="cpu", seed=0, code_rows=1000)
+    episode = sampler.sample()
+    assert episode.support.shape == (64, 5, 1, 28, 28) and episode.query.shape == (64, 15, 1, 28, 28)
+    assert episode.query_labels[0].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    assert all(len(set(codes)) == 5 for codes in episode.label_codes.tolist())
+    # the support image of label 0 is drawing d of a pool class, rotated by its quarter turns
+    flat = episode.support[0, 0, 0].mul(255).round().to(torch.uint8).numpy()
+    candidates = [np.rot90(images[c, d], c % 4) for c in range(60) for d in range(20)]
+    assert any(np.array_equal(flat, c) for c in candidates)
+    within = DeviceEpisodeSampler(pool, 5, 1, 1, 200, "cpu", 0, 1000, within_alphabet=1.0)
+    assert all(len(set(groups[c].tolist())) == 1 for c in within._classes())
+    mixed = DeviceEpisodeSampler(pool, 5, 1, 1, 400, "cpu", 0, 1000, within_alphabet=0.5)
+    one_group = np.mean([len(set(groups[c].tolist())) == 1 for c in mixed._classes()])
+    assert 0.4 < one_group < 0.65  # about half, plus random draws that land in one group
+
+
+def test_within_alphabet_trials_take_one_alphabet_and_two_drawers(evaluation_characters):
+    from training.episodes import within_alphabet_episodes
+
+    groups = np.repeat(np.arange(3), 20)
+    pool = ClassPool(evaluation_characters.images[:60], [(i, 0) for i in range(60)], groups=groups)
+    trials = within_alphabet_episodes(pool, way=20, trials=5, seed=0)
+    again = within_alphabet_episodes(pool, way=20, trials=5, seed=0)
+    for trial, same in zip(trials, again, strict=True):
+        assert trial.support.shape == trial.query.shape == (20, 1, 28, 28)
+        torch.testing.assert_close(trial.query, same.query)
+        images = pool.images[:, :, None].astype(np.float32) / 255  # [60, 20, 1, 28, 28]
+        found = [
+            [np.flatnonzero((images[:, d] == x.numpy()).all(axis=(1, 2, 3))) for d in range(20)]
+            for x in trial.support
+        ]
+        chars = {int(np.concatenate(f)[0]) // 20 for f in found}  # one alphabet (group of 20)
+        drawers = {d for f in found for d, hits in enumerate(f) if len(hits)}
+        assert len(chars) == 1 and len(drawers) == 1
+
+
 def test_training_command_writes_checkpoint_metrics_plot_and_resumes(tmp_path, evaluation_characters):
     out, run_dir = tmp_path / "ckpt.safetensors", tmp_path / "run"
     argv = ["--split", "vinyals", "--way", "3", "--queries", "2", "--episodes", "2", "--val-every", "1"]
-    argv += ["--val-tasks", "2", "--device", "cpu", "--out", str(out), "--run-dir", str(run_dir)]
+    argv += ["--val-tasks", "2", "--device", "cpu", "--compile", "none", "--batch", "1"]
+    argv += ["--out", str(out), "--run-dir", str(run_dir)]
     train.main(argv)
     metadata = json.loads(out.with_suffix(".json").read_text())
     assert metadata["split"] == "vinyals" and metadata["command"].startswith("python -m training.train")
@@ -97,4 +170,9 @@ def test_evaluate_command_prints_one_json_object(tmp_path, capsys, evaluation_ch
     argv = ["--checkpoint", str(path), "--split", "standard", "--way", "5", "--shot", "1"]
     evaluate.main([*argv, "--tasks", "3", "--seed", "1", "--json", "--device", "cpu"])
     result = json.loads(capsys.readouterr().out)
-    assert set(result) >= {"accuracy", "ci95"} and 0 <= result["accuracy"] <= 100
+    assert set(result) >= {"accuracy", "ci95", "attention_only_accuracy"} and 0 <= result["accuracy"] <= 100
+    evaluate.main(
+        [*argv, "--way", "20", "--protocol", "within-alphabet", "--tasks", "2", "--json", "--device", "cpu"]
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["protocol"] == "within-alphabet" and 0 <= result["attention_only_accuracy"] <= 100
