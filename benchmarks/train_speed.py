@@ -1,14 +1,18 @@
-"""Training speed of MetaNet episodes, beside the floor set by the episode's arithmetic.
+"""Training and evaluation speed of MetaNet episodes, beside the floor set by their arithmetic.
 
-    python benchmarks/train_speed.py                      # 5-way 1-shot, 10 queries per class, CPU
-    python benchmarks/train_speed.py --way 20 --device cuda
+    python -m benchmarks.train_speed                                  # 5-way 1-shot, CPU
+    python -m benchmarks.train_speed --device cuda --way 20 --batch 16
 
-Prints and saves (``--json``, default docs/results/train_speed_<device>.json):
-- measured episodes per second over ``--episodes`` training steps after a warm-up;
-- floating-point operations of one training step (forward, meta-gradients, backward), counted
-  by torch.utils.flop_counter (with grouped-convolution backward counted per group);
-- the device's measured rate on a large float32 matrix product, and the resulting floor:
-  episodes per second if every operation ran at that rate.
+Runs the training engine itself (training.train.train_step on a DeviceEpisodeSampler meta-batch,
+compiled as training compiles it) and the evaluation loop (training.evaluate), and prints and
+saves (``--json``, default docs/results/train_speed_<device>_<way>way.json):
+- training episodes per second over ``--steps`` steps after a warm-up (compilation included
+  in the warm-up, not in the figure);
+- floating-point operations of one episode (forward, meta-gradients, backward), counted by
+  torch.utils.flop_counter (with grouped-convolution backward counted per group);
+- the device's measured rate on a large float32 matrix product (TF32 on CUDA, as training uses),
+  and the floor: episodes per second if every operation ran at that rate;
+- evaluation tasks per second (``--way``-way, 5 queries per class).
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from model import MetaNet
-from training.episodes import EpisodeSampler, load_split
+from model import MetaNet, MetaNetConfig
+from training.data import DEFAULT_DATA
+from training.episodes import DeviceEpisodeSampler, load_split
+from training.evaluate import default_batch, task_accuracies
+from training.train import EpisodeModel, train_step
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
@@ -38,24 +44,17 @@ def conv_backward_flops(grad_out_shape, x_shape, w_shape, *args, out_shape=None,
     return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
-def train_step(model: MetaNet, optimizer: torch.optim.Optimizer, sampler: EpisodeSampler, device) -> None:
-    episode = sampler.sample().to(device)
-    logits = model(episode.support, episode.support_labels, episode.query, episode.label_codes)
-    loss = F.cross_entropy(logits, episode.query_labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-    optimizer.step()
-
-
-def step_flops(model: MetaNet, optimizer, sampler, device) -> int:
+def step_flops(config: MetaNetConfig, sampler: DeviceEpisodeSampler, device: torch.device) -> int:
+    """FLOPs of one training step on an uncompiled copy of the model (the counter needs eager ops)."""
+    model = MetaNet(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters())
     mapping = {torch.ops.aten.convolution_backward: conv_backward_flops}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        train_step(model, optimizer, sampler, device)
+        train_step(EpisodeModel(model), optimizer, sampler.sample(), 10.0)
     return counter.get_total_flops()
 
 
-def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+def matmul_rate(device: torch.device, size: int = 4096, repeats: int = 10) -> float:
     """Sustained float32 FLOP/s of a size x size matrix product on this device."""
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     for _ in range(2):
@@ -80,46 +79,83 @@ def main() -> None:
     parser.add_argument("--way", type=int, default=5)
     parser.add_argument("--shot", type=int, default=1)
     parser.add_argument("--queries", type=int, default=10)
-    parser.add_argument("--episodes", type=int, default=30)
+    parser.add_argument("--task-examples", type=int, default=20, help="T: support examples d reads")
+    parser.add_argument("--batch", type=int, default=None, help="episodes per step (cpu 1, cuda 16)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: ~30 episodes)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--compile", choices=["none", "d", "all"], default=None, help="cpu: d, cuda: all")
+    parser.add_argument("--eval-tasks", type=int, default=None, help="evaluation tasks to time")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Omniglot zips and splits/")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+    batch = args.batch or (16 if device.type == "cuda" else 1)
+    steps = args.steps or max(3, math.ceil(30 / batch))
+    compile_mode = args.compile or ("all" if device.type == "cuda" else "d")
     torch.manual_seed(0)
-    model = MetaNet().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    sampler = EpisodeSampler(load_split("vinyals", "train"), args.way, args.shot, args.queries, 0, 10_000)
+    config = MetaNetConfig(max_task_examples=args.task_examples)
+    model = MetaNet(config).to(device)
+    if compile_mode == "all":
+        model.compile_meta_learners()
+    elif compile_mode == "d":
+        model._d = torch.compile(model._d, dynamic=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")
+    pool = load_split("vinyals", "train", args.data)
+    sampler = DeviceEpisodeSampler(
+        pool, args.way, args.shot, args.queries, batch, device, 0, config.max_labels
+    )
+    net = EpisodeModel(model)
 
+    began = time.perf_counter()
     for _ in range(args.warmup):
-        train_step(model, optimizer, sampler, device)
+        train_step(net, optimizer, sampler.sample(), 10.0)
+    sync(device)
+    warmup_s = time.perf_counter() - began
+    began = time.perf_counter()
+    for _ in range(steps):
+        train_step(net, optimizer, sampler.sample(), 10.0)
+    sync(device)
+    measured = steps * batch / (time.perf_counter() - began)
+
+    eval_batch = default_batch(device)
+    eval_tasks = args.eval_tasks or 8 * eval_batch
+    val_pool = load_split("vinyals", "val", args.data)
+    task_accuracies(model, val_pool, args.way, args.shot, 5, eval_batch, 0, device)  # warm-up
     sync(device)
     began = time.perf_counter()
-    for _ in range(args.episodes):
-        train_step(model, optimizer, sampler, device)
+    task_accuracies(model, val_pool, args.way, args.shot, 5, eval_tasks, 1, device)
     sync(device)
-    measured = args.episodes / (time.perf_counter() - began)
+    eval_rate = eval_tasks / (time.perf_counter() - began)
 
-    flops = step_flops(model, optimizer, sampler, device)
+    flops = step_flops(config, sampler, device) / batch
     rate = matmul_rate(device)
     floor = rate / flops
     result = {
-        "episode": f"{args.way}-way {args.shot}-shot, {args.queries} queries per class",
+        "episode": f"{args.way}-way {args.shot}-shot, {args.queries} queries/class, T={args.task_examples}",
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
+        "episodes_per_step": batch,
+        "compile": compile_mode,
+        "warmup_s": round(warmup_s, 1),
         "episodes_per_s": round(measured, 3),
         "gflop_per_episode": round(flops / 1e9, 3),
         "matmul_gflop_per_s": round(rate / 1e9, 1),
         "floor_episodes_per_s": round(floor, 3),
         "fraction_of_floor": round(measured / floor, 3),
+        "eval_tasks_per_s": round(eval_rate, 3),
+        "eval_tasks_per_forward": eval_batch,
         "torch": torch.__version__,
     }
     for key, value in result.items():
         print(f"{key:>22}: {value}")
-    path = args.json or RESULTS / f"train_speed_{device.type}.json"
+    path = args.json or RESULTS / f"train_speed_{device.type}_{args.way}way.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"saved {path}")

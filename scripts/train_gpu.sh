@@ -1,36 +1,85 @@
 #!/usr/bin/env bash
-# Train both shipped checkpoints on one GPU in parallel, evaluate them over 1,000 test tasks at
-# 5/10/15/20-way 1-shot, and pack everything into $OUT/results.tar.gz (or ./gpu-results).
-# Usage: MINUTES=6.5 bash scripts/train_gpu.sh   (needs .cache/omniglot, made by `python -m training.data`)
+# One GPU session's work in one call: benchmark the training engine, train both shipped
+# checkpoints side by side, evaluate them (1,000 random tasks at 5- and 20-way and 400
+# within-alphabet 20-way trials, each recorded in the checkpoint's JSON), and pack everything
+# into $OUT/results.tar.gz (packed once after training too, so a cut-off evaluation loses nothing).
+#
+#   MINUTES=5 bash scripts/train_gpu.sh                            # about 8 minutes on an H200
+#   CONTINUE=1 RUN=finetune MINUTES=2.4 bash scripts/train_gpu.sh   # continue from checkpoints/
+#   DEVICE=cpu MINUTES=0.1 TASKS=2 TRIALS=2 BENCH_STEPS=1 VAL_TASKS=2 WAYS=5 \
+#       RECIPE="--way 5 --queries 2 --batch 2 --task-examples 5" bash scripts/train_gpu.sh   # CPU smoke test
+#
+# Knobs (environment): MINUTES, DEVICE, DATA, OUT, PY, TASKS, TRIALS, WAYS, BENCH_STEPS,
+# BENCH_BATCH, COMPILE (all|d|none; falls back to none if the compiled benchmark fails),
+# VAL_TASKS, RECIPE (training flags), CONTINUE, RUN (run-dir prefix).
+# Data: DATA is a folder with splits/vinyals/*.txt; the decoded images must be in .cache/omniglot
+# (made by `python -m training.data`), or DATA must also hold the Omniglot zips. On a device
+# machine without ../shared, copy splits/ into .cache/omniglot-data and carry .cache.
 set -uo pipefail
-MINUTES=${MINUTES:-6.5}
+cd "$(dirname "$0")/.."
+MINUTES=${MINUTES:-4.5}
+DEVICE=${DEVICE:-cuda}
+DATA=${DATA:-../shared/data/omniglot}
 OUT=${OUT:-gpu-results}
 PY=${PY:-python3}
+TASKS=${TASKS:-1000}
+TRIALS=${TRIALS:-400}
+BENCH_STEPS=${BENCH_STEPS:-8}
+COMPILE=${COMPILE:-all}
+# The recipe (docs/RESULTS.md, "Recipe"): 20-way episodes with 5 queries per class, 16 episodes
+# per step, cosine learning rate, T=5, signed memory keys, auxiliary attention loss, a quarter of
+# the episodes within one alphabet, rotations as classes.
+RECIPE=${RECIPE:---way 20 --queries 5 --batch 16 --lr 1e-3 --warmup-steps 50 --task-examples 5 \
+--signed-keys --attention-loss 0.5 --within-alphabet 0.25}
 mkdir -p "$OUT" runs checkpoints
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee runs/gpu.txt
+log() { echo "[$(date +%T)] $*"; }
 
-# 1. smoke test: a few episodes of each configuration must run on this device
-$PY -m training.train --split vinyals --way 20 --episodes 4 --val-every 2 --val-tasks 4 \
-    --out runs/smoke.safetensors --run-dir runs/smoke 2>&1 | tail -3 || exit 1
+log "device"
+if [[ $DEVICE == cuda ]]; then nvidia-smi --query-gpu=name,memory.total --format=csv | tee runs/gpu.txt; fi
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
-# 2. train both models side by side
+log "1. benchmark: 20-way 1-shot, 10 queries per class (the issue's episode), T=5"
+if ! timeout 110 $PY -m benchmarks.train_speed --device "$DEVICE" --data "$DATA" --way 20 --queries 10 \
+    --task-examples 5 --batch "${BENCH_BATCH:-16}" \
+    --steps "$BENCH_STEPS" --compile "$COMPILE" --json runs/train_speed_"$DEVICE"_20way.json 2>&1 \
+    | grep -v Warning | tee runs/bench.log; then
+  log "compiled benchmark failed: training without torch.compile"
+  COMPILE=none
+fi
+
+log "2. train both checkpoints for $MINUTES minutes, side by side"
 for split in vinyals standard; do
-  $PY -m training.train --split $split --way 20 --queries 10 --episodes 1000000 --max-minutes "$MINUTES" \
-      --val-every 500 --val-tasks 200 --val-way 20 \
-      --out checkpoints/omniglot-$split.safetensors --run-dir runs/omniglot-$split \
+  # CONTINUE=1: start from the checkpoint in place (written again only when validation improves)
+  init=() && [[ -n ${CONTINUE:-} ]] && init=(--init-from checkpoints/omniglot-$split.safetensors)
+  # shellcheck disable=SC2086
+  $PY -m training.train --split $split --data "$DATA" $RECIPE --compile "$COMPILE" --device "$DEVICE" \
+      --episodes 100000000 --max-minutes "$MINUTES" --val-every 6000 --val-tasks "${VAL_TASKS:-200}" --val-way 20 \
+      "${init[@]}" --out checkpoints/omniglot-$split.safetensors --run-dir runs/${RUN:-omniglot}-$split \
       > runs/train-$split.log 2>&1 &
 done
 wait
-tail -c 600 runs/train-*.log
+for split in vinyals standard; do tail -c 400 runs/train-$split.log; echo; cat runs/${RUN:-omniglot}-$split/metrics.csv; done
 
-# 3. evaluate: 1,000 test tasks for each way, all in parallel
+pack() { tar czf "$OUT/results.tar.gz" --exclude='*.pt' checkpoints/omniglot-* runs; }
+pack  # what is trained comes back even if the evaluation runs out of time
+
+log "3. evaluate, one chain per checkpoint"
 for split in vinyals standard; do
-  for way in 5 10 15 20; do
-    timeout 170 $PY -m training.evaluate --checkpoint checkpoints/omniglot-$split.safetensors \
-        --split $split --way $way --shot 1 --tasks 1000 --seed 0 --json > runs/eval-$split-$way.json &
-  done
+  (
+    for way in ${WAYS:-5 20}; do
+      timeout 90 $PY -m training.evaluate --checkpoint checkpoints/omniglot-$split.safetensors --data "$DATA" \
+          --split $split --way $way --tasks "$TASKS" --seed 0 --device "$DEVICE" --json --record \
+          > runs/eval-$split-$way.json
+    done
+    timeout 90 $PY -m training.evaluate --checkpoint checkpoints/omniglot-$split.safetensors --data "$DATA" \
+        --split $split --way 20 --protocol within-alphabet --tasks "$TRIALS" --seed 0 --device "$DEVICE" \
+        --json --record > runs/eval-$split-20-within.json
+  ) &
 done
 wait
 cat runs/eval-*.json
-tar czf "$OUT/results.tar.gz" --exclude='*.pt' checkpoints runs
+
+log "4. pack"
+pack
+log "done"

@@ -1,19 +1,29 @@
-"""Train MetaNet on Omniglot episodes.
+"""Train MetaNet on Omniglot episodes, a meta-batch of episodes per optimizer step.
 
-    python -m training.train --split vinyals --way 20 --episodes 20000 \
+    python -m training.train --split vinyals --way 20 --max-minutes 30 \
         --out checkpoints/omniglot-vinyals.safetensors
+    torchrun --nproc-per-node 2 -m training.train ...      # data-parallel over processes or GPUs
 
-One episode per Adam step (lr 1e-3, gradient norm clipped at 10), as in the original code.
+Each step draws ``--batch`` episodes per process on the training device (the image set stays
+resident there), runs them as one vectorized forward pass, and takes one Adam step on the mean
+query loss (gradient norm clipped at ``--clip``; the original code: one episode per step, lr 1e-3,
+clip 10). The learning rate warms up, then follows a cosine to zero over the run, whose length is
+``--episodes`` or ``--max-minutes``, whichever ends first. Under ``torchrun`` every rank draws
+its own episodes, DistributedDataParallel averages the gradients (NCCL on GPUs, gloo on CPU),
+and rank 0 alone validates, logs and writes checkpoints.
+
 Every ``--val-every`` episodes the model is evaluated on held-out validation classes and the
 best one is written to ``--out`` (safetensors + JSON metadata). ``--run-dir`` holds the metrics
 log (metrics.csv), a resumable state (last.pt) and the learning-curve plot; ``--resume``
-continues from it. ``--max-minutes`` bounds the wall time.
+continues from it, schedule included.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import math
+import os
 import platform
 import shlex
 import sys
@@ -21,30 +31,97 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model.checkpoint import read_metadata, save_checkpoint
 from model.config import MetaNetConfig
 from model.fast_weights import init_quiet
 from model.metanet import MetaNet
-from training.episodes import EpisodeSampler, load_split
-from training.evaluate import default_device, summarize, task_accuracies
+from training.data import DEFAULT_DATA
+from training.episodes import DeviceEpisodeSampler, Episode, load_split
+from training.evaluate import default_device, summarize_both, task_accuracies
 from training.plots import plot_learning_curve
 
-METRICS = ["episode", "elapsed_s", "train_loss", "train_accuracy", "val_accuracy", "val_ci95"]
+METRICS = [
+    "episode",
+    "elapsed_s",
+    "lr",
+    "train_loss",
+    "train_accuracy",
+    "train_attention_accuracy",
+    "val_accuracy",
+    "val_ci95",
+    "val_attention_accuracy",
+]
 
 
-def hardware(device: torch.device) -> str:
+def hardware(device: torch.device, world_size: int = 1) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return name if world_size == 1 else f"{world_size} x {name}"
+
+
+def episode_loss(
+    model: torch.nn.Module, episode: Episode, attention_loss: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean query cross-entropy of a meta-batch of episodes, plus ``attention_loss`` times the
+    negative log of the attention on the right label (optional auxiliary loss for u).
+
+    Returns (loss, full-model hits [E, q], attention-only hits [E, q])."""
+    logits, votes = model(episode.support, episode.support_labels, episode.query, episode.label_codes)
+    loss = F.cross_entropy(logits.flatten(0, -2), episode.query_labels.flatten())
+    if attention_loss:
+        right = votes.gather(-1, episode.query_labels.unsqueeze(-1)).clamp_min(1e-8)
+        loss = loss - attention_loss * right.log().mean()
+    labels = episode.query_labels
+    return loss, logits.argmax(-1) == labels, votes.argmax(-1) == labels
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    episode: Episode,
+    clip: float,
+    attention_loss: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step on a meta-batch; no host synchronization. Returns detached
+    (loss, full-model accuracy, attention-only accuracy)."""
+    loss, hits, votes = episode_loss(model, episode, attention_loss)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    return loss.detach(), hits.float().mean().detach(), votes.float().mean().detach()
+
+
+class EpisodeModel(torch.nn.Module):
+    """MetaNet's ``forward_with_attention`` as a module's forward, for DistributedDataParallel."""
+
+    def __init__(self, model: MetaNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *episode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_attention(*episode)
+
+
+def learning_rate(base: float, step: int, warmup: int, progress: float, schedule: str) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant or cosine in ``progress`` (0..1)."""
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if schedule == "constant":
+        return base * warm
+    return base * warm * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def validate(model: MetaNet, pool, way: int, shot: int, tasks: int, device: torch.device) -> dict[str, float]:
     """Accuracy on validation tasks (always the same tasks: fixed seed, 5 queries per class)."""
-    return summarize(task_accuracies(model, pool, way, shot, 5, tasks, seed=1234, device=device))
+    return summarize_both(task_accuracies(model, pool, way, shot, 5, tasks, seed=1234, device=device))
 
 
 def revive_silent_heads(model: MetaNet) -> None:
@@ -59,16 +136,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="folder with the Omniglot zips and splits/"
+    )
     parser.add_argument("--split", choices=["vinyals", "standard"], default="vinyals")
     parser.add_argument("--variant", choices=["metanet", "minus", "plus"], default="metanet")
     parser.add_argument("--way", type=int, default=5)
     parser.add_argument("--shot", type=int, default=1)
     parser.add_argument("--queries", type=int, default=10, help="query images per class in each episode")
-    parser.add_argument("--episodes", type=int, default=20_000)
+    parser.add_argument(
+        "--batch", type=int, default=None, help="episodes per step and process (cpu 1, cuda 16)"
+    )
+    parser.add_argument("--episodes", type=int, default=20_000, help="episodes in all (every process)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
+    parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--clip", type=float, default=10.0)
-    parser.add_argument("--val-every", type=int, default=500)
+    parser.add_argument("--task-examples", type=int, default=20, help="T: support examples d reads")
+    parser.add_argument("--signed-keys", action="store_true", help="memory keys before u's last ReLU")
+    parser.add_argument("--attention-loss", type=float, default=0.0, help="weight of the auxiliary loss")
+    parser.add_argument(
+        "--within-alphabet", type=float, default=0.0, help="share of within-alphabet episodes"
+    )
+    parser.add_argument(
+        "--rotation-augment",
+        action="store_true",
+        help="standard split: one class per character, rotated at random (default: rotations are classes)",
+    )
+    parser.add_argument("--compile", choices=["none", "d", "all"], default=None, help="cpu: d, cuda: all")
+    parser.add_argument("--val-every", type=int, default=500, help="episodes between validations")
     parser.add_argument("--val-tasks", type=int, default=200)
     parser.add_argument("--val-way", type=int, default=None, help="default: --way")
     parser.add_argument("--seed", type=int, default=0)
@@ -85,18 +182,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def setup_distributed(device_arg: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when run under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device(device_arg)
+    if world == 1:
+        return 0, 1, device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = "python -m training.train " + shlex.join(sys.argv[1:] if argv is None else argv)
+    rank, world, device = setup_distributed(args.device)
+    lead = rank == 0
     run_dir = args.run_dir or Path("runs") / args.out.stem
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
+    if lead:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)  # same initial weights on every rank
+    batch = args.batch or (16 if device.type == "cuda" else 1)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
-    embedding_loss = "cross_entropy" if args.shot == 1 else "contrastive"
-    model = MetaNet(MetaNetConfig(variant=args.variant, embedding_loss=embedding_loss)).to(device)
+    config = MetaNetConfig(
+        variant=args.variant,
+        embedding_loss="cross_entropy" if args.shot == 1 else "contrastive",
+        max_task_examples=args.task_examples,
+        signed_keys=args.signed_keys,
+    )
+    model = MetaNet(config).to(device)
     init_metadata = None
     if args.init_from:
         model.load_state_dict(load_file(str(args.init_from)))
@@ -104,69 +225,113 @@ def main(argv: list[str] | None = None) -> None:
         init_metadata = {
             k: v for k, v in read_metadata(args.init_from).items() if k not in ("config", "test")
         }
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    train_pool, val_pool = load_split(args.split, "train"), load_split(args.split, "val")
-    sampler = EpisodeSampler(
-        train_pool, args.way, args.shot, args.queries, args.seed, code_rows=model.config.max_labels
+    compile_mode = args.compile or ("all" if device.type == "cuda" else "d")
+    if compile_mode == "all":
+        model.compile_meta_learners()
+    elif compile_mode == "d":
+        model._d = torch.compile(model._d, dynamic=False)
+    net: torch.nn.Module = EpisodeModel(model)
+    if world > 1:
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=device.type == "cuda")
+    train_pool = load_split(args.split, "train", args.data, rotation_classes=not args.rotation_augment)
+    val_pool = load_split(args.split, "val", args.data)
+    sampler = DeviceEpisodeSampler(
+        train_pool,
+        args.way,
+        args.shot,
+        args.queries,
+        batch,
+        device,
+        seed=args.seed + 1000 * rank,
+        code_rows=model.config.max_labels,
+        within_alphabet=args.within_alphabet,
     )
     val_way = args.val_way or args.way
+    per_step = batch * world
 
-    start, best, elapsed_before = 0, -1.0, 0.0
+    step, best, elapsed_before = 0, -1.0, 0.0
     state_path, metrics_path = run_dir / "last.pt", run_dir / "metrics.csv"
     if args.resume and state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        sampler.rng.bit_generator.state = state["sampler_rng"]
-        start, best, elapsed_before = state["episode"], state["best"], state["elapsed_s"]
-        print(f"resumed at episode {start} (best validation accuracy {best:.2f}%)")
-    elif metrics_path.exists():
+        sampler.generator.set_state(state["sampler_rng"][rank].to(sampler.generator.get_state().device))
+        step, best, elapsed_before = state["step"], state["best"], state["elapsed_s"]
+        if lead:
+            print(f"resumed at episode {step * per_step} (best validation accuracy {best:.2f}%)")
+    elif lead and metrics_path.exists():
         metrics_path.unlink()
-    new_log = not metrics_path.exists()
-    log_file = metrics_path.open("a", newline="")
-    log = csv.DictWriter(log_file, fieldnames=METRICS)
-    if new_log:
-        log.writeheader()
+    log_file = log = None
+    if lead:
+        new_log = not metrics_path.exists()
+        log_file = metrics_path.open("a", newline="")
+        log = csv.DictWriter(log_file, fieldnames=METRICS)
+        if new_log:
+            log.writeheader()
 
-    if args.init_from and start == 0:  # the starting point is the checkpoint to beat
+    if lead and args.init_from and step == 0:  # the starting point is the checkpoint to beat
         best = validate(model, val_pool, val_way, args.shot, args.val_tasks, device)["accuracy"]
         print(f"starting validation accuracy {best:.2f}%: {args.out} is written only when beaten")
-    began = time.perf_counter() - elapsed_before
-    losses, hits = [], []
-    progress = tqdm(range(start, args.episodes), initial=start, total=args.episodes, unit="ep")
+    total_steps = math.ceil(args.episodes / per_step)
+    val_steps = max(1, args.val_every // per_step)
+    session_start, session_step = time.perf_counter(), step
+    began = session_start - elapsed_before
+    planned_steps = total_steps  # shrinks to what --max-minutes allows, re-estimated at each check
+    sums = torch.zeros(3, device=device)  # loss, accuracy, attention accuracy since last validation
+    counted = 0
+    progress = tqdm(
+        total=total_steps * per_step, initial=step * per_step, unit="ep", disable=not lead, smoothing=0.05
+    )
 
-    def out_of_time() -> bool:
-        return args.max_minutes is not None and time.perf_counter() - began > 60 * args.max_minutes
+    def check_plan() -> bool:
+        """Re-plan the run's length from rank 0's clock and share it; True when it is time to stop."""
+        nonlocal planned_steps
+        plan = torch.tensor([float(total_steps)], device=device if world > 1 else "cpu")
+        if args.max_minutes is not None and lead:
+            left = 60 * args.max_minutes - (time.perf_counter() - began)
+            rate = (step - session_step) / max(time.perf_counter() - session_start, 1e-9)
+            plan[0] = min(total_steps, step + max(left, 0.0) * rate) if step > session_step else total_steps
+            if left <= 0:
+                plan[0] = step
+        if world > 1:
+            dist.broadcast(plan, 0)
+        planned_steps = max(int(plan.item()), 1)
+        return step >= planned_steps
 
-    for episode_index in progress:
-        if out_of_time():
+    plan_steps = min(val_steps, 10)  # how often the clock is read (a broadcast under torchrun)
+    while step < total_steps:
+        if step == session_step and check_plan():
             break
         model.train()
-        episode = sampler.sample().to(device)
-        logits = model(episode.support, episode.support_labels, episode.query, episode.label_codes)
-        loss = F.cross_entropy(logits, episode.query_labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        optimizer.step()
-        losses.append(loss.detach())
-        hits.append((logits.argmax(-1) == episode.query_labels).float().mean().detach())
+        lr = learning_rate(args.lr, step, args.warmup_steps, step / planned_steps, args.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        metrics = train_step(net, optimizer, sampler.sample(), args.clip, args.attention_loss)
+        sums += torch.stack(metrics)
+        counted += 1
+        step += 1
+        progress.update(per_step)
 
-        done = episode_index + 1
-        if done % args.val_every == 0 or done == args.episodes or out_of_time():
-            train_loss = torch.stack(losses).mean().item()
-            train_accuracy = 100 * torch.stack(hits).mean().item()
-            losses, hits = [], []
+        last = step == total_steps or (step % plan_steps == 0 and check_plan())
+        if (step % val_steps == 0 or last) and lead:
+            train_loss, train_accuracy, train_attention = (sums / counted).tolist()
+            sums.zero_()
+            counted = 0
             val = validate(model, val_pool, val_way, args.shot, args.val_tasks, device)
             elapsed = time.perf_counter() - began
+            episodes = step * per_step
             log.writerow(
                 {
-                    "episode": done,
+                    "episode": episodes,
                     "elapsed_s": round(elapsed, 1),
+                    "lr": f"{lr:.3g}",
                     "train_loss": round(train_loss, 4),
-                    "train_accuracy": round(train_accuracy, 2),
+                    "train_accuracy": round(100 * train_accuracy, 2),
+                    "train_attention_accuracy": round(100 * train_attention, 2),
                     "val_accuracy": round(val["accuracy"], 2),
                     "val_ci95": round(val["ci95"], 2),
+                    "val_attention_accuracy": round(val["attention_only_accuracy"], 2),
                 }
             )
             log_file.flush()
@@ -182,13 +347,26 @@ def main(argv: list[str] | None = None) -> None:
                         "train_way": args.way,
                         "train_shot": args.shot,
                         "train_queries": args.queries,
-                        "episodes": done,
+                        "episodes": episodes,
+                        "steps": step,
+                        "episodes_per_step": per_step,
+                        "processes": world,
                         "wall_time_s": round(elapsed, 1),
-                        "episodes_per_s": round(done / elapsed, 2),
-                        "hardware": hardware(device),
+                        "episodes_per_s": round(episodes / elapsed, 2),
+                        "hardware": hardware(device, world),
                         "torch": torch.__version__,
                         "command": command,
                         "seed": args.seed,
+                        "recipe": {
+                            "lr": args.lr,
+                            "schedule": args.schedule,
+                            "warmup_steps": args.warmup_steps,
+                            "clip": args.clip,
+                            "attention_loss": args.attention_loss,
+                            "within_alphabet": args.within_alphabet,
+                            "rotations": "augment" if args.rotation_augment else "classes",
+                            "compile": compile_mode,
+                        },
                         "validation": {"way": val_way, "shot": args.shot, "tasks": args.val_tasks} | val,
                         "initialized_from": init_metadata,
                     },
@@ -197,16 +375,35 @@ def main(argv: list[str] | None = None) -> None:
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
-                    "sampler_rng": sampler.rng.bit_generator.state,
-                    "episode": done,
+                    "sampler_rng": gather_generator_states(sampler.generator, world),
+                    "step": step,
                     "best": best,
                     "elapsed_s": elapsed,
                 },
                 state_path,
             )
             plot_learning_curve(metrics_path, run_dir / "learning_curve.png", title=args.out.stem)
-    log_file.close()
-    print(f"best validation accuracy {best:.2f}% -> {args.out}")
+        elif (step % val_steps == 0 or last) and world > 1:
+            gather_generator_states(sampler.generator, world)
+        if last:
+            break
+    progress.close()
+    if lead:
+        log_file.close()
+        print(f"best validation accuracy {best:.2f}% -> {args.out}")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def gather_generator_states(generator: torch.Generator, world: int) -> list[torch.Tensor]:
+    """Every rank's sampler state (a collective: all ranks call it), for --resume."""
+    state = generator.get_state().cpu()
+    if world == 1:
+        return [state]
+    states = [None] * world
+    dist.all_gather_object(states, state)
+    return states
 
 
 if __name__ == "__main__":
