@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from model import MetaNet, MetaNetConfig, cnn
+from model.fast_weights import CoordinateLSTM
 from model.meta_info import example_gradients, preprocess_gradient
 from model.metanet import SparseAttention, contrastive_pairs
 
@@ -203,3 +204,17 @@ def test_fast_path_starts_quiet_yet_every_learned_part_gets_gradient():
     for name in ("base.conv1", "rep.conv1", "m_conv.net.4.weight", "m_fc.net.4.weight", "d_rep.head.weight"):
         param = dict(net.named_parameters())[name]
         assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_written_out_lstm_step_equals_torch_lstm_cell():
+    torch.manual_seed(0)
+    d = CoordinateLSTM(hidden=20)
+    meta, h, c = torch.randn(2, 7, 2), torch.randn(2, 7, 20), torch.randn(2, 7, 20)
+    expected_h, expected_c = d.cell(meta.reshape(14, 2), (h.reshape(14, 20), c.reshape(14, 20)))
+    got_h, got_c = d.step(meta, (h, c))  # any leading shape
+    torch.testing.assert_close(got_h.reshape(14, 20), expected_h)
+    torch.testing.assert_close(got_c.reshape(14, 20), expected_c)
+    with torch.no_grad():  # the inference form of the step
+        got_h, got_c = d.step(meta, (h, c))
+    torch.testing.assert_close(got_h.reshape(14, 20), expected_h)
+    torch.testing.assert_close(got_c.reshape(14, 20), expected_c)
