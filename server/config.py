@@ -47,7 +47,7 @@ class ServerSettings(BaseSettings):
     torch_threads: int = Field(1, ge=1, description="intra-op threads per inference worker")
     normalize_polarity: bool = True
 
-    # Limits (SPEC section 4).
+    # Limits of the HTTP API (docs/SERVER.md, "API").
     max_body_bytes: int = Field(16 * 1024**2, ge=1)
     max_images_per_request: int = Field(256, ge=1)
     max_image_side: int = Field(4096, ge=1, description="pixels per side of a decoded image")

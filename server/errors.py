@@ -1,4 +1,5 @@
-"""Domain errors and the JSON error body ``{"error": {"code", "message"}}`` of SPEC section 4."""
+"""Domain errors and the JSON error body ``{"error": {"code", "message"}}`` of the HTTP API
+(docs/SERVER.md, "Errors")."""
 
 from __future__ import annotations
 

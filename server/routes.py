@@ -1,4 +1,4 @@
-"""The HTTP API of SPEC section 4: thin routes over the task store and the inference workers."""
+"""The HTTP API (docs/SERVER.md, "API"): thin routes over the task store and the inference workers."""
 
 from collections.abc import Callable
 from typing import Annotated

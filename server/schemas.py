@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API (SPEC section 4)."""
+"""Request and response bodies of the HTTP API (docs/SERVER.md, "API")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The task store: the durable source of truth for support examples (SPEC section 5).
+"""The task store: the durable source of truth for support examples (docs/SERVER.md, "How it works").
 
 Fast weights, memory keys and FAISS indexes are derived from what is stored here. ``TaskStore`` is the
 interface a networked backend implements; ``SQLiteTaskStore`` is the embedded default (WAL mode,

@@ -1,4 +1,4 @@
-"""Typed results of the server's API (SPEC §4). Unknown extra fields are ignored."""
+"""Typed results of the server's API (its docs/SERVER.md). Unknown extra fields are ignored."""
 
 from __future__ import annotations
 
