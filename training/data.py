@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,7 @@ def load_archive(archive: str, source: Path = DEFAULT_DATA, cache_dir: Path = CA
     if not cached.exists():
         characters = decode_archive(Path(source), archive)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npz")
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")  # concurrent first uses (torchrun ranks)
         np.savez_compressed(tmp, images=characters.images, names=np.array(characters.names))
         tmp.replace(cached)
     with np.load(cached) as data:
