@@ -62,13 +62,14 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--split", choices=["vinyals", "standard"], required=True)
     parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--part", choices=["train", "val", "test"], default="test")
     parser.add_argument("--way", type=int, default=20)
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     model, _ = load_checkpoint(args.checkpoint)
-    sampler = EpisodeSampler(load_split(args.split, "test", args.data), args.way, 1, 5, args.seed)
+    sampler = EpisodeSampler(load_split(args.split, args.part, args.data), args.way, 1, 5, args.seed)
     rows = [logit_terms(model, sampler.sample()) for _ in range(args.tasks)]
     summary = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
     summary |= {"attention_scale": model.log_attention_scale.exp().item(), "tasks": args.tasks}

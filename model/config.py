@@ -16,6 +16,9 @@ class MetaNetConfig:
         "contrastive" for several shots per class (paper eq. 6-7).
     signed_keys: the paper's u ends in a ReLU, so its embeddings are non-negative and every
         cosine is >= 0; True keys the memory by the fc output before that ReLU (cosines in [-1, 1]).
+    relative_fast_weights: fast weights m(g) - m(0). Without it, m's constant output for a zero
+        gradient gives every label a logit term linear in its total attention, a shortcut that
+        makes the base learner copy the attention vote (docs/RESULTS.md).
     """
 
     variant: Literal["metanet", "minus", "plus"] = "metanet"
@@ -30,6 +33,7 @@ class MetaNetConfig:
     contrastive_margin: float = 1.0
     attention_scale_init: float = 10.0  # learned inverse temperature of the cosine attention
     signed_keys: bool = False  # memory keys from u's fc output before its ReLU (see model/metanet.py)
+    relative_fast_weights: bool = False  # m(g) - m(0): a zero gradient gives a zero fast weight
 
     def to_dict(self) -> dict:
         return asdict(self)

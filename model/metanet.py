@@ -91,15 +91,19 @@ class MetaNet(nn.Module):
     # ---- meta learners -------------------------------------------------------------------
     def _m(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         k = self.config.grad_clip_k
-        return {
-            name: (self.m_conv if name.startswith("conv") else self.m_fc)(preprocess_gradient(g, k))
-            for name, g in grads.items()
-        }
+        fast = {}
+        for name, g in grads.items():
+            m = self.m_conv if name.startswith("conv") else self.m_fc
+            fast[name] = m(preprocess_gradient(g, k))
+            if self.config.relative_fast_weights:
+                fast[name] = fast[name] - m(preprocess_gradient(g.new_zeros(1), k))
+        return fast
 
     def _zero_gradient_fast_weight(self) -> torch.Tensor:
-        """m's output for a zero gradient: every output row other than the example's own."""
+        """m's output for a zero gradient: every output row other than the example's own
+        (zero when fast weights are relative to it)."""
         zero = preprocess_gradient(self.base_codes.new_zeros(1), self.config.grad_clip_k)
-        return self.m_fc(zero)[0]
+        return self.m_fc(zero)[0] * (not self.config.relative_fast_weights)
 
     def _d(
         self, d: CoordinateLSTM, grads: dict[str, torch.Tensor], like: Weights, state: LSTMState | None

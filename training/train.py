@@ -155,6 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clip", type=float, default=10.0)
     parser.add_argument("--task-examples", type=int, default=20, help="T: support examples d reads")
     parser.add_argument("--signed-keys", action="store_true", help="memory keys before u's last ReLU")
+    parser.add_argument("--relative-fast-weights", action="store_true", help="fast weights m(g) - m(0)")
     parser.add_argument("--attention-loss", type=float, default=0.0, help="weight of the auxiliary loss")
     parser.add_argument(
         "--within-alphabet", type=float, default=0.0, help="share of within-alphabet episodes"
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         embedding_loss="cross_entropy" if args.shot == 1 else "contrastive",
         max_task_examples=args.task_examples,
         signed_keys=args.signed_keys,
+        relative_fast_weights=args.relative_fast_weights,
     )
     model = MetaNet(config).to(device)
     init_metadata = None

@@ -218,3 +218,14 @@ def test_written_out_lstm_step_equals_torch_lstm_cell():
         got_h, got_c = d.step(meta, (h, c))
     torch.testing.assert_close(got_h.reshape(14, 20), expected_h)
     torch.testing.assert_close(got_c.reshape(14, 20), expected_c)
+
+
+def test_relative_fast_weights_are_zero_for_a_zero_gradient():
+    torch.manual_seed(0)
+    net = MetaNet(MetaNetConfig(relative_fast_weights=True))
+    torch.nn.init.normal_(net.m_fc.net[-1].weight, std=0.1)
+    torch.nn.init.normal_(net.m_fc.net[-1].bias, std=0.1)
+    grads = {"fc": torch.zeros(2, 64, 64), "out": torch.randn(2, 64)}
+    fast = net._m(grads)
+    assert fast["fc"].abs().max() == 0 and fast["out"].abs().max() > 0
+    assert net._zero_gradient_fast_weight() == 0
