@@ -100,10 +100,7 @@ def main() -> None:
     torch.manual_seed(0)
     config = MetaNetConfig(max_task_examples=args.task_examples)
     model = MetaNet(config).to(device)
-    if compile_mode == "all":
-        model.compile_meta_learners()
-    elif compile_mode == "d":
-        model._d = torch.compile(model._d, dynamic=False)
+    model.compile_meta_learners(compile_mode)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")
     pool = load_split("vinyals", "train", args.data)
     sampler = DeviceEpisodeSampler(

@@ -228,10 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             k: v for k, v in read_metadata(args.init_from).items() if k not in ("config", "test")
         }
     compile_mode = args.compile or ("all" if device.type == "cuda" else "d")
-    if compile_mode == "all":
-        model.compile_meta_learners()
-    elif compile_mode == "d":
-        model._d = torch.compile(model._d, dynamic=False)
+    model.compile_meta_learners(compile_mode)
     net: torch.nn.Module = EpisodeModel(model)
     if world > 1:
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
