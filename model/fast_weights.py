@@ -77,7 +77,6 @@ class CoordinateLSTM(nn.Module):
         self.hidden = hidden
         self.cell = nn.LSTMCell(2, hidden)  # parameter container; the step is lstm_cell
         self.head = nn.Linear(hidden, 1)
-        self.step_fn = lstm_cell
         init_quiet(self.head)
 
     def initial_state(self, meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +89,7 @@ class CoordinateLSTM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One gradient per coordinate. meta: [..., 2]; state: ([..., H], [..., H])."""
         cell = self.cell
-        return self.step_fn(meta, *state, cell.weight_ih, cell.weight_hh, cell.bias_ih + cell.bias_hh)
+        return lstm_cell(meta, *state, cell.weight_ih, cell.weight_hh, cell.bias_ih + cell.bias_hh)
 
     def readout(self, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Fast weights [...] from the hidden state."""

@@ -110,7 +110,9 @@ class MetaNet(nn.Module):
         """m's output for a zero gradient: every output row other than the example's own
         (zero when fast weights are relative to it)."""
         zero = preprocess_gradient(self.base_codes.new_zeros(1), self.config.grad_clip_k)
-        return self.m_fc(zero)[0] * (not self.config.relative_fast_weights)
+        if self.config.relative_fast_weights:
+            return zero.new_zeros(())
+        return self.m_fc(zero)[0]
 
     def _d(
         self, d: CoordinateLSTM, grads: dict[str, torch.Tensor], like: Weights, state: LSTMState | None
@@ -263,10 +265,8 @@ class MetaNet(nn.Module):
         queries = x.reshape(-1, *x.shape[-3:])
         if base_task_weights is None:
             h = vmap(lambda fast, xi: cnn.features(xi, slow, fast))(per_query, queries)
-        elif len(lead) == 1:  # one task: its task-level weights are shared by every query
-            h = vmap(lambda fast, xi: cnn.features(xi, slow, fast, base_task_weights))(per_query, queries)
         else:
-            tasks = len(lead) - 1  # task dims before the query dim
+            tasks = len(lead) - 1  # task dims before the query dim (none for a single task)
             task = {  # each query gets its task's weights: [*batch, *shape] -> [Q, *shape]
                 name: w.unsqueeze(tasks).expand(*lead, *w.shape[tasks:]).reshape(-1, *w.shape[tasks:])
                 for name, w in base_task_weights.items()
