@@ -135,8 +135,6 @@ class DeviceEpisodeSampler:
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.group_table = self.group_sizes = None
         if within_alphabet > 0:
-            if pool.groups is None:
-                raise ValueError("within-alphabet episodes need the pool's groups")
             self.group_table, self.group_sizes = _group_table(pool.groups, way, self.device)
 
     def _rand(self, *shape: int) -> torch.Tensor:
@@ -164,7 +162,7 @@ class DeviceEpisodeSampler:
             turns = (
                 turns + torch.randint(0, 4, turns.shape, device=self.device, generator=self.generator)
             ) % 4
-        drawings = self._rand(e, n, 20).argsort(dim=-1)[..., : k + q]  # [E, N, K+L]
+        drawings = self._rand(e, n, DRAWINGS_PER_CHARACTER).argsort(dim=-1)[..., : k + q]  # [E, N, K+L]
         chars = self.chars[classes]
         images = self.images[chars[..., None], turns[..., None], drawings]  # [E, N, K+L, 28, 28]
         images = images.float().div_(255.0).unsqueeze(-3)
@@ -179,12 +177,20 @@ class DeviceEpisodeSampler:
         )
 
 
-def _group_table(groups: np.ndarray, way: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Classes of every group with at least ``way`` classes: table [G, max size] (-1 padded), sizes [G]."""
+def _groups_of_at_least(groups: np.ndarray | None, way: int) -> list[np.ndarray]:
+    """Class indices of every group (alphabet and rotation) that has at least ``way`` classes."""
+    if groups is None:
+        raise ValueError("within-alphabet episodes need the pool's groups")
     members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
     members = [m for m in members if len(m) >= way]
     if not members:
-        raise ValueError(f"no alphabet has {way} classes for within-alphabet episodes")
+        raise ValueError(f"no alphabet of this pool has {way} classes")
+    return members
+
+
+def _group_table(groups: np.ndarray, way: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classes of every group with at least ``way`` classes: table [G, max size] (-1 padded), sizes [G]."""
+    members = _groups_of_at_least(groups, way)
     table = np.full((len(members), max(len(m) for m in members)), -1, dtype=np.int64)
     for row, m in enumerate(members):
         table[row, : len(m)] = m
@@ -195,13 +201,8 @@ def within_alphabet_episodes(pool: ClassPool, way: int, trials: int, seed: int) 
     """Lake et al.'s one-shot protocol: each trial takes ``way`` classes of one group (alphabet and
     rotation), one support image per class from one drawer and one query per class from another
     drawer. Reproducible under ``seed``."""
-    if pool.groups is None:
-        raise ValueError("the within-alphabet protocol needs the pool's groups")
+    members = _groups_of_at_least(pool.groups, way)
     rng = np.random.default_rng(seed)
-    members = [np.flatnonzero(pool.groups == g) for g in np.unique(pool.groups)]
-    members = [m for m in members if len(m) >= way]
-    if not members:
-        raise ValueError(f"no alphabet of this pool has {way} classes")
     episodes = []
     labels = torch.arange(way)
     for _ in range(trials):

@@ -307,8 +307,9 @@ def main(argv: list[str] | None = None) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         metrics = train_step(net, optimizer, sampler.sample(), args.clip, args.attention_loss)
-        sums += torch.stack(metrics)
-        counted += 1
+        if lead:  # only rank 0 logs
+            sums += torch.stack(metrics)
+            counted += 1
         step += 1
         progress.update(per_step)
 
