@@ -4,6 +4,7 @@
 # and prints the last validation of each variant.
 #
 #   MINUTES=3 bash scripts/ablate.sh                  # this machine's CPU: 5-way episodes
+#   NAMES="relative relative-noaux" MINUTES=3 bash scripts/ablate.sh   # a subset of the variants
 #   DEVICE=cuda WAY=20 BATCH=16 MINUTES=2 bash scripts/ablate.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,13 +21,16 @@ declare -A VARIANTS=(
   [signed-keys]="--signed-keys"
   [attention-loss]="--attention-loss 0.5"
   [signed-keys+attention-loss]="--signed-keys --attention-loss 0.5"
+  [relative]="--signed-keys --attention-loss 0.5 --relative-fast-weights"
+  [relative-noaux]="--signed-keys --relative-fast-weights"
 )
-for name in paper signed-keys attention-loss signed-keys+attention-loss; do
+NAMES=${NAMES:-paper signed-keys attention-loss signed-keys+attention-loss}
+for name in $NAMES; do
   # shellcheck disable=SC2086
   $PY -m training.train $COMMON ${VARIANTS[$name]} --out runs/ablation-$name/best.safetensors \
       --run-dir runs/ablation-$name > runs/ablation-$name.log 2>&1 || echo "$name failed"
 done
 printf "%-28s %s\n" variant "last metrics row (episode, s, lr, loss, train, train-attention, val, ci, val-attention)"
-for name in paper signed-keys attention-loss signed-keys+attention-loss; do
+for name in $NAMES; do
   printf "%-28s %s\n" "$name" "$(tail -1 runs/ablation-$name/metrics.csv)"
 done
