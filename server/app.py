@@ -8,18 +8,22 @@ import signal
 
 import litserve as ls
 import torch
-from litserve.utils import WorkerSetupStatus
 
+from model.checkpoint import read_metadata
+from model.config import MetaNetConfig
 from server.auth import KeyRing
-from server.config import ServerSettings
+from server.config import ConfigError, ServerSettings
 from server.errors import install_error_handlers
+from server.litserve_adapter import remove_builtin_routes, workers_ready
 from server.middleware import GuardMiddleware, ObservabilityMiddleware
 from server.routes import service_router, task_router
+from server.schemas import Index, Limits, ModelInfo, ServerInfo
 from server.store import SQLiteTaskStore
 from server.worker import MetaNetAPI
 
 logger = logging.getLogger("metanet.server")
 
+TITLE, VERSION = "MetaNet one-shot concept server", "0.1.0"
 DESCRIPTION = """Teach visual concepts from one or a few labeled images and classify new images against
 them, with Meta Networks (Munkhdalai & Yu, ICML 2017). Images are base64-encoded image files of any
 format, size and polarity. Errors are `{"error": {"code", "message"}}`. When API keys are configured,
@@ -32,28 +36,40 @@ def accelerator(device: str) -> str:
     return device
 
 
+def model_info(settings: ServerSettings) -> ModelInfo:
+    """What the server needs to know of the checkpoint, read from its metadata (no weights loaded);
+    raises ConfigError if the settings ask for more than the model can do."""
+    config = MetaNetConfig.from_dict(read_metadata(settings.checkpoint)["config"])
+    if settings.max_examples_per_task > config.max_labels:
+        raise ConfigError(
+            f"max_examples_per_task={settings.max_examples_per_task} exceeds the {config.max_labels} labels "
+            f"a task can hold with {settings.checkpoint} (every example may carry a new label): "
+            f"set METANET_MAX_EXAMPLES_PER_TASK to at most {config.max_labels}"
+        )
+    return ModelInfo(
+        checkpoint=str(settings.checkpoint), image_size=config.image_size, max_labels=config.max_labels
+    )
+
+
 def build_server(settings: ServerSettings, keys: KeyRing) -> ls.LitServer:
-    api = MetaNetAPI(settings)
+    model = model_info(settings)
+    api = MetaNetAPI(settings, model.image_size)
     server = ls.LitServer(
         api,
         accelerator=accelerator(settings.device),
         devices=1,
         workers_per_device=settings.workers,
         timeout=settings.request_timeout,
-        model_metadata={"checkpoint": str(settings.checkpoint)},
     )
-    store = SQLiteTaskStore(settings.store_path)
+    store = SQLiteTaskStore(settings.store_path, (model.image_size, model.image_size))
     app = server.app
-    app.title, app.version, app.description = "MetaNet one-shot concept server", "0.1.0", DESCRIPTION
-    # LitServe's own /health answers plain text; ours answers JSON and also checks the store.
-    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != server.healthcheck_path]
-
-    def workers_ready() -> bool:
-        status = server.workers_setup_status
-        return bool(status) and all(v == WorkerSetupStatus.READY for v in status.values())
-
-    app.include_router(service_router(store, workers_ready))
-    app.include_router(task_router(settings, api.spec, store))
+    app.title, app.version, app.description = TITLE, VERSION, DESCRIPTION
+    # LitServe's own /, /health and /info answer untyped plain text; ours answer JSON.
+    remove_builtin_routes(server)
+    info = ServerInfo(model=model, limits=Limits.of(settings))
+    index = Index(name=TITLE, version=VERSION)
+    app.include_router(service_router(store, lambda: workers_ready(server), index, info))
+    app.include_router(task_router(settings, api.spec, store, model.image_size))
     install_error_handlers(app)
     app.add_middleware(GuardMiddleware, keys=keys, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware)

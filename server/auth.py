@@ -6,10 +6,11 @@ import hashlib
 import re
 from pathlib import Path
 
-from server.errors import ApiError
+from server.config import NAME_PATTERN
+from server.protocol import Unauthorized
 
 DEFAULT_TENANT = "default"
-_TENANT = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_TENANT = re.compile(NAME_PATTERN)
 
 
 def _digest(key: str) -> bytes:
@@ -59,8 +60,8 @@ class KeyRing:
             return DEFAULT_TENANT
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'")
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         tenant = self._keys.get(_digest(key.strip()))
         if tenant is None:
-            raise ApiError(401, "unauthorized", "invalid API key")
+            raise Unauthorized("invalid API key")
         return tenant

@@ -8,7 +8,7 @@ import shutil
 
 from pydantic import ValidationError
 
-from server.config import ServerSettings
+from server.config import ConfigError, ServerSettings
 
 
 def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -58,7 +58,10 @@ def serve(argv: list[str] | None = None, prog: str = "python -m server") -> None
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
     from server.app import serve as run
 
-    run(settings)
+    try:
+        run(settings)
+    except ConfigError as exc:
+        parser.error(str(exc))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CHECKPOINT = Path("checkpoints/omniglot-standard.safetensors")
 
+# The API's fixed formats; the limits are ServerSettings fields below. Schemas, routes, auth and docs
+# import these (docs/API.md).
+NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+"""Task ids (path segment) and tenant names (keys file)."""
+LABEL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+"""Labels: any characters but control characters (their length is ``max_label_length``)."""
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work together (or with the checkpoint); the message says what to change."""
+
 
 class ServerSettings(BaseSettings):
     """Everything the server reads at start-up; each field is also ``METANET_<FIELD>`` in the environment."""
@@ -47,13 +58,14 @@ class ServerSettings(BaseSettings):
     torch_threads: int = Field(1, ge=1, description="intra-op threads per inference worker")
     normalize_polarity: bool = True
 
-    # Limits of the HTTP API (docs/SERVER.md, "API").
-    max_body_bytes: int = Field(16 * 1024**2, ge=1)
-    max_images_per_request: int = Field(256, ge=1)
+    # Limits of the HTTP API (docs/API.md, "Limits"); GET /info publishes them.
+    max_body_bytes: int = Field(16 * 1024**2, ge=1, description="bytes of a request body")
+    max_images_per_request: int = Field(256, ge=1, description="images (or examples) in one request")
     max_image_side: int = Field(4096, ge=1, description="pixels per side of a decoded image")
-    max_examples_per_task: int = Field(10_000, ge=1)
-    max_label_length: int = Field(128, ge=1)
-    task_id_pattern: str = r"^[A-Za-z0-9._-]{1,128}$"
+    max_examples_per_task: int = Field(
+        10_000, ge=1, description="examples a task may hold; at most the model's label capacity"
+    )
+    max_label_length: int = Field(128, ge=1, description="characters of a label")
 
     @property
     def store_path(self) -> Path:

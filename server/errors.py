@@ -1,5 +1,6 @@
-"""Domain errors and the JSON error body ``{"error": {"code", "message"}}`` of the HTTP API
-(docs/SERVER.md, "Errors")."""
+"""The HTTP edge of the service's errors: each ``ServiceError`` kind's status (one table), the JSON error
+body ``{"error": {"code", "message"}}`` of every failure, and the OpenAPI description of them
+(docs/API.md, "Errors")."""
 
 from __future__ import annotations
 
@@ -9,47 +10,122 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from server.protocol import (
+    EmptyTask,
+    ExampleLimit,
+    ImageTooLarge,
+    InvalidImage,
+    LabelNotFound,
+    NotReady,
+    PayloadTooLarge,
+    ServiceError,
+    StoreUnreachable,
+    TaskNotFound,
+    TooManyImages,
+    Unauthorized,
+    WorkerFailed,
+    WorkerTimeout,
+)
 
 logger = logging.getLogger("metanet.server")
 
+HTTP_STATUS: dict[type[ServiceError], int] = {
+    InvalidImage: 400,
+    Unauthorized: 401,
+    TaskNotFound: 404,
+    LabelNotFound: 404,
+    EmptyTask: 409,
+    PayloadTooLarge: 413,
+    ImageTooLarge: 413,
+    TooManyImages: 413,
+    ExampleLimit: 413,
+    WorkerFailed: 500,
+    NotReady: 503,
+    StoreUnreachable: 503,
+    WorkerTimeout: 504,
+}
+"""The status of each kind of ServiceError; the one place that decides it."""
 
-class ApiError(Exception):
-    """An error with an HTTP status and a stable machine-readable code."""
+# Errors raised by the framework rather than by the service: route not found, method not allowed, a
+# body over the routes' streamed size limit, a request the schema rejects, anything unexpected.
+FRAMEWORK_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    422: "validation_error",
+    500: "internal_error",
+}
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
-    def to_dict(self) -> dict:
-        return {"status": self.status, "code": self.code, "message": self.message}
+def status_of(error: ServiceError) -> int:
+    return HTTP_STATUS[type(error)]
 
-    @classmethod
-    def from_dict(cls, data: dict) -> ApiError:
-        return cls(data["status"], data["code"], data["message"])
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def error_responses(*kinds: type[ServiceError], statuses: tuple[int, ...] = ()) -> dict[int | str, dict]:
+    """OpenAPI ``responses`` for the given ServiceError kinds and framework statuses, with their codes."""
+    codes: dict[int, list[str]] = {}
+    for kind in kinds:
+        codes.setdefault(HTTP_STATUS[kind], []).append(kind.code)
+    for status in statuses:
+        codes.setdefault(status, []).append(FRAMEWORK_CODES[status])
+    return {
+        status: {
+            "model": ErrorResponse,
+            "description": HTTPStatus(status).phrase
+            + ": "
+            + ", ".join(f"`{c}`" for c in dict.fromkeys(found)),
+        }
+        for status, found in sorted(codes.items())
+    }
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 504: "timeout"}
+def service_error_response(error: ServiceError) -> JSONResponse:
+    status = status_of(error)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return error_response(status, error.code, error.message, headers)
 
 
-def _code_for(status: int) -> str:
-    return _CODES.get(status, "bad_request" if status < 500 else "internal_error")
+async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+    return service_error_response(exc)
 
 
-async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return error_response(exc.status, exc.code, exc.message, headers)
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette names only the first route that matches
+    the path, and GET and DELETE of ``/tasks/{task_id}`` are two routes)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": ""})
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return error_response(exc.status_code, _code_for(exc.status_code), message, getattr(exc, "headers", None))
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    status = exc.status_code
+    message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
+    headers = dict(getattr(exc, "headers", None) or {})
+    if status == 405:
+        headers["Allow"] = _allowed_methods(request)
+        message = f"{request.method} is not allowed here; allowed: {headers['Allow']}"
+    code = FRAMEWORK_CODES.get(status, "bad_request" if status < 500 else "internal_error")
+    return error_response(status, code, message, headers or None)
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -68,7 +144,7 @@ async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error the app returns the JSON error body."""
-    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unhandled)

@@ -1,4 +1,4 @@
-"""Safe decoding of base64 image files into the model's preprocessed uint8 [28, 28] arrays."""
+"""Safe decoding of base64 image files into the model's preprocessed uint8 [size, size] arrays."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from model.preprocess import preprocess_image
-from server.errors import ApiError
+from server.protocol import ImageTooLarge, InvalidImage, ServiceError
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 
@@ -19,8 +19,9 @@ FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 class ImageDecoder:
     """Decodes untrusted images: format allow-list, size checked from the header before pixels are decoded."""
 
-    def __init__(self, max_side: int, normalize_polarity: bool = True) -> None:
+    def __init__(self, max_side: int, size: int, normalize_polarity: bool = True) -> None:
         self.max_side = max_side
+        self.size = size
         self.normalize_polarity = normalize_polarity
         # Second line of defence against decompression bombs: PIL refuses anything twice this size
         # while opening; anything between is caught by the side check below.
@@ -28,31 +29,27 @@ class ImageDecoder:
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
     def decode(self, data: str, where: str) -> np.ndarray:
-        """One base64 image -> uint8 [28, 28]; ``where`` names the field in error messages."""
+        """One base64 image -> uint8 [size, size]; ``where`` names the field in error messages."""
         raw = self._b64(data, where)
         try:
             with Image.open(io.BytesIO(raw), formats=FORMATS) as image:
                 width, height = image.size  # from the header: nothing is decoded yet
                 if width < 1 or height < 1:
-                    raise ApiError(400, "invalid_image", f"{where}: image has no pixels ({width}x{height})")
+                    raise InvalidImage(f"{where}: image has no pixels ({width}x{height})")
                 if width > self.max_side or height > self.max_side:
-                    raise ApiError(
-                        413,
-                        "image_too_large",
+                    raise ImageTooLarge(
                         f"{where}: {width}x{height} pixels exceeds {self.max_side}x{self.max_side}",
                     )
                 image.load()
-                return preprocess_image(image, normalize_polarity=self.normalize_polarity)
-        except ApiError:
+                return preprocess_image(image, normalize_polarity=self.normalize_polarity, size=self.size)
+        except ServiceError:
             raise
         except Image.DecompressionBombError as exc:
-            raise ApiError(413, "image_too_large", f"{where}: {exc}") from None
+            raise ImageTooLarge(f"{where}: {exc}") from None
         except UnidentifiedImageError:
-            raise ApiError(
-                400, "invalid_image", f"{where}: not a supported image file ({', '.join(FORMATS)})"
-            ) from None
+            raise InvalidImage(f"{where}: not a supported image file ({', '.join(FORMATS)})") from None
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise ApiError(400, "invalid_image", f"{where}: cannot decode image ({exc})") from None
+            raise InvalidImage(f"{where}: cannot decode image ({exc})") from None
 
     @staticmethod
     def _b64(data: str, where: str) -> bytes:
@@ -61,7 +58,7 @@ class ImageDecoder:
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
-            raise ApiError(400, "invalid_image", f"{where}: not valid base64") from None
+            raise InvalidImage(f"{where}: not valid base64") from None
         if not raw:
-            raise ApiError(400, "invalid_image", f"{where}: empty image")
+            raise InvalidImage(f"{where}: empty image")
         return raw

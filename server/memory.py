@@ -13,14 +13,11 @@ import numpy as np
 import torch
 
 from model.inference import MetaNetPredictor, TaskMemory
+from server.protocol import EmptyTask
 from server.store import TaskStore
 
 Refresh = Literal["hit", "extend", "build"]
 logger = logging.getLogger("metanet.memory")
-
-
-class EmptyTaskError(Exception):
-    """The task exists but holds no examples (every label was forgotten)."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +109,7 @@ class TaskMemories:
             return cached, "hit"
         if state.num_examples == 0:
             self.cache.pop(key)
-            raise EmptyTaskError(task_id)
+            raise EmptyTask(f"task {task_id!r} has no examples: add some first")
         if cached and cached.uid == state.uid and state.rebuild_version <= cached.version:
             memory, refresh = self.predictor.extend_memory(cached.memory, snap.images, snap.labels), "extend"
         else:

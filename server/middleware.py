@@ -11,7 +11,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
 from server.auth import KeyRing
-from server.errors import ApiError, error_response
+from server.errors import service_error_response
+from server.protocol import PayloadTooLarge, ServiceError
 
 logger = logging.getLogger("metanet.http")
 
@@ -48,10 +49,9 @@ class GuardMiddleware:
                 tenant = self.keys.tenant_for(headers.get(b"authorization", b"").decode("latin-1"))
                 length = headers.get(b"content-length", b"0")
                 if length.isdigit() and int(length) > self.max_body_bytes:
-                    raise ApiError(413, "payload_too_large", f"request body over {self.max_body_bytes} bytes")
-            except ApiError as exc:
-                challenge = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-                await error_response(exc.status, exc.code, exc.message, challenge)(scope, receive, send)
+                    raise PayloadTooLarge(f"request body over {self.max_body_bytes} bytes")
+            except ServiceError as exc:
+                await service_error_response(exc)(scope, receive, send)
                 return
             scope.setdefault("state", {})["tenant"] = tenant
         await self.app(scope, receive, send)

@@ -1,27 +1,48 @@
-"""The HTTP API (docs/SERVER.md, "API"): thin routes over the task store and the inference workers."""
+"""The HTTP API (docs/API.md): thin routes over the task store and the inference workers."""
 
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from server.config import ServerSettings
-from server.errors import ApiError, error_response
+from server.config import NAME_PATTERN, ServerSettings
+from server.errors import error_responses, service_error_response
 from server.images import ImageDecoder
+from server.litserve_adapter import WorkerBridge
 from server.metrics import exposition
+from server.protocol import (
+    ClassifyWork,
+    EmptyTask,
+    ExampleLimit,
+    ImageTooLarge,
+    InvalidImage,
+    LabelNotFound,
+    NotReady,
+    PayloadTooLarge,
+    StoreUnreachable,
+    SupportWork,
+    TaskNotFound,
+    TooManyImages,
+    Unauthorized,
+    WorkerFailed,
+    WorkerTimeout,
+)
 from server.schemas import (
-    ERROR_RESPONSES,
-    ClassifyRequest,
     ClassifyResponse,
     DeletedTask,
-    SupportRequest,
+    Health,
+    Index,
+    ServerInfo,
     SupportResponse,
     TaskInfo,
+    label_constraints,
+    request_models,
 )
-from server.store import LabelNotFoundError, TaskState, TaskStore
-from server.worker import WorkerBridge
+from server.store import TaskState, TaskStore
 
 
 def _tenant(request: Request) -> str:
@@ -29,6 +50,7 @@ def _tenant(request: Request) -> str:
 
 
 Tenant = Annotated[str, Depends(_tenant)]
+TaskId = Annotated[str, Path(pattern=NAME_PATTERN, description=f"task id, matching {NAME_PATTERN}")]
 
 
 def _info(state: TaskState) -> TaskInfo:
@@ -37,96 +59,128 @@ def _info(state: TaskState) -> TaskInfo:
     )
 
 
-def task_router(settings: ServerSettings, bridge: WorkerBridge, store: TaskStore) -> APIRouter:
+def task_router(
+    settings: ServerSettings, bridge: WorkerBridge, store: TaskStore, image_size: int
+) -> APIRouter:
     """Routes under ``/tasks``; support and classify run in the inference workers, the rest on the store."""
     router = APIRouter(
-        prefix="/tasks", tags=["tasks"], responses=ERROR_RESPONSES, max_body_size=settings.max_body_bytes
+        prefix="/tasks",
+        tags=["tasks"],
+        responses=error_responses(Unauthorized, PayloadTooLarge, statuses=(422, 500)),
+        max_body_size=settings.max_body_bytes,
     )
-    decoder = ImageDecoder(settings.max_image_side, settings.normalize_polarity)
-    TaskId = Annotated[str, Path(pattern=settings.task_id_pattern, description="[A-Za-z0-9._-]{1,128}")]
+    decoder = ImageDecoder(settings.max_image_side, image_size, settings.normalize_polarity)
+    SupportRequest, ClassifyRequest = request_models(settings)
+    Label = Annotated[str, Path(**label_constraints(settings))]
+    image_errors = (InvalidImage, ImageTooLarge, TooManyImages, WorkerTimeout, WorkerFailed)
 
     def check_count(n: int) -> None:
         if n > settings.max_images_per_request:
-            raise ApiError(
-                413,
-                "too_many_images",
-                f"{n} images in one request; the limit is {settings.max_images_per_request}",
-            )
-
-    def check_label(label: str, where: str) -> str:
-        if not 1 <= len(label) <= settings.max_label_length or not label.isprintable():
-            raise ApiError(
-                400,
-                "invalid_label",
-                f"{where}: labels are 1-{settings.max_label_length} printable characters",
-            )
-        return label
+            raise TooManyImages(f"{n} images in one request; the limit is {settings.max_images_per_request}")
 
     def decode_all(images: list[str], where: Callable[[int], str]) -> np.ndarray:
         return np.stack([decoder.decode(image, where(i)) for i, image in enumerate(images)])
 
-    @router.post("/{task_id}/support", summary="Teach a task labeled examples")
+    @router.post(
+        "/{task_id}/support",
+        summary="Teach a task labeled examples",
+        responses=error_responses(*image_errors, ExampleLimit),
+    )
     async def add_support(task_id: TaskId, body: SupportRequest, tenant: Tenant) -> SupportResponse:
         """Adds the examples durably (all or nothing) and answers with the task's new version.
         A label the task has not seen becomes a new concept at once."""
         check_count(len(body.examples))
-        labels = [check_label(e.label, f"examples[{i}].label") for i, e in enumerate(body.examples)]
+        labels = tuple(e.label for e in body.examples)
         images = await run_in_threadpool(
             decode_all, [e.image for e in body.examples], "examples[{}].image".format
         )
-        work = {"op": "support", "tenant": tenant, "task_id": task_id, "images": images, "labels": labels}
-        return SupportResponse(task_id=task_id, **await bridge.submit(work))
+        result = await bridge.submit(SupportWork(tenant, task_id, images, labels))
+        return SupportResponse(task_id=task_id, **asdict(result))
 
-    @router.post("/{task_id}/classify", summary="Classify images against a task's concepts")
+    @router.post(
+        "/{task_id}/classify",
+        summary="Classify images against a task's concepts",
+        responses=error_responses(*image_errors, TaskNotFound, EmptyTask),
+    )
     async def classify(task_id: TaskId, body: ClassifyRequest, tenant: Tenant) -> ClassifyResponse:
         """One prediction per image, in request order, with the task version used."""
         check_count(len(body.images))
         images = await run_in_threadpool(decode_all, body.images, "images[{}]".format)
-        work = {"op": "classify", "tenant": tenant, "task_id": task_id, "images": images, "top_k": body.top_k}
-        return ClassifyResponse(task_id=task_id, **await bridge.submit(work))
+        result = await bridge.submit(ClassifyWork(tenant, task_id, images, body.top_k))
+        return ClassifyResponse(task_id=task_id, **asdict(result))
 
-    @router.get("/{task_id}", summary="A task's version and examples per label")
+    @router.get(
+        "/{task_id}",
+        summary="A task's version and examples per label",
+        responses=error_responses(TaskNotFound),
+    )
     async def get_task(task_id: TaskId, tenant: Tenant) -> TaskInfo:
         state = await run_in_threadpool(store.get_task, tenant, task_id)
         if state is None:
-            raise ApiError(404, "task_not_found", f"task {task_id!r} not found")
+            raise TaskNotFound(f"task {task_id!r} not found")
         return _info(state)
 
-    @router.delete("/{task_id}", summary="Delete a task and everything it stored")
+    @router.delete(
+        "/{task_id}",
+        summary="Delete a task and everything it stored",
+        responses=error_responses(TaskNotFound),
+    )
     async def delete_task(task_id: TaskId, tenant: Tenant) -> DeletedTask:
         if not await run_in_threadpool(store.delete_task, tenant, task_id):
-            raise ApiError(404, "task_not_found", f"task {task_id!r} not found")
+            raise TaskNotFound(f"task {task_id!r} not found")
         return DeletedTask(task_id=task_id)
 
-    @router.delete("/{task_id}/labels/{label:path}", summary="Forget a concept")
-    async def forget_label(task_id: TaskId, label: str, tenant: Tenant) -> TaskInfo:
+    @router.delete(
+        "/{task_id}/labels/{label:path}",
+        summary="Forget a concept",
+        responses=error_responses(TaskNotFound, LabelNotFound),
+    )
+    async def forget_label(task_id: TaskId, label: Label, tenant: Tenant) -> TaskInfo:
         """Removes every example of the label as one new version; the task itself stays."""
-        try:
-            state = await run_in_threadpool(store.forget_label, tenant, task_id, label)
-        except LabelNotFoundError:
-            raise ApiError(404, "label_not_found", f"task {task_id!r} has no label {label!r}") from None
+        state = await run_in_threadpool(store.forget_label, tenant, task_id, label)
         if state is None:
-            raise ApiError(404, "task_not_found", f"task {task_id!r} not found")
+            raise TaskNotFound(f"task {task_id!r} not found")
         return _info(state)
 
     return router
 
 
-def service_router(store: TaskStore, workers_ready: Callable[[], bool]) -> APIRouter:
-    """``/health`` (model loaded in every worker and store reachable) and Prometheus ``/metrics``."""
+def service_router(
+    store: TaskStore, workers_ready: Callable[[], bool], index: Index, info: ServerInfo
+) -> APIRouter:
+    """``/`` (links), ``/info`` (model and limits), ``/health`` (model loaded in every worker and store
+    reachable) and Prometheus ``/metrics``."""
     router = APIRouter(tags=["service"])
 
-    @router.get("/health", summary="200 once the model is loaded and the store is reachable")
-    async def health() -> dict:
+    @router.get("/", summary="Links to the API's documentation, UI and service routes")
+    async def root() -> Index:
+        return index
+
+    @router.get("/info", summary="The model served and the limits this server enforces")
+    async def server_info() -> ServerInfo:
+        return info
+
+    @router.get(
+        "/health",
+        summary="200 once the model is loaded and the store is reachable",
+        response_model=Health,
+        responses=error_responses(NotReady, StoreUnreachable),
+    )
+    async def health() -> Health | JSONResponse:
         if not workers_ready():
-            return error_response(503, "not_ready", "inference workers are loading the model")
+            return service_error_response(NotReady("inference workers are loading the model"))
         try:
             await run_in_threadpool(store.ping)
         except Exception as exc:
-            return error_response(503, "store_unreachable", f"task store unreachable: {type(exc).__name__}")
-        return {"status": "ok"}
+            return service_error_response(StoreUnreachable(f"task store unreachable: {type(exc).__name__}"))
+        return Health()
 
-    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    )
     async def prometheus_metrics() -> Response:
         body, content_type = await run_in_threadpool(exposition, store)
         return Response(body, media_type=content_type)

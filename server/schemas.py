@@ -1,23 +1,69 @@
-"""Request and response bodies of the HTTP API (docs/SERVER.md, "API")."""
+"""Request and response bodies of the HTTP API (docs/API.md).
+
+The request bodies state the configured limits, so they are built from the settings
+(``request_models``); the response bodies are fixed. The Python SDK's models
+(clients/python/src/metanet_client/_models.py) mirror the responses; a test checks them against
+the OpenAPI schema.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.config import LABEL_PATTERN, NAME_PATTERN, ServerSettings
+
 _PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+IMAGE_FORMATS = "PNG, JPEG, BMP, GIF, WebP, TIFF or PPM"
+TASK_ID_RULE = "1-128 letters, digits, '.', '_' or '-'"
 
 
-class SupportExample(BaseModel):
-    label: str = Field(description="concept name, 1-128 characters")
-    image: str = Field(description="base64 of an encoded image file (PNG, JPEG, BMP, GIF, WebP, ...)")
+def label_constraints(settings: ServerSettings) -> dict:
+    """What a label is, for ``Field`` (in bodies) and ``Path`` (in paths)."""
+    return {
+        "min_length": 1,
+        "max_length": settings.max_label_length,
+        "pattern": LABEL_PATTERN,
+        "description": f"concept name: 1-{settings.max_label_length} characters, no control characters",
+    }
 
 
-class SupportRequest(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"examples": [{"label": "alpha", "image": _PNG}]}]}
-    )
+def request_models(settings: ServerSettings) -> tuple[type[BaseModel], type[BaseModel]]:
+    """SupportRequest and ClassifyRequest with the configured limits in their schema. The image count
+    is stated (``maxItems``) and answered 413 ``too_many_images`` by the routes, not 422."""
+    n = settings.max_images_per_request
+    image = Annotated[
+        str,
+        Field(
+            min_length=1,
+            description=f"base64 of an image file ({IMAGE_FORMATS}), optionally as a data: URL; "
+            f"at most {settings.max_image_side} pixels a side",
+        ),
+    ]
 
-    examples: list[SupportExample] = Field(min_length=1)
+    class SupportExample(BaseModel):
+        label: str = Field(**label_constraints(settings))
+        image: image  # type: ignore[valid-type]
+
+    class SupportRequest(BaseModel):
+        model_config = ConfigDict(
+            json_schema_extra={"examples": [{"examples": [{"label": "alpha", "image": _PNG}]}]}
+        )
+
+        examples: list[SupportExample] = Field(
+            min_length=1, json_schema_extra={"maxItems": n}, description=f"1-{n} labeled images"
+        )
+
+    class ClassifyRequest(BaseModel):
+        model_config = ConfigDict(json_schema_extra={"examples": [{"images": [_PNG], "top_k": 3}]})
+
+        images: list[image] = Field(  # type: ignore[valid-type]
+            min_length=1, json_schema_extra={"maxItems": n}, description=f"1-{n} images"
+        )
+        top_k: int = Field(1, ge=1, description="how many ranked labels each prediction lists")
+
+    return SupportRequest, ClassifyRequest
 
 
 class SupportResponse(BaseModel):
@@ -25,13 +71,6 @@ class SupportResponse(BaseModel):
     version: int
     num_examples: int
     labels: list[str] = Field(description="the task's labels in label-index order")
-
-
-class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"images": [_PNG], "top_k": 3}]})
-
-    images: list[str] = Field(min_length=1, description="base64 encoded image files")
-    top_k: int = Field(1, ge=1, description="how many ranked labels each prediction lists")
 
 
 class LabelScore(BaseModel):
@@ -63,6 +102,47 @@ class DeletedTask(BaseModel):
     deleted: bool = True
 
 
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Limits(BaseModel):
+    """The limits this server enforces (``METANET_MAX_*``)."""
+
+    max_body_bytes: int
+    max_images_per_request: int
+    max_image_side: int
+    max_examples_per_task: int
+    max_label_length: int
+
+    @classmethod
+    def of(cls, settings: ServerSettings) -> Limits:
+        return cls(**{name: getattr(settings, name) for name in cls.model_fields})
+
+
+class ModelInfo(BaseModel):
+    checkpoint: str
+    image_size: int = Field(description="images are resized to image_size x image_size")
+    max_labels: int = Field(description="labels one task can hold")
+
+
+class ServerInfo(BaseModel):
+    model: ModelInfo
+    limits: Limits
+    task_id_pattern: str = NAME_PATTERN
+    label_pattern: str = LABEL_PATTERN
+
+
+class Index(BaseModel):
+    name: str
+    version: str
+    docs: str = "/docs"
+    openapi: str = "/openapi.json"
+    ui: str = "/ui"
+    health: str = "/health"
+    info: str = "/info"
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str
@@ -70,15 +150,3 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
-
-
-ERROR_RESPONSES: dict[int | str, dict] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
-        400: "bad image or label",
-        401: "missing or wrong API key",
-        404: "unknown task or label",
-        413: "over a size limit",
-        422: "request does not match the schema",
-    }.items()
-}

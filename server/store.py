@@ -19,13 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class ExampleLimitError(Exception):
-    """Adding the examples would take the task over its example limit."""
-
-
-class LabelNotFoundError(Exception):
-    """The task has no example of that label."""
+from server.protocol import ExampleLimit, LabelNotFound
 
 
 @dataclass(frozen=True)
@@ -126,7 +120,7 @@ CREATE INDEX IF NOT EXISTS examples_by_label ON examples (task_uid, label);
 class SQLiteTaskStore(TaskStore):
     """SQLite task store; safe to share between threads and (after fork or spawn) processes."""
 
-    def __init__(self, path: str | Path, image_shape: tuple[int, int] = (28, 28), busy_timeout: float = 30.0):
+    def __init__(self, path: str | Path, image_shape: tuple[int, int], busy_timeout: float = 30.0):
         self.path = Path(path)
         self.image_shape = image_shape
         self.busy_timeout = busy_timeout
@@ -182,7 +176,7 @@ class SQLiteTaskStore(TaskStore):
             state = self._state(con, tenant, task_id)
             stored = state.num_examples if state else 0
             if stored + len(labels) > max_examples:
-                raise ExampleLimitError(
+                raise ExampleLimit(
                     f"task holds {stored} examples; {len(labels)} more exceed the limit of {max_examples}"
                 )
             if state is None:
@@ -224,7 +218,7 @@ class SQLiteTaskStore(TaskStore):
             if state is None:
                 return None
             if label not in state.labels:
-                raise LabelNotFoundError(label)
+                raise LabelNotFound(f"task {task_id!r} has no label {label!r}")
             version = state.version + 1
             con.execute("DELETE FROM examples WHERE task_uid = ? AND label = ?", (state.uid, label))
             con.execute(

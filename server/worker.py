@@ -1,73 +1,61 @@
-"""The LitServe side: ``MetaNetAPI`` runs in each inference worker, ``WorkerBridge`` hands work to it.
+"""``MetaNetAPI``: the LitAPI that runs in each inference worker and answers the work items of
+``server.protocol``, batched across tasks.
 
-LitServe forwards only a request body to its workers, so the HTTP routes (``server.routes``) resolve
-tenant, task id, labels and images first and submit a self-contained work item through the bridge, a
-LitSpec: ``{"op": "support" | "classify", "tenant", "task_id", "images": uint8 [n, 28, 28], ...}``.
-A worker answers each item with a result dict or ``{"error": {...}}``; one bad item never fails the
-others in its batch.
+Every item is isolated: whatever one item raises (a ``ServiceError`` or any unexpected exception)
+becomes that item's answer, and the other items of its batch are answered as if it were not there.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-import uuid
-from typing import Any
+from collections.abc import Callable
 
 import faiss
 import litserve as ls
 import torch
-from litserve.specs.base import LitSpec
-from litserve.utils import LitAPIStatus, ResponseBufferItem
 
 from model.inference import MetaNetPredictor
 from server import metrics
 from server.config import ServerSettings
-from server.errors import ApiError
-from server.loop import DrainingBatchedLoop
-from server.memory import CachedTask, EmptyTaskError, MemoryCache, TaskMemories
-from server.store import ExampleLimitError, SQLiteTaskStore
+from server.litserve_adapter import DrainingBatchedLoop, WorkerBridge
+from server.memory import CachedTask, MemoryCache, TaskMemories
+from server.protocol import (
+    ClassifyResult,
+    ClassifyWork,
+    LabelScore,
+    Prediction,
+    Result,
+    ServiceError,
+    SupportResult,
+    SupportWork,
+    TaskNotFound,
+    Work,
+    WorkerFailed,
+)
+from server.store import SQLiteTaskStore
 
 logger = logging.getLogger("metanet.worker")
 
+Outcome = Result | ServiceError
 
-class WorkerBridge(LitSpec):
-    """Submits work items to the inference workers and awaits their answers (no routes of its own)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.api_path = "/_worker"  # names the worker queue; no route is served there
-
-    def decode_request(self, request: dict, context_kwargs: dict | None = None) -> dict:
-        return request
-
-    def encode_response(self, output: dict, context_kwargs: dict | None = None) -> dict:
-        return output
-
-    async def submit(self, item: dict[str, Any]) -> dict[str, Any]:
-        uid = str(uuid.uuid4())
-        event = asyncio.Event()
-        self.response_buffer[uid] = ResponseBufferItem(event=event)
-        try:
-            self.request_queue.put((self.response_queue_id, uid, time.monotonic(), item))
-            await event.wait()
-        finally:  # also when the client went away: a late answer for uid is then dropped
-            buffered = self.response_buffer.pop(uid)
-        response, status = buffered.response
-        if status == LitAPIStatus.ERROR:
-            if getattr(response, "status_code", None) == 504:
-                raise ApiError(504, "timeout", "the request waited too long for an inference worker")
-            raise ApiError(500, "internal_error", "inference worker failed")
-        if "error" in response:
-            raise ApiError.from_dict(response["error"])
-        return response
+def isolated(what: str, fn: Callable[..., Outcome], *args: object) -> Outcome:
+    """``fn(*args)``, or the ServiceError it raised, or WorkerFailed for any other exception (logged
+    with ``what`` names the failed item)."""
+    try:
+        return fn(*args)
+    except ServiceError as exc:
+        return exc
+    except Exception:
+        logger.exception("work item failed: %s", what)
+        return WorkerFailed("inference worker failed on this item")
 
 
 class MetaNetAPI(ls.LitAPI):
     """Support and classify work items, batched across tasks."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, image_size: int) -> None:
         super().__init__(
             max_batch_size=settings.max_batch_size,
             batch_timeout=settings.batch_timeout,
@@ -75,13 +63,14 @@ class MetaNetAPI(ls.LitAPI):
             loop=DrainingBatchedLoop(),
         )
         self.settings = settings
+        self.image_size = image_size
 
     def setup(self, device: str) -> None:
         self.settings.configure_logging()
         s = self.settings
         torch.set_num_threads(s.torch_threads)
         faiss.omp_set_num_threads(s.torch_threads)
-        self.store = SQLiteTaskStore(s.store_path)
+        self.store = SQLiteTaskStore(s.store_path, (self.image_size, self.image_size))
         self.memories = TaskMemories(
             MetaNetPredictor.load(s.checkpoint, device),
             self.store,
@@ -91,106 +80,108 @@ class MetaNetAPI(ls.LitAPI):
         )
         logger.info("worker ready: %s on %s, %d thread(s)", s.checkpoint, device, s.torch_threads)
 
-    def batch(self, inputs: list[dict]) -> list[dict]:
+    def batch(self, inputs: list[Work]) -> list[Work]:
         return inputs
 
-    def unbatch(self, outputs: list[dict]) -> list[dict]:
+    def unbatch(self, outputs: list[Outcome]) -> list[Outcome]:
         return outputs
 
-    def predict(self, items: list[dict]) -> list[dict]:
+    def predict(self, items: list[Work]) -> list[Outcome]:
         metrics.BATCH_SIZE.observe(len(items))
-        results: list[dict | None] = [None] * len(items)
+        results: list[Outcome | None] = [None] * len(items)
         # Supports first: a classify batched with a support of the same task sees it.
         for i, item in enumerate(items):
-            if item["op"] == "support":
-                results[i] = self._guard(self._support, item)
-        classify = [i for i, item in enumerate(items) if item["op"] == "classify"]
+            if isinstance(item, SupportWork):
+                results[i] = isolated(_describe(item), self._support, item)
+        classify = [i for i, item in enumerate(items) if isinstance(item, ClassifyWork)]
         if classify:
             started = time.perf_counter()
             for i, result in zip(classify, self._classify([items[i] for i in classify]), strict=True):
                 results[i] = result
             metrics.INFERENCE_SECONDS.labels("classify").observe(time.perf_counter() - started)
+        for i, item in enumerate(items):
+            if results[i] is None:
+                results[i] = WorkerFailed(f"unknown work item {type(item).__name__}")
         metrics.CACHE_BYTES.set(self.memories.cache.nbytes)
         metrics.CACHE_TASKS.set(len(self.memories.cache))
         return results
 
-    @staticmethod
-    def _guard(fn, *args) -> dict:
-        try:
-            return fn(*args)
-        except ApiError as exc:
-            return {"error": exc.to_dict()}
-
-    def _support(self, item: dict) -> dict:
+    def _support(self, item: SupportWork) -> SupportResult:
         started = time.perf_counter()
-        try:
-            state = self.store.add_examples(
-                item["tenant"],
-                item["task_id"],
-                item["images"],
-                item["labels"],
-                self.settings.max_examples_per_task,
-            )
-        except ExampleLimitError as exc:
-            raise ApiError(413, "too_many_examples", str(exc)) from None
+        state = self.store.add_examples(
+            item.tenant, item.task_id, item.images, list(item.labels), self.settings.max_examples_per_task
+        )
         # Durable from here on. Refresh this worker's memory of the task if it holds one (an extend:
         # only the new examples' fast weights are computed); otherwise the first classify builds it.
         try:
-            refresh = self.memories.refresh_if_cached(item["tenant"], item["task_id"])
+            refresh = self.memories.refresh_if_cached(item.tenant, item.task_id)
             if refresh:
                 metrics.CACHE_REFRESHES.labels(refresh).inc()
         except Exception:
             logger.exception("refreshing task memory after support failed; it will be rebuilt on use")
-            self.memories.cache.pop((item["tenant"], item["task_id"]))
+            self.memories.cache.pop((item.tenant, item.task_id))
         metrics.INFERENCE_SECONDS.labels("support").observe(time.perf_counter() - started)
         logger.info(
             "support tenant=%s task=%s added=%d version=%d examples=%d",
-            item["tenant"],
-            item["task_id"],
-            len(item["labels"]),
+            item.tenant,
+            item.task_id,
+            len(item.labels),
             state.version,
             state.num_examples,
         )
-        return {"version": state.version, "num_examples": state.num_examples, "labels": list(state.labels)}
+        return SupportResult(state.version, state.num_examples, tuple(state.labels))
 
-    def _classify(self, items: list[dict]) -> list[dict]:
-        tasks: dict[tuple[str, str], CachedTask | ApiError] = {}
-        for key in dict.fromkeys((item["tenant"], item["task_id"]) for item in items):
-            tasks[key] = self._task(*key)
-        results: list[dict] = [{}] * len(items)
-        ready = []
-        for i, item in enumerate(items):
-            task = tasks[item["tenant"], item["task_id"]]
-            if isinstance(task, ApiError):
-                results[i] = {"error": task.to_dict()}
-            else:
-                ready.append((i, task))
-        probabilities = (
-            self.memories.classify([(task, items[i]["images"]) for i, task in ready]) if ready else []
-        )
-        for (i, task), probs in zip(ready, probabilities, strict=True):
-            results[i] = _predictions(task, probs, items[i]["top_k"])
-            metrics.ATTENTION.labels("dense" if task.index is None else "topk").inc(len(probs))
+    def _classify(self, items: list[ClassifyWork]) -> list[Outcome]:
+        """All items in one batched pass; if that pass fails, each item alone, so that only the items
+        that fail on their own get an error."""
+        tasks: dict[tuple[str, str], CachedTask | ServiceError] = {}
+        for tenant, task_id in dict.fromkeys((item.tenant, item.task_id) for item in items):
+            tasks[tenant, task_id] = isolated(
+                f"task tenant={tenant} task={task_id}", self._task, tenant, task_id
+            )
+        results: list[Outcome] = [tasks[item.tenant, item.task_id] for item in items]
+        ready = [i for i, task in enumerate(results) if isinstance(task, CachedTask)]
+        try:
+            answers = self._predict([(results[i], items[i]) for i in ready])
+        except Exception:
+            logger.warning("a batch of %d classify items failed; answering each alone", len(ready))
+            answers = [isolated(_describe(items[i]), self._predict_one, results[i], items[i]) for i in ready]
+        for i, answer in zip(ready, answers, strict=True):
+            results[i] = answer
         return results
 
-    def _task(self, tenant: str, task_id: str) -> CachedTask | ApiError:
-        try:
-            found = self.memories.current(tenant, task_id)
-        except EmptyTaskError:
-            return ApiError(409, "empty_task", f"task {task_id!r} has no examples: add some first")
+    def _predict(self, batch: list[tuple[CachedTask, ClassifyWork]]) -> list[ClassifyResult]:
+        if not batch:
+            return []
+        probabilities = self.memories.classify([(task, item.images) for task, item in batch])
+        answers = []
+        for (task, item), probs in zip(batch, probabilities, strict=True):
+            answers.append(_predictions(task, probs, item.top_k))
+            metrics.ATTENTION.labels("dense" if task.index is None else "topk").inc(len(probs))
+        return answers
+
+    def _predict_one(self, task: CachedTask, item: ClassifyWork) -> ClassifyResult:
+        return self._predict([(task, item)])[0]
+
+    def _task(self, tenant: str, task_id: str) -> CachedTask:
+        found = self.memories.current(tenant, task_id)
         if found is None:
-            return ApiError(404, "task_not_found", f"task {task_id!r} not found")
+            raise TaskNotFound(f"task {task_id!r} not found")
         task, refresh = found
         metrics.CACHE_REFRESHES.labels(refresh).inc()
         return task
 
 
-def _predictions(task: CachedTask, probs: torch.Tensor, top_k: int) -> dict:
+def _describe(item: Work) -> str:
+    return f"{type(item).__name__} tenant={item.tenant} task={item.task_id} images={len(item.images)}"
+
+
+def _predictions(task: CachedTask, probs: torch.Tensor, top_k: int) -> ClassifyResult:
     labels = task.memory.labels
     k = min(top_k, len(labels))
     scores, indices = probs.float().topk(k, dim=-1)
     predictions = []
     for row_scores, row_indices in zip(scores.tolist(), indices.tolist(), strict=True):
-        ranked = [{"label": labels[j], "score": s} for s, j in zip(row_scores, row_indices, strict=True)]
-        predictions.append({**ranked[0], "top_k": ranked})
-    return {"version": task.version, "predictions": predictions}
+        ranked = tuple(LabelScore(labels[j], s) for s, j in zip(row_scores, row_indices, strict=True))
+        predictions.append(Prediction(ranked[0].label, ranked[0].score, ranked))
+    return ClassifyResult(task.version, tuple(predictions))

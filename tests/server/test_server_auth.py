@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from server.auth import DEFAULT_TENANT, KeyRing
-from server.errors import ApiError
+from server.errors import status_of
+from server.protocol import Unauthorized
 
 
 def test_keys_from_environment_and_file(tmp_path) -> None:
@@ -20,9 +21,9 @@ def test_keys_from_environment_and_file(tmp_path) -> None:
 
 @pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer ", "Basic key-a", "Bearer wrong", "key-a"])
 def test_missing_or_wrong_keys_are_401(header: str | None) -> None:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Unauthorized) as caught:
         KeyRing.load("alice:key-a").tenant_for(header)
-    assert caught.value.status == 401
+    assert status_of(caught.value) == 401
 
 
 def test_no_keys_means_one_open_tenant() -> None:

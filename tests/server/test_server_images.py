@@ -10,13 +10,14 @@ import pytest
 from PIL import Image, ImageFile
 from serverkit import b64, decompression_bomb, png, zero_size_png
 
-from server.errors import ApiError
+from server.errors import status_of
 from server.images import ImageDecoder
+from server.protocol import ServiceError
 
 
 @pytest.fixture(scope="module")
 def decoder() -> ImageDecoder:
-    return ImageDecoder(max_side=4096)
+    return ImageDecoder(max_side=4096, size=28)
 
 
 def stroke(dark_on_light: bool, size: int = 105) -> np.ndarray:
@@ -36,7 +37,7 @@ def test_polarity_is_normalized(decoder: ImageDecoder) -> None:
     dark_on_light = decoder.decode(png(stroke(True)), "img")
     light_on_dark = decoder.decode(png(stroke(False)), "img")
     np.testing.assert_array_equal(dark_on_light, light_on_dark)
-    kept = ImageDecoder(max_side=4096, normalize_polarity=False).decode(png(stroke(True)), "img")
+    kept = ImageDecoder(max_side=4096, size=28, normalize_polarity=False).decode(png(stroke(True)), "img")
     np.testing.assert_array_equal(kept, 255 - light_on_dark)
 
 
@@ -65,9 +66,9 @@ def _truncated() -> str:
     ids=["base64", "empty", "not-image", "truncated", "zero-size", "too-wide", "bomb", "pdf"],
 )
 def test_bad_images_are_4xx(decoder: ImageDecoder, payload: str, status: int, fragment: str) -> None:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ServiceError) as caught:
         decoder.decode(payload, "img")
-    assert caught.value.status == status and fragment in caught.value.message
+    assert status_of(caught.value) == status and fragment in caught.value.message
     assert caught.value.message.startswith("img")
 
 
@@ -75,14 +76,14 @@ def test_bomb_is_rejected_before_decoding(decoder: ImageDecoder, monkeypatch: py
     wide = png(np.zeros((10, 5000), np.uint8))
     loaded = []
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loaded.append(self.size))
-    with pytest.raises(ApiError):
+    with pytest.raises(ServiceError):
         decoder.decode(wide, "img")
     assert loaded == []
 
 
 def test_image_bytes_are_not_echoed(decoder: ImageDecoder) -> None:
     secret = b64(b"SECRET-PIXELS" * 10)
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ServiceError) as caught:
         decoder.decode(secret, "img")
     assert "SECRET" not in caught.value.message and secret not in caught.value.message
 

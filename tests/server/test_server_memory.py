@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from server.memory import CachedTask, EmptyTaskError, MemoryCache, TaskMemories
+from server.memory import CachedTask, MemoryCache, TaskMemories
+from server.protocol import EmptyTask
 from server.store import SQLiteTaskStore
 
 
@@ -65,7 +66,7 @@ def images(n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture
 def store(tmp_path) -> SQLiteTaskStore:
-    return SQLiteTaskStore(tmp_path / "tasks.sqlite3")
+    return SQLiteTaskStore(tmp_path / "tasks.sqlite3", (28, 28))
 
 
 def memories(store, predictor, topk_min_examples=100, budget=10**9) -> TaskMemories:
@@ -98,7 +99,7 @@ def test_extend_reuses_cached_examples_and_rebuilds_after_removal(store) -> None
 
     for label in ["z"]:
         store.forget_label("t", "task", label)
-    with pytest.raises(EmptyTaskError):
+    with pytest.raises(EmptyTask):
         tasks.current("t", "task")
 
 

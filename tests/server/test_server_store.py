@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.store import ExampleLimitError, LabelNotFoundError, SQLiteTaskStore
+from server.protocol import ExampleLimit, LabelNotFound
+from server.store import SQLiteTaskStore
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
@@ -14,7 +15,7 @@ def images(n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture
 def store(tmp_path) -> SQLiteTaskStore:
-    return SQLiteTaskStore(tmp_path / "tasks.sqlite3")
+    return SQLiteTaskStore(tmp_path / "tasks.sqlite3", (28, 28))
 
 
 def test_versions_labels_and_snapshots(store: SQLiteTaskStore) -> None:
@@ -43,7 +44,7 @@ def test_tenants_are_isolated(store: SQLiteTaskStore) -> None:
 
 def test_example_limit_is_all_or_nothing(store: SQLiteTaskStore) -> None:
     store.add_examples("t", "task", images(3), ["a"] * 3, max_examples=4)
-    with pytest.raises(ExampleLimitError):
+    with pytest.raises(ExampleLimit):
         store.add_examples("t", "task", images(2), ["b"] * 2, max_examples=4)
     state = store.get_task("t", "task")
     assert (state.version, state.num_examples) == (1, 3)
@@ -53,7 +54,7 @@ def test_forget_label_bumps_rebuild_version(store: SQLiteTaskStore) -> None:
     store.add_examples("t", "task", images(3), ["a", "b", "a"], max_examples=10)
     state = store.forget_label("t", "task", "a")
     assert (state.version, state.rebuild_version, state.labels) == (2, 2, {"b": 1})
-    with pytest.raises(LabelNotFoundError):
+    with pytest.raises(LabelNotFound):
         store.forget_label("t", "task", "a")
     assert store.forget_label("t", "missing", "a") is None
 
@@ -69,8 +70,8 @@ def test_delete_then_recreate_is_a_new_task(store: SQLiteTaskStore) -> None:
 
 def test_commits_survive_reopening(tmp_path) -> None:
     path = tmp_path / "tasks.sqlite3"
-    SQLiteTaskStore(path).add_examples("t", "task", images(2), ["a", "b"], max_examples=10)
-    reopened = SQLiteTaskStore(path)
+    SQLiteTaskStore(path, (28, 28)).add_examples("t", "task", images(2), ["a", "b"], max_examples=10)
+    reopened = SQLiteTaskStore(path, (28, 28))
     assert reopened.get_task("t", "task").labels == {"a": 1, "b": 1}
     (mode,) = reopened._connection().execute("PRAGMA journal_mode").fetchone()
     (sync,) = reopened._connection().execute("PRAGMA synchronous").fetchone()

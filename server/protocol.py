@@ -1,0 +1,142 @@
+"""The work protocol between the HTTP processes and the inference workers, and the service's errors.
+
+An HTTP route resolves tenant, task id, labels and images, then submits one self-contained work item
+(``SupportWork`` or ``ClassifyWork``) to the inference workers; a worker answers every item on its own
+with a result (``SupportResult`` or ``ClassifyResult``) or a ``ServiceError``, so one failing item
+never fails the others of its batch. Everything here crosses a process boundary (pickled), so it is
+plain data: frozen dataclasses and exceptions constructed from a message alone.
+
+The errors are the service's vocabulary of failures, raised where they are detected (store, memory,
+worker, image decoding, routes); ``server.errors`` maps each kind to its HTTP status in one table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SupportWork:
+    """Add labeled examples to a task (creating it), durably, as one new version."""
+
+    tenant: str
+    task_id: str
+    images: np.ndarray  # uint8 [n, H, W], preprocessed
+    labels: tuple[str, ...]  # one per image
+
+
+@dataclass(frozen=True)
+class ClassifyWork:
+    """Classify images against a task's current version; options of the call have defaults."""
+
+    tenant: str
+    task_id: str
+    images: np.ndarray  # uint8 [q, H, W], preprocessed
+    top_k: int = 1
+
+
+Work = SupportWork | ClassifyWork
+
+
+@dataclass(frozen=True)
+class SupportResult:
+    version: int
+    num_examples: int
+    labels: tuple[str, ...]  # the task's labels in label-index order
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    score: float  # softmax probability of the label
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The best label of one image and the ``top_k`` best; the HTTP ``Prediction`` mirrors its fields."""
+
+    label: str
+    score: float
+    top_k: tuple[LabelScore, ...]
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    version: int  # the task version the predictions used
+    predictions: tuple[Prediction, ...]  # one per image, in request order
+
+
+Result = SupportResult | ClassifyResult
+
+
+class ServiceError(Exception):
+    """A failure the client is told about: a stable machine-readable ``code`` and a message."""
+
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidImage(ServiceError):
+    code = "invalid_image"
+
+
+class Unauthorized(ServiceError):
+    code = "unauthorized"
+
+
+class TaskNotFound(ServiceError):
+    """The task does not exist for this tenant (another tenant's task of that id is invisible)."""
+
+    code = "task_not_found"
+
+
+class LabelNotFound(ServiceError):
+    code = "label_not_found"
+
+
+class EmptyTask(ServiceError):
+    """The task exists but holds no examples (every label was forgotten)."""
+
+    code = "empty_task"
+
+
+class PayloadTooLarge(ServiceError):
+    code = "payload_too_large"
+
+
+class ImageTooLarge(ServiceError):
+    code = "image_too_large"
+
+
+class TooManyImages(ServiceError):
+    code = "too_many_images"
+
+
+class ExampleLimit(ServiceError):
+    """Adding the examples would take the task over its example limit."""
+
+    code = "too_many_examples"
+
+
+class WorkerFailed(ServiceError):
+    """An unexpected exception while a worker handled one item (logged there with its traceback)."""
+
+    code = "internal_error"
+
+
+class WorkerTimeout(ServiceError):
+    code = "timeout"
+
+
+class NotReady(ServiceError):
+    code = "not_ready"
+
+
+class StoreUnreachable(ServiceError):
+    code = "store_unreachable"

@@ -1,0 +1,138 @@
+"""server/litserve_adapter.py against the LitServe installed: fails loudly when an upgrade changes an
+internal the adapter relies on (see the adapter's docstring), before a server is ever started."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import queue
+import threading
+from collections.abc import Iterator
+from importlib.metadata import version
+
+import litserve as ls
+import numpy as np
+import pytest
+from litserve.callbacks.base import CallbackRunner
+from litserve.loops.base import _SENTINEL_VALUE
+from litserve.loops.simple_loops import BatchedLoop
+from litserve.server import _LitAPIConnector, response_queue_to_buffer
+from litserve.specs.base import LitSpec
+from litserve.transport.process_transport import MPQueueTransport
+from litserve.utils import ResponseBufferItem
+from packaging.specifiers import SpecifierSet
+
+from server.litserve_adapter import (
+    LITSERVE_VERSIONS,
+    DrainingBatchedLoop,
+    WorkerBridge,
+    remove_builtin_routes,
+)
+from server.protocol import ClassifyResult, ClassifyWork, TaskNotFound, WorkerTimeout
+
+
+def test_installed_litserve_is_a_version_the_adapter_was_written_for() -> None:
+    installed = version("litserve")
+    assert installed in SpecifierSet(",".join(LITSERVE_VERSIONS)), (
+        f"litserve {installed} is outside {LITSERVE_VERSIONS}: check every internal listed in "
+        "server/litserve_adapter.py's docstring against it, then widen LITSERVE_VERSIONS and pyproject.toml"
+    )
+
+
+def test_the_internals_the_adapter_uses_are_there() -> None:
+    params = list(inspect.signature(BatchedLoop.get_batch_requests).parameters)
+    assert params == ["self", "lit_api", "request_queue", "transport"], params
+    spec = LitSpec()
+    for name in ("response_buffer", "request_queue", "response_queue_id"):
+        assert hasattr(spec, name), f"LitSpec has no {name}"
+    assert {"event", "response"} <= set(inspect.signature(ResponseBufferItem).parameters)
+    server_params = inspect.signature(ls.LitServer).parameters
+    assert {"healthcheck_path", "info_path"} <= set(server_params)
+
+
+class Echo(ls.LitAPI):
+    """Answers a ClassifyWork with its version-0 result, or TaskNotFound for task "missing"."""
+
+    def setup(self, device: str) -> None:
+        pass
+
+    def batch(self, inputs):
+        return inputs
+
+    def unbatch(self, outputs):
+        return outputs
+
+    def predict(self, items: list[ClassifyWork]):
+        self.batches.append(len(items))
+        return [
+            TaskNotFound(item.task_id) if item.task_id == "missing" else ClassifyResult(len(item.images), ())
+            for item in items
+        ]
+
+
+@pytest.fixture
+def wired() -> Iterator[tuple[WorkerBridge, Echo, MPQueueTransport]]:
+    """The bridge and the loop wired as LitServer wires them, the worker loop in a thread; answers
+    travel back through LitServe's own transport and response-buffer task."""
+    api = Echo(max_batch_size=8, batch_timeout=0.3, spec=WorkerBridge(), loop=DrainingBatchedLoop())
+    api.batches, api.request_timeout = [], 5.0
+    api.pre_setup()
+    requests, responses = queue.Queue(), queue.Queue()
+    transport = MPQueueTransport(None, [responses])
+    bridge = api.spec
+    bridge.response_buffer, bridge.request_queue, bridge.response_queue_id = {}, requests, 0
+    loop = DrainingBatchedLoop()
+    worker = threading.Thread(target=loop.run_batched_loop, args=(api, requests, transport, CallbackRunner()))
+    worker.start()
+    yield bridge, api, transport
+    requests.put(_SENTINEL_VALUE)  # how LitServe stops a worker loop
+    worker.join(10)
+    assert not worker.is_alive(), "the loop did not stop on LitServe's sentinel"
+
+
+def run_with_buffer_task(bridge: WorkerBridge, transport, body):
+    async def main():
+        apis = _LitAPIConnector([Echo(max_batch_size=2)])
+        mover = asyncio.create_task(response_queue_to_buffer(transport, bridge.response_buffer, 0, apis))
+        try:
+            return await body()
+        finally:
+            transport.close(send_sentinel=False)
+            mover.cancel()
+
+    return asyncio.run(main())
+
+
+def test_bridge_and_loop_round_trip_through_litserve(wired) -> None:
+    bridge, api, transport = wired
+
+    async def body():
+        works = [ClassifyWork("t", f"task{n}", np.zeros((n + 1, 2, 2), np.uint8)) for n in range(3)]
+        missing = ClassifyWork("t", "missing", np.zeros((1, 2, 2), np.uint8))
+        submitted = [bridge.submit(work) for work in [*works, missing]]
+        return await asyncio.gather(*submitted, return_exceptions=True)
+
+    outcomes = run_with_buffer_task(bridge, transport, body)
+    assert outcomes[:3] == [ClassifyResult(1, ()), ClassifyResult(2, ()), ClassifyResult(3, ())]
+    assert isinstance(outcomes[3], TaskNotFound)
+    assert api.batches == [4]  # one batch: the loop drained the queue within batch_timeout
+    assert bridge.response_buffer == {}
+
+
+def test_a_request_that_waited_too_long_is_a_worker_timeout(wired) -> None:
+    bridge, api, transport = wired
+    api.request_timeout = 1e-9  # every request has waited longer than this when the loop takes it
+
+    async def body():
+        with pytest.raises(WorkerTimeout):
+            await bridge.submit(ClassifyWork("t", "late", np.zeros((1, 2, 2), np.uint8)))
+
+    run_with_buffer_task(bridge, transport, body)
+
+
+def test_builtin_routes_are_removed() -> None:
+    server = ls.LitServer(Echo(max_batch_size=2), accelerator="cpu")
+    builtin = {"/", server.healthcheck_path, server.info_path}
+    assert builtin <= {getattr(r, "path", None) for r in server.app.router.routes}
+    remove_builtin_routes(server)
+    assert not builtin & {getattr(r, "path", None) for r in server.app.router.routes}
