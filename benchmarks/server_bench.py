@@ -18,7 +18,6 @@ Prints a table and writes JSON:
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
 import json
 import os
@@ -36,22 +35,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests/server")]  # the server's code, and its test helpers
-
-from serverkit import CHECKPOINT, omniglot, running_server  # noqa: E402
-
-from model.inference import MetaNetPredictor, TaskMemory  # noqa: E402
-from server.config import ServerSettings  # noqa: E402
-from server.images import ImageDecoder  # noqa: E402
-from server.memory import CachedTask, MemoryCache, TaskMemories  # noqa: E402
+from model.inference import MetaNetPredictor, TaskMemory
+from server.config import ServerSettings
+from server.images import ImageDecoder
+from server.memory import CachedTask, MemoryCache, TaskMemories
+from testkit import CHECKPOINT, REPO, b64, omniglot, running_server
 
 SIZES = (5, 20, 100)
 
 
 def drawings(characters: int, drawers: int) -> list[list[str]]:
     """base64 PNGs of evaluation characters, alphabet by alphabet: [character][drawer]."""
-    return [[base64.b64encode(png).decode() for png in row] for row in omniglot(None, characters, drawers)]
+    return [[b64(png) for png in row] for row in omniglot(None, characters, drawers)]
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -202,7 +197,7 @@ def bench_attention(sizes: list[int], tiled_sizes: list[int], neighbors: list[in
     first n evaluation characters (one drawing each; grown with extend_memory, as the server does),
     and latency on larger tiled memories."""
     predictor = MetaNetPredictor.load(CHECKPOINT)
-    decoder = ImageDecoder(max_side=4096)
+    decoder = ImageDecoder(ServerSettings().max_image_side, predictor.model.config.image_size)
     chars = drawings(max(sizes), 2)
     support = np.stack([decoder.decode(c[0], "support") for c in chars])
     queries = np.stack([decoder.decode(c[1], "query") for c in chars])

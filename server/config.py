@@ -17,6 +17,8 @@ NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 """Task ids (path segment) and tenant names (keys file)."""
 LABEL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 """Labels: any characters but control characters (their length is ``max_label_length``)."""
+IMAGE_PATTERN = r"^(data:[^,]*,)?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+"""Images: standard base64 with padding, optionally as a data URL (``data:image/png;base64,...``)."""
 
 
 class ConfigError(ValueError):

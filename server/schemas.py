@@ -12,11 +12,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.config import LABEL_PATTERN, NAME_PATTERN, ServerSettings
+from server.config import IMAGE_PATTERN, LABEL_PATTERN, NAME_PATTERN, ServerSettings
 
 _PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
 IMAGE_FORMATS = "PNG, JPEG, BMP, GIF, WebP, TIFF or PPM"
-TASK_ID_RULE = "1-128 letters, digits, '.', '_' or '-'"
 
 
 def label_constraints(settings: ServerSettings) -> dict:
@@ -37,6 +36,7 @@ def request_models(settings: ServerSettings) -> tuple[type[BaseModel], type[Base
         str,
         Field(
             min_length=1,
+            pattern=IMAGE_PATTERN,
             description=f"base64 of an image file ({IMAGE_FORMATS}), optionally as a data: URL; "
             f"at most {settings.max_image_side} pixels a side",
         ),

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA = REPO_ROOT.parent / "shared" / "data" / "omniglot"
+from testkit import OMNIGLOT_DIR
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +12,6 @@ def evaluation_characters():
     """images_evaluation as Characters: images [659, 20, 28, 28] uint8."""
     from training.data import load_archive
 
-    if not (DATA / "images_evaluation.zip").exists():
+    if not (OMNIGLOT_DIR / "images_evaluation.zip").exists():
         pytest.skip("Omniglot data not found next to the repository (../shared/data/omniglot)")
-    return load_archive("images_evaluation", DATA)
+    return load_archive("images_evaluation", OMNIGLOT_DIR)

@@ -15,10 +15,10 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from model import MetaNet, MetaNetConfig
+from testkit import REPO
 from training.episodes import ClassPool, DeviceEpisodeSampler, Episode
 from training.train import EpisodeModel, train_step
 
-REPO = Path(__file__).resolve().parents[2]
 CONFIG = MetaNetConfig(max_task_examples=5, signed_keys=True)
 
 

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import io
-import zipfile
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from model.preprocess import preprocess_image, to_tensor
-from tests.conftest import DATA
+from testkit import omniglot
 
 
 def omniglot_drawing() -> Image.Image:
-    with zipfile.ZipFile(DATA / "images_evaluation.zip") as archive:
-        name = next(n for n in archive.namelist() if n.endswith(".png"))
-        return Image.open(io.BytesIO(archive.read(name))).convert("L")
+    return Image.open(io.BytesIO(omniglot(None, 1, 1)[0][0])).convert("L")
 
 
 def test_dark_on_light_and_light_on_dark_give_the_same_tensor():

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from serverkit import ServerProcess, omniglot, running_server
+
+from testkit import ServerProcess, omniglot, running_server
 
 
 @pytest.fixture(scope="module")

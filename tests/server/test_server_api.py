@@ -7,7 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serverkit import ServerProcess, b64, omniglot, support_body
+
+from testkit import ServerProcess, b64, omniglot, support_body
 
 
 def metric(client: httpx.Client, name: str, **labels: str) -> float:

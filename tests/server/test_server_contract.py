@@ -10,11 +10,11 @@ import sys
 
 import httpx
 import pytest
-from serverkit import CHECKPOINT, REPO
 
 from server.app import build_server, model_info
 from server.auth import KeyRing
 from server.config import LABEL_PATTERN, NAME_PATTERN, ConfigError, ServerSettings
+from testkit import CHECKPOINT, REPO
 
 
 def openapi(settings: ServerSettings) -> dict:

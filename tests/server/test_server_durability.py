@@ -10,7 +10,8 @@ import time
 
 import httpx
 import pytest
-from serverkit import ServerProcess, b64, support_body
+
+from testkit import ServerProcess, b64, in_threads, support_body
 
 
 def test_sigkill_loses_no_acknowledged_example(tmp_path, tibetan) -> None:
@@ -23,11 +24,13 @@ def test_sigkill_loses_no_acknowledged_example(tmp_path, tibetan) -> None:
             before = http.post("/tasks/stable/classify", json=query).json()
 
         acknowledged: dict[str, list[str]] = {"stream-0": [], "stream-1": []}
-        enough = threading.Event()
+        enough, stop = threading.Event(), threading.Event()
 
         def stream(task: str) -> None:
             with httpx.Client(base_url=server.url, timeout=30) as http:
                 for i in range(10_000):
+                    if stop.is_set():
+                        return
                     label = f"{task}-{i}"
                     body = support_body([(label, tibetan[i % 20][1 + i % 19])])
                     try:
@@ -39,13 +42,12 @@ def test_sigkill_loses_no_acknowledged_example(tmp_path, tibetan) -> None:
                     if sum(map(len, acknowledged.values())) >= 30:
                         enough.set()
 
-        threads = [threading.Thread(target=stream, args=(task,)) for task in acknowledged]
-        for thread in threads:
-            thread.start()
-        assert enough.wait(120), "support calls did not come through"
-        server.kill()  # SIGKILL to every process of the server, mid-stream
-        for thread in threads:
-            thread.join(30)
+        with in_threads(stream, [(task,) for task in acknowledged]):
+            try:
+                assert enough.wait(120), "support calls did not come through"
+                server.kill()  # SIGKILL to every process of the server, mid-stream
+            finally:
+                stop.set()
 
         server.start()
         with httpx.Client(base_url=server.url, timeout=60) as http:

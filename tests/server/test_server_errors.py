@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-from serverkit import ServerProcess, b64, decompression_bomb, png, running_server, support_body, zero_size_png
+
+from testkit import ServerProcess, b64, decompression_bomb, png, running_server, support_body, zero_size_png
 
 MAX_EXAMPLES = 12  # a small per-task limit, so that going over it is quick
 

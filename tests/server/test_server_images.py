@@ -8,11 +8,11 @@ import io
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
-from serverkit import b64, decompression_bomb, png, zero_size_png
 
 from server.errors import status_of
 from server.images import ImageDecoder
 from server.protocol import ServiceError
+from testkit import b64, decompression_bomb, png, zero_size_png
 
 
 @pytest.fixture(scope="module")

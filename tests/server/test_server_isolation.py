@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from serverkit import ServerProcess, b64, running_server, support_body
+
+from testkit import ServerProcess, b64, run_concurrently, running_server, support_body
 
 BATCH_WINDOW_SECONDS = 2.0  # every request of the burst below reaches the worker within this window
 
@@ -61,8 +61,7 @@ def test_an_item_failing_in_the_worker_leaves_its_batch_mates_answered(server, t
 
         alone = {task: classify(task).json() for task in good}  # each in a batch of its own
         batches_before, items_before = batches_and_items(http)
-        with ThreadPoolExecutor(len(queries)) as pool:
-            answers = dict(zip(queries, pool.map(classify, queries), strict=True))
+        answers = dict(zip(queries, run_concurrently(classify, [(task,) for task in queries]), strict=True))
         batches_after, items_after = batches_and_items(http)
 
     assert (batches_after - batches_before, items_after - items_before) == (1, 3), "not one batch"

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from serverkit import ServerProcess, b64, running_server, support_body
+
+from testkit import ServerProcess, b64, running_server, support_body
 
 KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-9876543210", "carol": "carol-from-env-5555"}
 

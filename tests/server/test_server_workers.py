@@ -3,12 +3,12 @@ every classify sees every support acknowledged before it (read-your-writes), whi
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from serverkit import ServerProcess, b64, running_server, support_body
+
+from testkit import ServerProcess, b64, run_concurrently, running_server, support_body
 
 CLIENTS, ROUNDS = 4, 6
 
@@ -24,7 +24,6 @@ def test_read_your_writes_across_two_workers(server: ServerProcess, tibetan) -> 
     with httpx.Client(base_url=server.url, timeout=120) as http:
         for task in tasks:  # start each task with a few examples
             http.post(f"/tasks/{task}/support", json=support_body([(f"{task}-seed", tibetan[19][0])]))
-    failures: list[str] = []
 
     def client(n: int) -> None:
         with httpx.Client(base_url=server.url, timeout=120) as http:
@@ -38,17 +37,11 @@ def test_read_your_writes_across_two_workers(server: ServerProcess, tibetan) -> 
                 assert answer.status_code == 200, answer.text
                 body = answer.json()
                 seen = {r["label"] for r in body["predictions"][0]["top_k"]}
-                if body["version"] < added.json()["version"] or label not in seen:
-                    failures.append(
-                        f"{label}: acknowledged v{added.json()['version']}, classify saw v{body['version']}"
-                    )
+                assert body["version"] >= added.json()["version"] and label in seen, (
+                    f"{label}: acknowledged v{added.json()['version']}, classify saw v{body['version']}"
+                )
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
-    assert not failures, failures
+    run_concurrently(client, [(n,) for n in range(CLIENTS)])
 
     with httpx.Client(base_url=server.url, timeout=60) as http:
         total = sum(http.get(f"/tasks/{task}").json()["num_examples"] for task in tasks)

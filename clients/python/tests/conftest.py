@@ -5,78 +5,26 @@ The SDK is imported from this source tree, installed or not.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
 import uuid
-import zipfile
-from collections import defaultdict
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
-import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
-SDK_SRC = REPO / "clients/python/src"
-sys.path.insert(0, str(SDK_SRC))
+from testkit import REPO, omniglot, running_server
 
-OMNIGLOT_ZIP = REPO.parent / "shared/data/omniglot/images_evaluation.zip"
+sys.path.insert(0, str(REPO / "clients/python/src"))
+
 API_KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key"}
-STARTUP_SECONDS = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _serve(folder: Path, *extra_args: str) -> Iterator[str]:
-    """Start `python -m server` on a free port, wait for GET /health == 200, yield its URL."""
-    port = _free_port()
-    log_path = folder / "server.log"
-    command = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--data-dir", str(folder / "data"), *extra_args]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not healthy after {STARTUP_SECONDS} s:\n{log_path.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)  # the server and the workers it started
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 @pytest.fixture(scope="session")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A server with no API keys (one tenant, loopback only)."""
-    yield from _serve(tmp_path_factory.mktemp("server-open"))
+    with running_server(tmp_path_factory.mktemp("server-open") / "data") as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +33,8 @@ def auth_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("server-auth")
     keys_file = folder / "api-keys"
     keys_file.write_text("".join(f"{tenant}:{key}\n" for tenant, key in API_KEYS.items()))
-    yield from _serve(folder, "--api-keys-file", str(keys_file))
+    with running_server(folder / "data", "--api-keys-file", str(keys_file)) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")
@@ -97,13 +46,7 @@ def api_keys() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def drawings() -> list[list[bytes]]:
     """Omniglot PNGs of 12 Tibetan characters: drawings[character][drawer], 20 drawers each."""
-    by_character: dict[str, list[str]] = defaultdict(list)
-    with zipfile.ZipFile(OMNIGLOT_ZIP) as archive:
-        for name in archive.namelist():
-            if name.startswith("images_evaluation/Tibetan/") and name.endswith(".png"):
-                by_character[name.split("/")[2]].append(name)
-        characters = sorted(by_character)[:12]
-        return [[archive.read(name) for name in sorted(by_character[c])] for c in characters]
+    return omniglot("Tibetan", 12)
 
 
 @pytest.fixture

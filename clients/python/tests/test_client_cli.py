@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from metanet_client.cli import main
 
-REPO = Path(__file__).resolve().parents[3]
+from testkit import REPO
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+from testkit import REPO
+
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "clients/python/src")}
 
 

@@ -1,0 +1,27 @@
+"""Helpers shared by the tests (tests/, clients/python/tests) and the benchmarks: a real server process
+on a free port, Omniglot drawings, image files (good and malicious), and threads whose failures fail
+the caller. Installed with the project (``pip install -e .``), so every one of them imports it."""
+
+from testkit.images import b64, decompression_bomb, png, png_chunks, support_body, zero_size_png
+from testkit.omniglot import OMNIGLOT_DIR, omniglot
+from testkit.server import CHECKPOINT, REPO, ServerProcess, ServerStartError, free_port, running_server
+from testkit.threads import in_threads, run_concurrently
+
+__all__ = [
+    "CHECKPOINT",
+    "OMNIGLOT_DIR",
+    "REPO",
+    "ServerProcess",
+    "ServerStartError",
+    "b64",
+    "decompression_bomb",
+    "free_port",
+    "in_threads",
+    "omniglot",
+    "png",
+    "png_chunks",
+    "run_concurrently",
+    "running_server",
+    "support_body",
+    "zero_size_png",
+]
