@@ -44,7 +44,8 @@ TRUNCATED = b64(NOISE[: len(NOISE) // 2])
 # (name, method, path, request kwargs, status, error code)
 CASES = [
     ("not-an-image", "POST", "classify", {"json": {"images": [b64(b"hello, not an image")]}}, 400, "invalid_image"),
-    ("not-base64", "POST", "classify", {"json": {"images": ["***"]}}, 400, "invalid_image"),
+    ("not-base64", "POST", "classify", {"json": {"images": ["***"]}}, 422, "validation_error"),
+    ("base64-not-an-image", "POST", "classify", {"json": {"images": ["AAAA"]}}, 400, "invalid_image"),
     ("truncated", "POST", "classify", {"json": {"images": [TRUNCATED]}}, 400, "invalid_image"),
     ("zero-size", "POST", "classify", {"json": {"images": [b64(zero_size_png())]}}, 400, "invalid_image"),
     ("huge", "POST", "classify", {"json": {"images": [png(np.zeros((2, 4097), np.uint8))]}}, 413, "image_too_large"),
