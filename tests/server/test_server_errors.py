@@ -1,5 +1,5 @@
 # ruff: noqa: E501
-"""Every kind of bad request (docs/SERVER.md, "Errors") gets a 4xx JSON error, changes nothing, and leaves the
+"""Every kind of bad request (docs/API.md, "Errors") gets a 4xx JSON error, changes nothing, and leaves the
 server healthy."""
 
 from __future__ import annotations

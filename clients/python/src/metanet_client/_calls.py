@@ -38,7 +38,7 @@ class Call(Generic[T]):
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request limits the client keeps to; the server's defaults (docs/SERVER.md, "API")."""
+    """Per-request limits the client keeps to; the server's defaults (docs/API.md, "Limits")."""
 
     max_images: int = 256
     max_bytes: int = 16 * 1024 * 1024

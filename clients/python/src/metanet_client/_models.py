@@ -1,4 +1,6 @@
-"""Typed results of the server's API (its docs/SERVER.md). Unknown extra fields are ignored."""
+"""Typed results of the server's API (its docs/API.md). Unknown extra fields are ignored.
+
+clients/python/tests/test_client_contract.py checks them against the server's OpenAPI schema."""
 
 from __future__ import annotations
 
