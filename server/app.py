@@ -15,7 +15,7 @@ from server.config import ServerSettings
 from server.errors import install_error_handlers
 from server.middleware import GuardMiddleware, ObservabilityMiddleware
 from server.routes import service_router, task_router
-from server.store import SQLiteTaskStore
+from server.store import open_store
 from server.worker import MetaNetAPI
 
 logger = logging.getLogger("metanet.server")
@@ -42,7 +42,7 @@ def build_server(settings: ServerSettings, keys: KeyRing) -> ls.LitServer:
         timeout=settings.request_timeout,
         model_metadata={"checkpoint": str(settings.checkpoint)},
     )
-    store = SQLiteTaskStore(settings.store_path)
+    store = open_store(settings.store_url)  # creates or migrates the schema before any worker starts
     app = server.app
     app.title, app.version, app.description = "MetaNet one-shot concept server", "0.1.0", DESCRIPTION
     # LitServe's own /health answers plain text; ours answers JSON and also checks the store.

@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.store import StoreUnavailableError
+
 logger = logging.getLogger("metanet.server")
 
 
@@ -30,6 +32,13 @@ class ApiError(Exception):
     def from_dict(cls, data: dict) -> ApiError:
         return cls(data["status"], data["code"], data["message"])
 
+    @classmethod
+    def store_unavailable(cls, exc: StoreUnavailableError) -> ApiError:
+        """503 while the task store is unreachable: ``store_unavailable`` (nothing changed, retry) or
+        ``store_outcome_unknown`` (the connection was lost while committing a change)."""
+        code = "store_outcome_unknown" if exc.outcome_unknown else "store_unavailable"
+        return cls(503, code, str(exc))
+
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
@@ -42,9 +51,15 @@ def _code_for(status: int) -> str:
     return _CODES.get(status, "bad_request" if status < 500 else "internal_error")
 
 
+_HEADERS = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "1"}}
+
+
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return error_response(exc.status, exc.code, exc.message, headers)
+    return error_response(exc.status, exc.code, exc.message, _HEADERS.get(exc.status))
+
+
+async def _store_unavailable(request: Request, exc: StoreUnavailableError) -> JSONResponse:
+    return await _api_error(request, ApiError.store_unavailable(exc))
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -69,6 +84,7 @@ async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error the app returns the JSON error body."""
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StoreUnavailableError, _store_unavailable)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unhandled)

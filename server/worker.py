@@ -27,7 +27,7 @@ from server.config import ServerSettings
 from server.errors import ApiError
 from server.loop import DrainingBatchedLoop
 from server.memory import CachedTask, EmptyTaskError, MemoryCache, TaskMemories
-from server.store import ExampleLimitError, SQLiteTaskStore
+from server.store import ExampleLimitError, StoreUnavailableError, open_store
 
 logger = logging.getLogger("metanet.worker")
 
@@ -81,7 +81,7 @@ class MetaNetAPI(ls.LitAPI):
         s = self.settings
         torch.set_num_threads(s.torch_threads)
         faiss.omp_set_num_threads(s.torch_threads)
-        self.store = SQLiteTaskStore(s.store_path)
+        self.store = open_store(s.store_url, migrate=False)  # the main process migrated it
         self.memories = TaskMemories(
             MetaNetPredictor.load(s.checkpoint, device),
             self.store,
@@ -120,6 +120,8 @@ class MetaNetAPI(ls.LitAPI):
             return fn(*args)
         except ApiError as exc:
             return {"error": exc.to_dict()}
+        except StoreUnavailableError as exc:
+            return {"error": ApiError.store_unavailable(exc).to_dict()}
 
     def _support(self, item: dict) -> dict:
         started = time.perf_counter()
@@ -178,6 +180,8 @@ class MetaNetAPI(ls.LitAPI):
             found = self.memories.current(tenant, task_id)
         except EmptyTaskError:
             return ApiError(409, "empty_task", f"task {task_id!r} has no examples: add some first")
+        except StoreUnavailableError as exc:
+            return ApiError.store_unavailable(exc)
         if found is None:
             return ApiError(404, "task_not_found", f"task {task_id!r} not found")
         task, refresh = found
