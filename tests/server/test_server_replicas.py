@@ -143,6 +143,24 @@ def test_concurrent_supports_to_one_task_from_both_replicas(replicas: list[Serve
     assert set(state["labels"]) == {f"w{n}-{i}" for n in range(writers) for i in range(each)}
 
 
+def test_forget_and_delete_on_one_replica_show_on_the_other(replicas: list[ServerProcess], tibetan) -> None:
+    a, b = (httpx.Client(base_url=r.url, timeout=60) for r in replicas)
+    with a, b:
+        examples = [(f"c{i}", tibetan[i][0]) for i in range(5)]
+        assert a.post("/tasks/shared/support", json=support_body(examples)).status_code == 200
+        query = {"images": [b64(tibetan[i][1]) for i in range(5)], "top_k": 10}
+        assert b.post("/tasks/shared/classify", json=query).json()["version"] == 1  # b caches version 1
+        forgotten = a.delete("/tasks/shared/labels/c0").json()
+        answer = b.post("/tasks/shared/classify", json=query).json()
+        assert answer["version"] == forgotten["version"] == 2
+        assert {r["label"] for p in answer["predictions"] for r in p["top_k"]} == {"c1", "c2", "c3", "c4"}
+        assert b.delete("/tasks/shared").status_code == 200
+        assert a.post("/tasks/shared/classify", json=query).status_code == 404
+        assert b.post("/tasks/shared/support", json=support_body(examples[:1])).json()["version"] == 1
+        answer = a.post("/tasks/shared/classify", json=query).json()  # a new task: rebuilt, not extended
+        assert answer["version"] == 1 and {r["label"] for r in answer["predictions"][0]["top_k"]} == {"c0"}
+
+
 def test_postgres_killed_and_restarted_under_load(
     replicas: list[ServerProcess], postgres: PostgresServer, tibetan
 ) -> None:
@@ -217,6 +235,14 @@ def test_postgres_killed_and_restarted_under_load(
         stored = set(httpx.get(f"{replicas[0].url}/tasks/{task}", timeout=60).json()["labels"])
         assert set(acked) <= stored, f"{task}: lost {set(acked) - stored}"
         assert stored - set(acked) <= maybe, f"{task}: unacknowledged {stored - set(acked) - maybe} stored"
+    print(
+        "\nPostgreSQL killed and restarted under load: "
+        + ", ".join(
+            f"{op} {codes.count(200)} x 200 / {codes.count(503)} x 503" for op, codes in statuses.items()
+        )
+        + f"; {sum(map(len, ledger.acked.values()))} acknowledged examples all stored, "
+        f"{len(maybe)} with unknown outcome, 0 calls without a JSON answer"
+    )
 
 
 def test_sigkill_of_a_replica_loses_nothing_acknowledged(replicas: list[ServerProcess], tibetan) -> None:
