@@ -18,7 +18,7 @@ from server.litserve_adapter import remove_builtin_routes, workers_ready
 from server.middleware import GuardMiddleware, ObservabilityMiddleware
 from server.routes import service_router, task_router
 from server.schemas import Index, Limits, ModelInfo, ServerInfo
-from server.store import SQLiteTaskStore
+from server.store import open_store
 from server.worker import MetaNetAPI
 
 logger = logging.getLogger("metanet.server")
@@ -61,7 +61,8 @@ def build_server(settings: ServerSettings, keys: KeyRing) -> ls.LitServer:
         workers_per_device=settings.workers,
         timeout=settings.request_timeout,
     )
-    store = SQLiteTaskStore(settings.store_path, (model.image_size, model.image_size))
+    # Creates or migrates the schema before any worker starts.
+    store = open_store(settings.store_url, (model.image_size, model.image_size))
     app = server.app
     app.title, app.version, app.description = TITLE, VERSION, DESCRIPTION
     # LitServe's own /, /health and /info answer untyped plain text; ours answer JSON.

@@ -17,7 +17,11 @@ def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     for name, help_text in [
         ("host", "address to listen on (127.0.0.1 whenever no API keys are configured)"),
         ("port", "port to listen on"),
-        ("data_dir", "folder of the task store (SQLite) and metrics files"),
+        ("data_dir", "folder of the default task store (SQLite) and of metrics files"),
+        (
+            "store",
+            "task store URL: sqlite:///path or postgresql://user:pass@host/db (default: SQLite in data dir)",
+        ),
         ("checkpoint", "model checkpoint (.safetensors)"),
         ("device", "auto (CUDA when present, else CPU), cpu or cuda"),
         ("workers", "inference worker processes"),

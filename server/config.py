@@ -34,6 +34,10 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1024, le=65535)
     data_dir: Path = Path("data")
+    store: str | None = Field(
+        None,
+        description="task store URL: sqlite:///path (default: <data_dir>/tasks.sqlite3) or postgresql://...",
+    )
     checkpoint: Path = DEFAULT_CHECKPOINT
     device: str = "auto"  # "auto" = CUDA when present, else CPU
     workers: int = Field(1, ge=1)
@@ -70,8 +74,9 @@ class ServerSettings(BaseSettings):
     max_label_length: int = Field(128, ge=1, description="characters of a label")
 
     @property
-    def store_path(self) -> Path:
-        return self.data_dir / "tasks.sqlite3"
+    def store_url(self) -> str:
+        """``store``, or the embedded SQLite store in ``data_dir``."""
+        return self.store or f"sqlite:///{self.data_dir / 'tasks.sqlite3'}"
 
     @property
     def metrics_dir(self) -> Path:

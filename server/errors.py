@@ -23,6 +23,8 @@ from server.protocol import (
     NotReady,
     PayloadTooLarge,
     ServiceError,
+    StoreOutcomeUnknown,
+    StoreUnavailable,
     StoreUnreachable,
     TaskNotFound,
     TooManyImages,
@@ -46,6 +48,8 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     WorkerFailed: 500,
     NotReady: 503,
     StoreUnreachable: 503,
+    StoreUnavailable: 503,
+    StoreOutcomeUnknown: 503,
     WorkerTimeout: 504,
 }
 """The status of each kind of ServiceError; the one place that decides it."""
@@ -96,9 +100,15 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
+_HEADERS: dict[type[ServiceError], dict[str, str]] = {
+    Unauthorized: {"WWW-Authenticate": "Bearer"},
+    StoreUnavailable: {"Retry-After": "1"},  # nothing changed: retry
+}
+
+
 def service_error_response(error: ServiceError) -> JSONResponse:
     status = status_of(error)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = _HEADERS.get(type(error))
     return error_response(status, error.code, error.message, headers)
 
 

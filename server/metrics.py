@@ -20,6 +20,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from server.protocol import StoreUnavailable
 from server.store import TaskStore
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -57,7 +58,10 @@ class StoreCollector(Collector):
         self.store = store
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        counts = self.store.counts()
+        try:
+            counts = self.store.counts()
+        except StoreUnavailable:  # the rest of the page still answers; /health reports the outage
+            return
         yield GaugeMetricFamily("metanet_store_tenants", "Tenants in the task store", value=counts.tenants)
         yield GaugeMetricFamily("metanet_store_tasks", "Tasks in the task store", value=counts.tasks)
         yield GaugeMetricFamily(

@@ -139,4 +139,19 @@ class NotReady(ServiceError):
 
 
 class StoreUnreachable(ServiceError):
+    """``/health``: the task store does not answer."""
+
     code = "store_unreachable"
+
+
+class StoreUnavailable(ServiceError):
+    """The task store cannot be reached; nothing was changed, so the call can be retried."""
+
+    code = "store_unavailable"
+
+
+class StoreOutcomeUnknown(StoreUnavailable):
+    """The connection to the store was lost while a change was being committed, and the store did not
+    come back in time to say whether it was: read the task before retrying."""
+
+    code = "store_outcome_unknown"

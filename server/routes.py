@@ -23,6 +23,8 @@ from server.protocol import (
     LabelNotFound,
     NotReady,
     PayloadTooLarge,
+    StoreOutcomeUnknown,
+    StoreUnavailable,
     StoreUnreachable,
     SupportWork,
     TaskNotFound,
@@ -66,7 +68,9 @@ def task_router(
     router = APIRouter(
         prefix="/tasks",
         tags=["tasks"],
-        responses=error_responses(Unauthorized, PayloadTooLarge, statuses=(422, 500)),
+        responses=error_responses(
+            Unauthorized, PayloadTooLarge, StoreUnavailable, StoreOutcomeUnknown, statuses=(422, 500)
+        ),
         max_body_size=settings.max_body_bytes,
     )
     decoder = ImageDecoder(settings.max_image_side, image_size, settings.normalize_polarity)

@@ -33,7 +33,7 @@ from server.protocol import (
     Work,
     WorkerFailed,
 )
-from server.store import SQLiteTaskStore
+from server.store import open_store
 
 logger = logging.getLogger("metanet.worker")
 
@@ -70,7 +70,8 @@ class MetaNetAPI(ls.LitAPI):
         s = self.settings
         torch.set_num_threads(s.torch_threads)
         faiss.omp_set_num_threads(s.torch_threads)
-        self.store = SQLiteTaskStore(s.store_path, (self.image_size, self.image_size))
+        # The main process migrated the schema.
+        self.store = open_store(s.store_url, (self.image_size, self.image_size), migrate=False)
         self.memories = TaskMemories(
             MetaNetPredictor.load(s.checkpoint, device),
             self.store,

@@ -1,4 +1,4 @@
-"""Fixtures: a real server process per test module, and Omniglot drawings."""
+"""Fixtures: a real server process per test module, a real PostgreSQL server, and Omniglot drawings."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from testkit import ServerProcess, omniglot, running_server
+from testkit import ServerProcess, free_port, omniglot, running_server
+from testkit.postgres import PostgresServer, install_postgresql
 
 
 @pytest.fixture(scope="module")
@@ -33,3 +34,17 @@ def task_id() -> str:
 def tibetan() -> list[list[bytes]]:
     """20 Tibetan characters (an evaluation alphabet: never seen in training), 20 drawers each."""
     return omniglot("Tibetan", 20, 20)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (installed with apt-get first if missing and possible)."""
+    bindir = install_postgresql()
+    if bindir is None:
+        pytest.skip(f"PostgreSQL cannot run here: {install_postgresql.reason}")
+    server = PostgresServer(bindir, free_port()).start()
+    try:
+        yield server
+    finally:
+        server.remove()
+

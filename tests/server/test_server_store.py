@@ -1,39 +1,62 @@
-"""SQLiteTaskStore without HTTP: versions, tenants, snapshots, limits, forgetting, deleting, durability."""
+"""The task store without HTTP, every test on both backends (SQLite and a real PostgreSQL server):
+versions, tenants, snapshots, limits, forgetting, deleting, images stored once, concurrent writers,
+migrations; then what only one backend has (SQLite's upgrade path, PostgreSQL outages)."""
 
 from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from server.protocol import ExampleLimit, LabelNotFound
-from server.store import SQLiteTaskStore
+from server.protocol import ExampleLimit, LabelNotFound, StoreOutcomeUnknown, StoreUnavailable
+from server.store import TaskStore, open_store
+from server.store.migrations import POSTGRESQL, SQLITE
+from testkit.postgres import PostgresServer
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A fresh, empty store of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/tasks.sqlite3"
+    return request.getfixturevalue("postgres").create_database()
+
+
 @pytest.fixture
-def store(tmp_path) -> SQLiteTaskStore:
-    return SQLiteTaskStore(tmp_path / "tasks.sqlite3", (28, 28))
+def store(store_url: str) -> Iterator[TaskStore]:
+    opened = open_store(store_url)
+    yield opened
+    opened.close()
 
 
-def test_versions_labels_and_snapshots(store: SQLiteTaskStore) -> None:
+def test_versions_labels_and_snapshots(store: TaskStore) -> None:
     first = images(3)
     state = store.add_examples("t", "task", first, ["a", "b", "a"], max_examples=10)
     assert (state.version, state.labels, state.num_examples) == (1, {"a": 2, "b": 1}, 3)
     state = store.add_examples("t", "task", images(2, 1), ["c", "b"], max_examples=10)
     assert (state.version, list(state.labels), state.num_examples) == (2, ["a", "b", "c"], 5)
+    assert store.get_task("t", "task") == state
 
     full = store.snapshot("t", "task")
-    assert full.labels == ["a", "b", "a", "c", "b"]
+    assert full.state == state and full.labels == ["a", "b", "a", "c", "b"]
     np.testing.assert_array_equal(full.images[:3], first)
     delta = store.snapshot("t", "task", since_version=1)
     assert delta.labels == ["c", "b"] and delta.images.shape == (2, 28, 28)
+    np.testing.assert_array_equal(delta.images, images(2, 1))
     assert store.snapshot("t", "task", since_version=2).labels == []
+    assert store.snapshot("t", "missing") is None and store.get_task("t", "missing") is None
 
 
-def test_tenants_are_isolated(store: SQLiteTaskStore) -> None:
+def test_tenants_are_isolated(store: TaskStore) -> None:
     store.add_examples("alice", "task", images(1), ["a"], max_examples=10)
     assert store.get_task("bob", "task") is None
     store.add_examples("bob", "task", images(1), ["b"], max_examples=10)
@@ -42,24 +65,30 @@ def test_tenants_are_isolated(store: SQLiteTaskStore) -> None:
     assert store.counts().tenants == 2
 
 
-def test_example_limit_is_all_or_nothing(store: SQLiteTaskStore) -> None:
+def test_example_limit_is_all_or_nothing(store: TaskStore) -> None:
     store.add_examples("t", "task", images(3), ["a"] * 3, max_examples=4)
     with pytest.raises(ExampleLimit):
-        store.add_examples("t", "task", images(2), ["b"] * 2, max_examples=4)
+        store.add_examples("t", "task", images(2, 1), ["b"] * 2, max_examples=4)
     state = store.get_task("t", "task")
     assert (state.version, state.num_examples) == (1, 3)
+    assert store.counts().images == 3  # the rejected call's images were not kept either
+    with pytest.raises(ExampleLimit):  # nor is a task the first call would have created
+        store.add_examples("t", "new", images(5), ["a"] * 5, max_examples=4)
+    assert store.get_task("t", "new") is None and store.counts().tasks == 1
 
 
-def test_forget_label_bumps_rebuild_version(store: SQLiteTaskStore) -> None:
+def test_forget_label_bumps_rebuild_version(store: TaskStore) -> None:
     store.add_examples("t", "task", images(3), ["a", "b", "a"], max_examples=10)
     state = store.forget_label("t", "task", "a")
     assert (state.version, state.rebuild_version, state.labels) == (2, 2, {"b": 1})
     with pytest.raises(LabelNotFound):
         store.forget_label("t", "task", "a")
+    assert store.get_task("t", "task").version == 2
     assert store.forget_label("t", "missing", "a") is None
+    assert store.snapshot("t", "task").labels == ["b"]
 
 
-def test_delete_then_recreate_is_a_new_task(store: SQLiteTaskStore) -> None:
+def test_delete_then_recreate_is_a_new_task(store: TaskStore) -> None:
     old = store.add_examples("t", "task", images(2), ["a", "b"], max_examples=10)
     assert store.delete_task("t", "task")
     assert not store.delete_task("t", "task")
@@ -68,18 +97,178 @@ def test_delete_then_recreate_is_a_new_task(store: SQLiteTaskStore) -> None:
     assert new.uid != old.uid and new.version == 1
 
 
-def test_commits_survive_reopening(tmp_path) -> None:
-    path = tmp_path / "tasks.sqlite3"
-    SQLiteTaskStore(path, (28, 28)).add_examples("t", "task", images(2), ["a", "b"], max_examples=10)
-    reopened = SQLiteTaskStore(path, (28, 28))
+def test_images_are_stored_once_per_tenant(store: TaskStore) -> None:
+    drawing = images(1)
+    store.add_examples("t", "one", np.concatenate([drawing, drawing]), ["a", "b"], max_examples=10)
+    store.add_examples("t", "two", drawing, ["c"], max_examples=10)
+    store.add_examples("u", "one", drawing, ["a"], max_examples=10)
+    counts = store.counts()
+    assert (counts.examples, counts.images) == (4, 2)  # one image per tenant
+    np.testing.assert_array_equal(store.snapshot("t", "one").images, np.concatenate([drawing, drawing]))
+
+    store.forget_label("t", "one", "a")  # still used by label b and by task two
+    store.delete_task("t", "one")  # still used by task two
+    assert store.counts().images == 2
+    np.testing.assert_array_equal(store.snapshot("t", "two").images, drawing)
+    store.delete_task("t", "two")  # its last use in tenant t: gone
+    assert store.counts().images == 1
+    store.forget_label("u", "one", "a")
+    assert store.counts().images == 0
+
+
+def test_concurrent_writers_to_one_task_get_each_version_once(store_url: str) -> None:
+    """Four store instances (separate connections, as separate replicas have) write to one task at once:
+    every write gets its own version, 1..N, and no example is lost."""
+    stores = [open_store(store_url) for _ in range(4)]
+    writes_each = 10
+
+    def write(i: int) -> list[int]:
+        return [
+            stores[i].add_examples("t", "shared", images(1, 100 * i + j), [f"w{i}-{j}"], 10_000).version
+            for j in range(writes_each)
+        ]
+
+    with ThreadPoolExecutor(len(stores)) as pool:
+        versions = [v for vs in pool.map(write, range(len(stores))) for v in vs]
+    total = len(stores) * writes_each
+    assert sorted(versions) == list(range(1, total + 1))
+    state = stores[0].get_task("t", "shared")
+    assert (state.version, state.num_examples) == (total, total)
+    snap = stores[1].snapshot("t", "shared")
+    for i in range(len(stores)):  # each writer's examples in the order it wrote them
+        mine = [label for label in snap.labels if label.startswith(f"w{i}-")]
+        assert mine == [f"w{i}-{j}" for j in range(writes_each)]
+    for opened in stores:
+        opened.close()
+
+
+def test_stores_opened_at_once_apply_each_migration_once(store_url: str) -> None:
+    """Replicas starting together against a new database: the schema is created exactly once."""
+    barrier = threading.Barrier(6)
+
+    def start() -> int:
+        barrier.wait()
+        opened = open_store(store_url)
+        try:
+            return opened.schema_version()
+        finally:
+            opened.close()
+
+    with ThreadPoolExecutor(6) as pool:
+        versions = list(pool.map(lambda _: start(), range(6)))
+    latest = (SQLITE if store_url.startswith("sqlite") else POSTGRESQL)[-1].version
+    assert versions == [latest] * 6
+
+
+def test_rejects_mismatched_input(store: TaskStore) -> None:
+    with pytest.raises(ValueError):
+        store.add_examples("t", "task", images(2), ["a"], max_examples=10)
+    with pytest.raises(ValueError):
+        store.add_examples("t", "task", images(1).astype(np.float32), ["a"], max_examples=10)
+
+
+def test_open_store_urls(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert open_store("sqlite:///data/tasks.sqlite3").path.resolve() == tmp_path / "data/tasks.sqlite3"
+    assert open_store(f"sqlite:///{tmp_path}/abs.sqlite3").path == tmp_path / "abs.sqlite3"
+    for bad in ("data/tasks.sqlite3", "mysql://h/db", "sqlite://relative"):
+        with pytest.raises(ValueError):
+            open_store(bad)
+
+
+# SQLite only.
+
+
+def test_sqlite_commits_survive_reopening(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/tasks.sqlite3"
+    open_store(url).add_examples("t", "task", images(2), ["a", "b"], max_examples=10)
+    reopened = open_store(url)
     assert reopened.get_task("t", "task").labels == {"a": 1, "b": 1}
     (mode,) = reopened._connection().execute("PRAGMA journal_mode").fetchone()
     (sync,) = reopened._connection().execute("PRAGMA synchronous").fetchone()
     assert (mode, sync) == ("wal", 2)  # 2 = FULL
 
 
-def test_rejects_mismatched_input(store: SQLiteTaskStore) -> None:
-    with pytest.raises(ValueError):
-        store.add_examples("t", "task", images(2), ["a"], max_examples=10)
-    with pytest.raises(ValueError):
-        store.add_examples("t", "task", images(1).astype(np.float32), ["a"], max_examples=10)
+def test_sqlite_store_from_before_migrations_is_upgraded(tmp_path) -> None:
+    """A store written by the server before versioned migrations (images inline in ``examples``) opens
+    with every task, version and image intact, each image now stored once."""
+    path = tmp_path / "tasks.sqlite3"
+    con = sqlite3.connect(path)
+    for statement in SQLITE[0].statements:
+        con.execute(statement)
+    drawings = images(3)
+    con.execute("INSERT INTO tenants VALUES ('t', 0)")
+    con.execute(
+        "INSERT INTO tasks (tenant, task_id, version, rebuild_version, updated_at) VALUES ('t', 'x', 2, 0, 0)"
+    )
+    rows = [
+        (1, "a", 1, drawings[0]),
+        (1, "b", 1, drawings[1]),
+        (1, "a", 2, drawings[0]),
+        (1, "c", 2, drawings[2]),
+    ]
+    con.executemany(
+        "INSERT INTO examples (task_uid, label, version, image) VALUES (?, ?, ?, ?)",
+        [(uid, label, version, image.tobytes()) for uid, label, version, image in rows],
+    )
+    con.commit()
+    con.close()
+
+    store = open_store(f"sqlite:///{path}")
+    assert store.schema_version() == SQLITE[-1].version
+    state = store.get_task("t", "x")
+    assert (state.version, state.labels) == (2, {"a": 2, "b": 1, "c": 1})
+    snap = store.snapshot("t", "x", since_version=1)
+    assert snap.labels == ["a", "c"]
+    np.testing.assert_array_equal(snap.images, drawings[[0, 2]])
+    assert store.counts().images == 3
+    assert store.add_examples("t", "x", drawings[1:2], ["b"], max_examples=10).version == 3
+    assert store.counts().images == 3
+
+
+# PostgreSQL only.
+
+
+def test_postgres_outage_fails_fast_and_recovers_by_itself(postgres: PostgresServer) -> None:
+    """With the database killed every call raises StoreUnavailable within seconds (never hangs);
+    once it is back the same store object works again, with every committed write there."""
+    store = open_store(postgres.create_database())
+    store.add_examples("t", "task", images(2), ["a", "b"], max_examples=10)
+    postgres.kill()
+    try:
+        for call in (
+            lambda: store.get_task("t", "task"),
+            lambda: store.add_examples("t", "task", images(1, 5), ["c"], max_examples=10),
+            lambda: store.snapshot("t", "task"),
+            store.ping,
+            store.counts,
+        ):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable) as raised:
+                call()
+            assert time.monotonic() - started < 5
+            assert not isinstance(raised.value, StoreOutcomeUnknown)
+    finally:
+        postgres.start()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            store.ping()
+            break
+        except StoreUnavailable:
+            assert time.monotonic() < deadline, "the store did not recover"
+            time.sleep(0.1)
+    state = store.add_examples("t", "task", images(1, 6), ["d"], max_examples=10)
+    assert (state.version, state.labels) == (2, {"a": 1, "b": 1, "d": 1})
+    store.close()
+
+
+def test_postgres_url_options() -> None:
+    from server.store.postgres import parse_url, redacted
+
+    conninfo, options = parse_url("postgresql://u:secret@db:5433/tasks?sslmode=disable&pool_max_size=8")
+    assert "sslmode=disable" in conninfo and "port=5433" in conninfo and "connect_timeout=3" in conninfo
+    assert options.pool_max_size == 8 and options.pool_timeout == 5.0
+    assert "secret" not in redacted("postgresql://u:secret@db/tasks")
+    with pytest.raises(StoreUnavailable):  # nothing listens there: gives up after startup_timeout
+        open_store("postgresql://postgres@127.0.0.1:9/x?startup_timeout=0.5")

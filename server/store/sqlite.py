@@ -1,134 +1,45 @@
-"""The task store: the durable source of truth for support examples (docs/SERVER.md, "How it works").
-
-Fast weights, memory keys and FAISS indexes are derived from what is stored here. ``TaskStore`` is the
-interface a networked backend implements; ``SQLiteTaskStore`` is the embedded default (WAL mode,
-``synchronous=FULL``: a call returns only after its commit is on disk).
-"""
+"""``SQLiteTaskStore``: the embedded default (WAL mode, ``synchronous=FULL``: a call returns only after its
+commit is on disk). One machine only: every process of the server shares the file."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import sqlite3
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from server.protocol import ExampleLimit, LabelNotFound
+from server.store.base import (
+    StoreCounts,
+    TaskSnapshot,
+    TaskState,
+    TaskStore,
+    image_digest,
+    pixels_to_images,
+)
+from server.store.migrations import SQLITE
 
-
-@dataclass(frozen=True)
-class TaskState:
-    """One task at one version.
-
-    ``uid`` names this incarnation of the task (never reused, so a task deleted and created again is a new
-    one); ``rebuild_version`` is the last version that removed examples: derived memory from an older
-    version cannot be extended, only rebuilt.
-    """
-
-    uid: int
-    task_id: str
-    version: int
-    rebuild_version: int
-    labels: dict[str, int]  # label -> example count, in order of first appearance
-
-    @property
-    def num_examples(self) -> int:
-        return sum(self.labels.values())
-
-
-@dataclass(frozen=True)
-class TaskSnapshot:
-    """A task state and the examples added after ``since_version``, oldest first."""
-
-    state: TaskState
-    since_version: int
-    images: np.ndarray  # uint8 [n, H, W]
-    labels: list[str]
-
-
-@dataclass(frozen=True)
-class StoreCounts:
-    tenants: int
-    tasks: int
-    examples: int
-
-
-class TaskStore(ABC):
-    """Tenants, tasks, versions, labels and preprocessed support images."""
-
-    @abstractmethod
-    def add_examples(
-        self, tenant: str, task_id: str, images: np.ndarray, labels: list[str], max_examples: int
-    ) -> TaskState:
-        """Durably add examples (creating the task if needed) as one new version; all or nothing."""
-
-    @abstractmethod
-    def get_task(self, tenant: str, task_id: str) -> TaskState | None: ...
-
-    @abstractmethod
-    def snapshot(self, tenant: str, task_id: str, since_version: int = 0) -> TaskSnapshot | None:
-        """The current state and the examples added after ``since_version``, read consistently."""
-
-    @abstractmethod
-    def forget_label(self, tenant: str, task_id: str, label: str) -> TaskState | None:
-        """Remove every example of ``label`` as one new version; None if the task is unknown."""
-
-    @abstractmethod
-    def delete_task(self, tenant: str, task_id: str) -> bool:
-        """Remove the task and everything stored for it; False if it did not exist."""
-
-    @abstractmethod
-    def counts(self) -> StoreCounts: ...
-
-    @abstractmethod
-    def ping(self) -> None:
-        """Raise if the store cannot be reached."""
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tenants (
-    name TEXT PRIMARY KEY,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tasks (
-    uid INTEGER PRIMARY KEY AUTOINCREMENT,
-    tenant TEXT NOT NULL REFERENCES tenants(name),
-    task_id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    rebuild_version INTEGER NOT NULL DEFAULT 0,
-    updated_at REAL NOT NULL,
-    UNIQUE (tenant, task_id)
-);
-CREATE TABLE IF NOT EXISTS examples (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    task_uid INTEGER NOT NULL REFERENCES tasks(uid) ON DELETE CASCADE,
-    label TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    image BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS examples_by_task ON examples (task_uid, version);
-CREATE INDEX IF NOT EXISTS examples_by_label ON examples (task_uid, label);
-"""
+logger = logging.getLogger("metanet.store")
 
 
 class SQLiteTaskStore(TaskStore):
     """SQLite task store; safe to share between threads and (after fork or spawn) processes."""
 
-    def __init__(self, path: str | Path, image_shape: tuple[int, int], busy_timeout: float = 30.0):
+    def __init__(self, path: str | Path, image_shape: tuple[int, int] = (28, 28), busy_timeout: float = 30.0):
         self.path = Path(path)
         self.image_shape = image_shape
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = self._connection()
-        con.execute("PRAGMA journal_mode=WAL")
-        con.executescript(_SCHEMA)
+        self._connection().execute("PRAGMA journal_mode=WAL")
+        self._migrate()
 
     def _connection(self) -> sqlite3.Connection:
         # One connection per thread and process: sqlite3 connections must not cross a fork.
@@ -140,6 +51,28 @@ class SQLiteTaskStore(TaskStore):
             con.execute("PRAGMA secure_delete=ON")
             self._local.con, self._local.pid = con, os.getpid()
         return con
+
+    def _migrate(self) -> None:
+        con = self._connection()
+        con.create_function("sha256", 1, lambda data: hashlib.sha256(data).digest(), deterministic=True)
+        with self._transaction(write=True) as con:  # BEGIN IMMEDIATE: one process migrates at a time
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            applied = {v for (v,) in con.execute("SELECT version FROM schema_migrations")}
+            for migration in SQLITE:
+                if migration.version in applied:
+                    continue
+                for statement in migration.statements:
+                    con.execute(statement)
+                con.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
+                )
+                logger.info(
+                    "task store %s: applied migration %d (%s)", self.path, migration.version, migration.name
+                )
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
@@ -169,9 +102,9 @@ class SQLiteTaskStore(TaskStore):
     def add_examples(
         self, tenant: str, task_id: str, images: np.ndarray, labels: list[str], max_examples: int
     ) -> TaskState:
-        if len(images) != len(labels) or images.shape[1:] != self.image_shape or images.dtype != np.uint8:
-            raise ValueError("images must be uint8 [n, *image_shape] with one label each")
+        self.check_images(images, labels)
         now = time.time()
+        digests = [image_digest(image) for image in images]
         with self._transaction(write=True) as con:
             state = self._state(con, tenant, task_id)
             stored = state.num_examples if state else 0
@@ -190,8 +123,12 @@ class SQLiteTaskStore(TaskStore):
                 uid, version = state.uid, state.version + 1
                 con.execute("UPDATE tasks SET version = ?, updated_at = ? WHERE uid = ?", (version, now, uid))
             con.executemany(
-                "INSERT INTO examples (task_uid, label, version, image) VALUES (?, ?, ?, ?)",
-                [(uid, label, version, image.tobytes()) for label, image in zip(labels, images, strict=True)],
+                "INSERT OR IGNORE INTO images (tenant, digest, pixels) VALUES (?, ?, ?)",
+                [(tenant, digest, image.tobytes()) for digest, image in zip(digests, images, strict=True)],
+            )
+            con.executemany(
+                "INSERT INTO examples (task_uid, tenant, label, version, digest) VALUES (?, ?, ?, ?, ?)",
+                [(uid, tenant, label, version, d) for label, d in zip(labels, digests, strict=True)],
             )
             return self._state(con, tenant, task_id)
 
@@ -205,12 +142,20 @@ class SQLiteTaskStore(TaskStore):
             if state is None:
                 return None
             rows = con.execute(
-                "SELECT label, image FROM examples WHERE task_uid = ? AND version > ? ORDER BY id",
+                "SELECT e.label, i.pixels FROM examples e JOIN images i ON i.tenant = e.tenant "
+                "AND i.digest = e.digest WHERE e.task_uid = ? AND e.version > ? ORDER BY e.id",
                 (state.uid, since_version),
             ).fetchall()
-        pixels = bytearray(b"".join(r[1] for r in rows))  # writable, as torch.as_tensor prefers
-        images = np.frombuffer(pixels, dtype=np.uint8).reshape(-1, *self.image_shape)
+        images = pixels_to_images([r[1] for r in rows], self.image_shape)
         return TaskSnapshot(state, since_version, images, [r[0] for r in rows])
+
+    @staticmethod
+    def _drop_unused_images(con: sqlite3.Connection, tenant: str, digests: list[bytes]) -> None:
+        con.executemany(
+            "DELETE FROM images WHERE tenant = ? AND digest = ? AND NOT EXISTS "
+            "(SELECT 1 FROM examples e WHERE e.tenant = images.tenant AND e.digest = images.digest)",
+            [(tenant, digest) for digest in set(digests)],
+        )
 
     def forget_label(self, tenant: str, task_id: str, label: str) -> TaskState | None:
         with self._transaction(write=True) as con:
@@ -220,7 +165,10 @@ class SQLiteTaskStore(TaskStore):
             if label not in state.labels:
                 raise LabelNotFound(f"task {task_id!r} has no label {label!r}")
             version = state.version + 1
-            con.execute("DELETE FROM examples WHERE task_uid = ? AND label = ?", (state.uid, label))
+            digests = con.execute(
+                "DELETE FROM examples WHERE task_uid = ? AND label = ? RETURNING digest", (state.uid, label)
+            ).fetchall()
+            self._drop_unused_images(con, tenant, [d for (d,) in digests])
             con.execute(
                 "UPDATE tasks SET version = ?, rebuild_version = ?, updated_at = ? WHERE uid = ?",
                 (version, version, time.time(), state.uid),
@@ -229,18 +177,33 @@ class SQLiteTaskStore(TaskStore):
 
     def delete_task(self, tenant: str, task_id: str) -> bool:
         with self._transaction(write=True) as con:
-            return (
-                con.execute("DELETE FROM tasks WHERE tenant = ? AND task_id = ?", (tenant, task_id)).rowcount
-                > 0
-            )
+            row = con.execute(
+                "SELECT uid FROM tasks WHERE tenant = ? AND task_id = ?", (tenant, task_id)
+            ).fetchone()
+            if row is None:
+                return False
+            digests = con.execute("DELETE FROM examples WHERE task_uid = ? RETURNING digest", row).fetchall()
+            con.execute("DELETE FROM tasks WHERE uid = ?", row)
+            self._drop_unused_images(con, tenant, [d for (d,) in digests])
+            return True
 
     def counts(self) -> StoreCounts:
         with self._transaction(write=False) as con:
-            tenants, tasks, examples = (
-                con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-                for table in ("tenants", "tasks", "examples")
+            return StoreCounts(
+                *(
+                    con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                    for table in ("tenants", "tasks", "examples", "images")
+                )
             )
-        return StoreCounts(tenants, tasks, examples)
 
     def ping(self) -> None:
         self._connection().execute("SELECT 1 FROM tasks LIMIT 1").fetchall()
+
+    def schema_version(self) -> int:
+        return self._connection().execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0]
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None and self._local.pid == os.getpid():
+            con.close()
+        self._local = threading.local()

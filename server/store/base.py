@@ -1,0 +1,109 @@
+"""The task store's interface: the durable source of truth for support examples (docs/SERVER.md,
+"How it works"). Fast weights, memory keys and FAISS indexes are derived from what is stored here."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """One task at one version.
+
+    ``uid`` names this incarnation of the task (never reused, so a task deleted and created again is a new
+    one); ``rebuild_version`` is the last version that removed examples: derived memory from an older
+    version cannot be extended, only rebuilt.
+    """
+
+    uid: int
+    task_id: str
+    version: int
+    rebuild_version: int
+    labels: dict[str, int]  # label -> example count, in order of first appearance
+
+    @property
+    def num_examples(self) -> int:
+        return sum(self.labels.values())
+
+
+@dataclass(frozen=True)
+class TaskSnapshot:
+    """A task state and the examples added after ``since_version``, oldest first."""
+
+    state: TaskState
+    since_version: int
+    images: np.ndarray  # uint8 [n, H, W]
+    labels: list[str]
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    tenants: int
+    tasks: int
+    examples: int
+    images: int  # distinct images: an image sent again (to any task of its tenant) is stored once
+
+
+def image_digest(image: np.ndarray) -> bytes:
+    """SHA-256 of a preprocessed image's pixels: the key under which a tenant's image is stored once."""
+    return hashlib.sha256(np.ascontiguousarray(image).tobytes()).digest()
+
+
+def pixels_to_images(pixels: list[bytes], image_shape: tuple[int, int]) -> np.ndarray:
+    """Stored pixel rows as uint8 [n, H, W] (writable, as torch.as_tensor prefers)."""
+    return np.frombuffer(bytearray(b"".join(pixels)), dtype=np.uint8).reshape(-1, *image_shape)
+
+
+class TaskStore(ABC):
+    """Tenants, tasks, versions, labels and preprocessed support images.
+
+    Every backend gives the same guarantees: a write is one transaction (all or nothing) that is durable
+    when it returns; each write to a task makes exactly one new version, also under concurrent writers
+    in other processes or on other machines; a snapshot is consistent (one version, its examples).
+    """
+
+    image_shape: tuple[int, int]
+
+    def check_images(self, images: np.ndarray, labels: list[str]) -> None:
+        if len(images) != len(labels) or images.shape[1:] != self.image_shape or images.dtype != np.uint8:
+            raise ValueError("images must be uint8 [n, *image_shape] with one label each")
+
+    @abstractmethod
+    def add_examples(
+        self, tenant: str, task_id: str, images: np.ndarray, labels: list[str], max_examples: int
+    ) -> TaskState:
+        """Durably add examples (creating the task if needed) as one new version; all or nothing."""
+
+    @abstractmethod
+    def get_task(self, tenant: str, task_id: str) -> TaskState | None: ...
+
+    @abstractmethod
+    def snapshot(self, tenant: str, task_id: str, since_version: int = 0) -> TaskSnapshot | None:
+        """The current state and the examples added after ``since_version``, read consistently."""
+
+    @abstractmethod
+    def forget_label(self, tenant: str, task_id: str, label: str) -> TaskState | None:
+        """Remove every example of ``label`` as one new version; None if the task is unknown."""
+
+    @abstractmethod
+    def delete_task(self, tenant: str, task_id: str) -> bool:
+        """Remove the task and everything stored for it; False if it did not exist."""
+
+    @abstractmethod
+    def counts(self) -> StoreCounts: ...
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable if the store cannot be reached."""
+
+    @abstractmethod
+    def schema_version(self) -> int:
+        """The newest migration applied to the store."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release this process's connections (the store stays usable: they reopen on the next call)."""

@@ -1,0 +1,113 @@
+"""Versioned schema migrations, one list per backend. A store applies the ones its database lacks when it
+opens, in one transaction under a lock (several replicas starting at once apply each exactly once), and
+records them in ``schema_migrations``. Add a migration by appending to a list; never edit one that shipped.
+
+Both schemas: ``tenants``; ``tasks`` (``uid`` never reused, ``version``, ``rebuild_version``); ``images``
+(each preprocessed image once per tenant, keyed by the SHA-256 of its pixels); ``examples`` (task, label,
+the version that added it, the image's digest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+SQLITE: tuple[Migration, ...] = (
+    # The schema before migrations were versioned (IF NOT EXISTS: a no-op on stores created back then).
+    Migration(
+        1,
+        "tenants, tasks, examples",
+        (
+            "CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY, created_at REAL NOT NULL)",
+            """CREATE TABLE IF NOT EXISTS tasks (
+                uid INTEGER PRIMARY KEY AUTOINCREMENT,
+                tenant TEXT NOT NULL REFERENCES tenants(name),
+                task_id TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                rebuild_version INTEGER NOT NULL DEFAULT 0,
+                updated_at REAL NOT NULL,
+                UNIQUE (tenant, task_id))""",
+            """CREATE TABLE IF NOT EXISTS examples (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                task_uid INTEGER NOT NULL REFERENCES tasks(uid) ON DELETE CASCADE,
+                label TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                image BLOB NOT NULL)""",
+            "CREATE INDEX IF NOT EXISTS examples_by_task ON examples (task_uid, version)",
+            "CREATE INDEX IF NOT EXISTS examples_by_label ON examples (task_uid, label)",
+        ),
+    ),
+    # Images move to their own table, stored once per tenant (``sha256`` is a Python function the
+    # migration runner registers on its connection).
+    Migration(
+        2,
+        "images stored once per tenant",
+        (
+            """CREATE TABLE images (
+                tenant TEXT NOT NULL,
+                digest BLOB NOT NULL,
+                pixels BLOB NOT NULL,
+                PRIMARY KEY (tenant, digest)) WITHOUT ROWID""",
+            "ALTER TABLE examples RENAME TO examples_v1",
+            """CREATE TABLE examples (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                task_uid INTEGER NOT NULL REFERENCES tasks(uid) ON DELETE CASCADE,
+                tenant TEXT NOT NULL,
+                label TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                digest BLOB NOT NULL,
+                FOREIGN KEY (tenant, digest) REFERENCES images (tenant, digest))""",
+            """INSERT OR IGNORE INTO images (tenant, digest, pixels)
+                SELECT t.tenant, sha256(e.image), e.image
+                FROM examples_v1 e JOIN tasks t ON t.uid = e.task_uid""",
+            """INSERT INTO examples (id, task_uid, tenant, label, version, digest)
+                SELECT e.id, e.task_uid, t.tenant, e.label, e.version, sha256(e.image)
+                FROM examples_v1 e JOIN tasks t ON t.uid = e.task_uid ORDER BY e.id""",
+            "DROP TABLE examples_v1",
+            "CREATE INDEX examples_by_task ON examples (task_uid, version)",
+            "CREATE INDEX examples_by_label ON examples (task_uid, label)",
+            "CREATE INDEX examples_by_image ON examples (tenant, digest)",
+        ),
+    ),
+)
+
+POSTGRESQL: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "tenants, tasks, images stored once per tenant, examples",
+        (
+            "CREATE TABLE tenants (name TEXT PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+            """CREATE TABLE tasks (
+                uid BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                tenant TEXT NOT NULL REFERENCES tenants(name),
+                task_id TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                rebuild_version BIGINT NOT NULL DEFAULT 0,
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                UNIQUE (tenant, task_id))""",
+            """CREATE TABLE images (
+                tenant TEXT NOT NULL REFERENCES tenants(name),
+                digest BYTEA NOT NULL,
+                pixels BYTEA NOT NULL,
+                PRIMARY KEY (tenant, digest))""",
+            """CREATE TABLE examples (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                task_uid BIGINT NOT NULL REFERENCES tasks(uid) ON DELETE CASCADE,
+                tenant TEXT NOT NULL,
+                label TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                digest BYTEA NOT NULL,
+                FOREIGN KEY (tenant, digest) REFERENCES images (tenant, digest))""",
+            "CREATE INDEX examples_by_task ON examples (task_uid, version)",
+            "CREATE INDEX examples_by_label ON examples (task_uid, label)",
+            "CREATE INDEX examples_by_image ON examples (tenant, digest)",
+        ),
+    ),
+)
