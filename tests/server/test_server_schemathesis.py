@@ -19,8 +19,8 @@ def schemathesis(server: ServerProcess, seconds: int) -> None:
     assert "Configuration:    " + str(REPO / "schemathesis.toml") in done.stdout
 
 
-def test_schemathesis_finds_nothing_in_30_seconds(server: ServerProcess) -> None:
-    schemathesis(server, 30)
+def test_schemathesis_finds_nothing_in_20_seconds(server: ServerProcess) -> None:
+    schemathesis(server, 20)
 
 
 @pytest.mark.slow
