@@ -100,7 +100,9 @@ async def test_uploads_are_split(server_url: str, task_id: str, drawings: list[l
 
 async def test_server_errors_retries_and_connection_errors(stub: Any) -> None:
     unavailable = (503, b'{"error": {"code": "unavailable", "message": "warming up"}}')
-    async with AsyncClient(stub.url, max_retries=1, backoff=0.01) as client:
+    async with AsyncClient(
+        stub.url, max_retries=1, backoff=0.01, max_images_per_request=8, max_request_bytes=1 << 20
+    ) as client:
         stub.answers = [unavailable]
         assert await client.health() == {"status": "ok"}
         stub.answers = [unavailable] * 2
