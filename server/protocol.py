@@ -87,6 +87,10 @@ class ServiceError(Exception):
         self.message = message
 
 
+Outcome = Result | ServiceError
+"""What a worker answers a work item with."""
+
+
 class InvalidImage(ServiceError):
     code = "invalid_image"
 

@@ -24,8 +24,8 @@ from server.protocol import (
     ClassifyResult,
     ClassifyWork,
     LabelScore,
+    Outcome,
     Prediction,
-    Result,
     ServiceError,
     SupportResult,
     SupportWork,
@@ -36,8 +36,6 @@ from server.protocol import (
 from server.store import SQLiteTaskStore
 
 logger = logging.getLogger("metanet.worker")
-
-Outcome = Result | ServiceError
 
 
 def isolated(what: str, fn: Callable[..., Outcome], *args: object) -> Outcome:
