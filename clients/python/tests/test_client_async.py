@@ -90,6 +90,7 @@ async def test_uploads_are_split(server_url: str, task_id: str, drawings: list[l
         seen.append(request)
 
     async with AsyncClient(server_url, max_images_per_request=2) as client:
+        assert (await client.limits()).max_images == 2  # and the byte limit is the server's, read now
         client._http.event_hooks["request"].append(record)
         task = client.task(task_id)
         assert (await task.add("c0", [drawings[0][d] for d in range(5)])).num_examples == 5

@@ -106,7 +106,8 @@ def test_image_inputs(client: Client, task_id: str, drawings: list[list[bytes]],
 
 
 def test_bad_image_arguments_are_caught_locally() -> None:
-    task = Client("http://127.0.0.1:9").task("never-sent")
+    unreachable = Client("http://127.0.0.1:9", max_images_per_request=256, max_request_bytes=1 << 24)
+    task = unreachable.task("never-sent")
     with pytest.raises(TypeError, match="unsupported image type"):
         task.classify([42])
     with pytest.raises(TypeError, match="binary mode"):
@@ -159,6 +160,7 @@ def test_uploads_are_split(server_url: str, task_id: str, drawings: list[list[by
     examples = [(f"c{i}", drawings[i][0]) for i in range(7)]
     queries = [drawings[i][1] for i in range(7)]
     with Client(server_url, max_images_per_request=3) as client:
+        assert client.limits.max_images == 3  # and the byte limit is the server's, read now
         seen = _requests_seen(client)
         task = client.task(task_id)
         assert task.add_examples(examples).num_examples == 7
@@ -174,6 +176,7 @@ def test_uploads_are_split(server_url: str, task_id: str, drawings: list[list[by
     )
 
     with Client(server_url, max_request_bytes=1000) as client:
+        assert client.limits.max_bytes == 1000
         seen = _requests_seen(client)
         assert client.task(task_id).add("more", [png for _, png in examples]).num_examples == 14
         assert len(seen) > 2 and all(len(request.content) <= 1000 for request in seen)
@@ -247,12 +250,12 @@ def test_server_errors_and_retries(stub: Any) -> None:
 def test_uploads_are_split_by_the_limits_the_server_publishes(stub: Any) -> None:
     published = {"limits": {"max_images_per_request": 2, "max_body_bytes": 1 << 20}}
     added = {"task_id": "t", "version": 3, "num_examples": 5, "labels": ["a"]}
-    stub.answers = [(200, json.dumps(published).encode())] + [(200, json.dumps(added).encode())] * 3
+    stub.answers = [(200, json.dumps(published).encode())] + [(200, json.dumps(added).encode())] * 4
     with Client(stub.url) as client:
         assert client.task("t").add("a", [b"png"] * 5).num_examples == 5
         assert (client.limits.max_images, client.limits.max_bytes) == (2, 1 << 20)
-        client.task("t").info()
-    assert stub.seen == ["GET /info", *["POST /tasks/t/support"] * 3, "GET /tasks/t"]  # /info read once
+        client.task("t").add("a", b"png")
+    assert stub.seen == ["GET /info", *["POST /tasks/t/support"] * 4]  # /info is read once
 
 
 def test_a_server_without_published_limits_needs_them_given(stub: Any) -> None:
