@@ -28,7 +28,7 @@ from litserve.loops.simple_loops import BatchedLoop
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, LoopResponseType, ResponseBufferItem, WorkerSetupStatus
 
-from server.protocol import Result, ServiceError, Work, WorkerFailed, WorkerTimeout
+from server.protocol import Outcome, Result, ServiceError, Work, WorkerFailed, WorkerTimeout
 
 LITSERVE_VERSIONS = (">=0.2.19", "<0.3")
 
@@ -44,7 +44,7 @@ class WorkerBridge(LitSpec):
     def decode_request(self, request: Work, context_kwargs: dict | None = None) -> Work:
         return request
 
-    def encode_response(self, output: Result | ServiceError, context_kwargs: dict | None = None):
+    def encode_response(self, output: Outcome, context_kwargs: dict | None = None) -> Outcome:
         return output
 
     async def submit(self, work: Work) -> Result:

@@ -29,7 +29,7 @@ def route_template(path: str) -> str:
     for pattern, template in _ROUTES:
         if pattern.match(path):
             return template
-    return path if path in ("/health", "/metrics", "/docs", "/openapi.json", "/info") else "other"
+    return path if path in ("/", "/health", "/metrics", "/docs", "/openapi.json", "/info") else "other"
 
 
 class GuardMiddleware:

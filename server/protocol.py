@@ -6,6 +6,11 @@ with a result (``SupportResult`` or ``ClassifyResult``) or a ``ServiceError``, s
 never fails the others of its batch. Everything here crosses a process boundary (pickled), so it is
 plain data: frozen dataclasses and exceptions constructed from a message alone.
 
+To extend it: a new classify option is a field with a default on ``ClassifyWork`` (and on the request
+schema); a new per-prediction field goes on ``Prediction`` here and on ``server.schemas.Prediction``
+(the route copies results into responses field by name) and on the SDK's model, which
+clients/python/tests/test_client_contract.py checks against the schema.
+
 The errors are the service's vocabulary of failures, raised where they are detected (store, memory,
 worker, image decoding, routes); ``server.errors`` maps each kind to its HTTP status in one table.
 """
@@ -80,6 +85,10 @@ class ServiceError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+Outcome = Result | ServiceError
+"""What a worker answers a work item with."""
 
 
 class InvalidImage(ServiceError):

@@ -24,8 +24,8 @@ from server.protocol import (
     ClassifyResult,
     ClassifyWork,
     LabelScore,
+    Outcome,
     Prediction,
-    Result,
     ServiceError,
     SupportResult,
     SupportWork,
@@ -36,8 +36,6 @@ from server.protocol import (
 from server.store import open_store
 
 logger = logging.getLogger("metanet.worker")
-
-Outcome = Result | ServiceError
 
 
 def isolated(what: str, fn: Callable[..., Outcome], *args: object) -> Outcome:
@@ -140,14 +138,19 @@ class MetaNetAPI(ls.LitAPI):
             tasks[tenant, task_id] = isolated(
                 f"task tenant={tenant} task={task_id}", self._task, tenant, task_id
             )
-        results: list[Outcome] = [tasks[item.tenant, item.task_id] for item in items]
-        ready = [i for i, task in enumerate(results) if isinstance(task, CachedTask)]
+        found = [tasks[item.tenant, item.task_id] for item in items]
+        results: list[Outcome | None] = [task if isinstance(task, ServiceError) else None for task in found]
+        ready = [
+            (i, task, item)
+            for i, (task, item) in enumerate(zip(found, items, strict=True))
+            if results[i] is None
+        ]
         try:
-            answers = self._predict([(results[i], items[i]) for i in ready])
+            answers = self._predict([(task, item) for _, task, item in ready])
         except Exception:
             logger.warning("a batch of %d classify items failed; answering each alone", len(ready))
-            answers = [isolated(_describe(items[i]), self._predict_one, results[i], items[i]) for i in ready]
-        for i, answer in zip(ready, answers, strict=True):
+            answers = [isolated(_describe(item), self._predict_one, task, item) for _, task, item in ready]
+        for (i, _, _), answer in zip(ready, answers, strict=True):
             results[i] = answer
         return results
 

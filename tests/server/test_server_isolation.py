@@ -11,7 +11,7 @@ import pytest
 
 from testkit import ServerProcess, b64, run_concurrently, running_server, support_body
 
-BATCH_WINDOW_SECONDS = 2.0  # every request of the burst below reaches the worker within this window
+BATCH_WINDOW_SECONDS = 3.0  # every request of the burst below reaches the worker within this window
 
 
 @pytest.fixture(scope="module")

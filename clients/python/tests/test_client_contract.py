@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from metanet_client import _models
+from metanet_client import Client, _models
 from pydantic import BaseModel
 
 from server import schemas
@@ -73,6 +73,16 @@ def openapi(server_url: str) -> dict[str, Any]:
 
 def test_sdk_models_match_the_servers_openapi_schema(openapi: dict[str, Any]) -> None:
     assert mismatches(openapi, PAIRS) == []
+
+
+def test_the_sdk_splits_uploads_by_the_limits_the_server_publishes(server_url: str) -> None:
+    published = httpx.get(f"{server_url}/info", timeout=30).raise_for_status().json()["limits"]
+    with Client(server_url) as client:
+        limits = client.limits
+    assert (limits.max_images, limits.max_bytes) == (
+        published["max_images_per_request"],
+        published["max_body_bytes"],
+    )
 
 
 def test_a_field_added_to_a_server_response_is_caught(openapi: dict[str, Any]) -> None:

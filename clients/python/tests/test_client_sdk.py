@@ -18,6 +18,7 @@ from metanet_client import (
     ClassifyResult,
     Client,
     InvalidRequestError,
+    MetaNetError,
     NotFoundError,
     PayloadTooLargeError,
     ServerError,
@@ -105,7 +106,8 @@ def test_image_inputs(client: Client, task_id: str, drawings: list[list[bytes]],
 
 
 def test_bad_image_arguments_are_caught_locally() -> None:
-    task = Client("http://127.0.0.1:9").task("never-sent")
+    unreachable = Client("http://127.0.0.1:9", max_images_per_request=256, max_request_bytes=1 << 24)
+    task = unreachable.task("never-sent")
     with pytest.raises(TypeError, match="unsupported image type"):
         task.classify([42])
     with pytest.raises(TypeError, match="binary mode"):
@@ -158,6 +160,7 @@ def test_uploads_are_split(server_url: str, task_id: str, drawings: list[list[by
     examples = [(f"c{i}", drawings[i][0]) for i in range(7)]
     queries = [drawings[i][1] for i in range(7)]
     with Client(server_url, max_images_per_request=3) as client:
+        assert client.limits.max_images == 3  # and the byte limit is the server's, read now
         seen = _requests_seen(client)
         task = client.task(task_id)
         assert task.add_examples(examples).num_examples == 7
@@ -173,6 +176,7 @@ def test_uploads_are_split(server_url: str, task_id: str, drawings: list[list[by
     )
 
     with Client(server_url, max_request_bytes=1000) as client:
+        assert client.limits.max_bytes == 1000
         seen = _requests_seen(client)
         assert client.task(task_id).add("more", [png for _, png in examples]).num_examples == 14
         assert len(seen) > 2 and all(len(request.content) <= 1000 for request in seen)
@@ -211,7 +215,9 @@ def test_connection_errors() -> None:
 
 def test_server_errors_and_retries(stub: Any) -> None:
     unavailable = (503, json.dumps({"error": {"code": "unavailable", "message": "warming up"}}).encode())
-    with Client(stub.url, max_retries=2, backoff=0.01) as client:
+    with Client(
+        stub.url, max_retries=2, backoff=0.01, max_images_per_request=8, max_request_bytes=1 << 20
+    ) as client:
         stub.answers = [unavailable, unavailable]
         assert client.health() == {"status": "ok"}  # retried twice
         assert len(stub.seen) == 3
@@ -239,6 +245,27 @@ def test_server_errors_and_retries(stub: Any) -> None:
         with pytest.raises(APIError) as raised:
             client.task("t").forget("a")
         assert (type(raised.value), raised.value.message) == (APIError, "teapot")
+
+
+def test_uploads_are_split_by_the_limits_the_server_publishes(stub: Any) -> None:
+    published = {"limits": {"max_images_per_request": 2, "max_body_bytes": 1 << 20}}
+    added = {"task_id": "t", "version": 3, "num_examples": 5, "labels": ["a"]}
+    stub.answers = [(200, json.dumps(published).encode())] + [(200, json.dumps(added).encode())] * 4
+    with Client(stub.url) as client:
+        assert client.task("t").add("a", [b"png"] * 5).num_examples == 5
+        assert (client.limits.max_images, client.limits.max_bytes) == (2, 1 << 20)
+        client.task("t").add("a", b"png")
+    assert stub.seen == ["GET /info", *["POST /tasks/t/support"] * 4]  # /info is read once
+
+
+def test_a_server_without_published_limits_needs_them_given(stub: Any) -> None:
+    with Client(stub.url) as client, pytest.raises(MetaNetError, match="max_images_per_request"):
+        client.task("t").add("a", b"png")
+    with Client(stub.url, max_images_per_request=1) as client, pytest.raises(MetaNetError):
+        client.task("t").classify(b"png")
+    with Client(stub.url, max_images_per_request=1, max_request_bytes=1 << 20) as client:
+        assert (client.limits.max_images, client.limits.max_bytes) == (1, 1 << 20)
+    assert stub.seen == ["GET /info", "GET /info"]  # given limits need no request
 
 
 def test_any_label_and_task_id_round_trip(client: Client, drawings: list[list[bytes]]) -> None:

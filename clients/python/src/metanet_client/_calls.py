@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
+from ._errors import MetaNetError
 from ._images import Image, Images, encode_image, iter_images
 from ._models import ClassifyResult, SupportResult, TaskInfo
 
@@ -38,10 +39,10 @@ class Call(Generic[T]):
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request limits the client keeps to; the server's defaults (docs/API.md, "Limits")."""
+    """Per-request limits the client keeps to (the server's: docs/API.md, "Limits")."""
 
-    max_images: int = 256
-    max_bytes: int = 16 * 1024 * 1024
+    max_images: int
+    max_bytes: int
 
 
 def _segment(value: str) -> str:
@@ -111,6 +112,26 @@ def forget(task_id: str, label: str) -> Call[TaskInfo]:
 
 def delete(task_id: str) -> Call[None]:
     return Call([Request("DELETE", _task_path(task_id))], lambda _: None)
+
+
+def limits(max_images: int | None, max_bytes: int | None) -> Call[Limits]:
+    """The limits the server publishes at `GET /info`, each replaced by the client's own if given
+    (then no request is needed)."""
+
+    def result(answers: list[Any]) -> Limits:
+        info = answers[0] if answers else None
+        published = (info or {}).get("limits") or {}
+        images = max_images or published.get("max_images_per_request")
+        size = max_bytes or published.get("max_body_bytes")
+        if not images or not size:
+            raise MetaNetError(
+                "the server publishes no limits at GET /info: pass max_images_per_request and "
+                "max_request_bytes to the client"
+            )
+        return Limits(int(images), int(size))
+
+    requests = [] if max_images and max_bytes else [Request("GET", "/info")]
+    return Call(requests, result)
 
 
 def health() -> Call[dict[str, Any]]:

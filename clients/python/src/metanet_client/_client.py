@@ -47,8 +47,8 @@ class _BaseClient:
         timeout: float | httpx.Timeout = 120.0,
         max_retries: int = 2,
         backoff: float = 0.5,
-        max_images_per_request: int = 256,
-        max_request_bytes: int = 16 * 1024 * 1024,
+        max_images_per_request: int | None = None,
+        max_request_bytes: int | None = None,
     ) -> None:
         self.base_url = base_url or os.environ.get("METANET_URL") or DEFAULT_URL
         api_key = api_key if api_key is not None else os.environ.get("METANET_API_KEY")
@@ -57,7 +57,8 @@ class _BaseClient:
             headers["Authorization"] = f"Bearer {api_key}"
         self.max_retries = max_retries
         self.backoff = backoff
-        self.limits = Limits(max_images_per_request, max_request_bytes)
+        self._limits_given = (max_images_per_request, max_request_bytes)
+        self._limits: Limits | None = None
         self._http = self._http_class(base_url=self.base_url, headers=headers, timeout=timeout)
 
     def _request_args(self, request: Request) -> dict[str, Any]:
@@ -85,8 +86,8 @@ class Client(_BaseClient):
     classify, forget, delete, health) are retried `max_retries` times with exponential backoff on
     connection errors and 5xx answers; adding examples is retried only when the connection could
     not be opened. Uploads of more than `max_images_per_request` images or `max_request_bytes`
-    bytes are split into several requests: such an upload is not all-or-nothing, as the requests
-    before a failed one stay stored.
+    bytes (by default the server's limits, read once from `GET /info`) are split into several
+    requests: such an upload is not all-or-nothing, as the requests before a failed one stay stored.
     """
 
     _http_class = httpx.Client
@@ -99,6 +100,13 @@ class Client(_BaseClient):
     def health(self) -> dict[str, Any]:
         """The server's health answer; raises unless the server is ready."""
         return self._call(_calls.health())
+
+    @property
+    def limits(self) -> Limits:
+        """The per-request limits uploads are split by (the server's unless given to the client)."""
+        if self._limits is None:
+            self._limits = self._call(_calls.limits(*self._limits_given))
+        return self._limits
 
     def close(self) -> None:
         self._http.close()
@@ -139,6 +147,12 @@ class AsyncClient(_BaseClient):
     async def health(self) -> dict[str, Any]:
         """The server's health answer; raises unless the server is ready."""
         return await self._call(_calls.health())
+
+    async def limits(self) -> Limits:
+        """The per-request limits uploads are split by (the server's unless given to the client)."""
+        if self._limits is None:
+            self._limits = await self._call(_calls.limits(*self._limits_given))
+        return self._limits
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -214,11 +228,13 @@ class AsyncTask:
 
     async def add_examples(self, examples: Iterable[tuple[str, Image]]) -> SupportResult:
         """Add `(label, image)` pairs; the result is the task's state after the last request."""
-        return await self.client._call(_calls.add_examples(self.id, examples, self.client.limits))
+        limits = await self.client.limits()
+        return await self.client._call(_calls.add_examples(self.id, examples, limits))
 
     async def classify(self, images: Images, top_k: int = 1) -> ClassifyResult:
         """Predict a label for each image (in order), with the `top_k` best labels and their scores."""
-        return await self.client._call(_calls.classify(self.id, images, top_k, self.client.limits))
+        limits = await self.client.limits()
+        return await self.client._call(_calls.classify(self.id, images, top_k, limits))
 
     async def info(self) -> TaskInfo:
         """The task's version, number of examples, and examples per label."""

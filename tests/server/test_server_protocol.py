@@ -1,0 +1,56 @@
+"""The work protocol's types: they survive the trip between processes, and every kind of ServiceError
+has its HTTP status in the one table."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pytest
+
+from server import protocol
+from server.errors import HTTP_STATUS, error_responses
+
+
+def service_errors() -> list[type[protocol.ServiceError]]:
+    found, todo = [], [protocol.ServiceError]
+    while todo:
+        kind = todo.pop()
+        found += kind.__subclasses__()
+        todo += kind.__subclasses__()
+    return found
+
+
+def test_every_service_error_has_a_status_and_is_listed_in_the_openapi_answers() -> None:
+    kinds = service_errors()
+    assert len(kinds) >= 13
+    missing = [kind.__name__ for kind in kinds if kind not in HTTP_STATUS]
+    assert not missing, f"add these to server/errors.py HTTP_STATUS: {missing}"
+    described = error_responses(*kinds)
+    for kind in kinds:
+        assert f"`{kind.code}`" in described[HTTP_STATUS[kind]]["description"]
+
+
+@pytest.mark.parametrize("kind", service_errors(), ids=lambda kind: kind.__name__)
+def test_service_errors_survive_pickling(kind: type[protocol.ServiceError]) -> None:
+    error = pickle.loads(pickle.dumps(kind("task 'x': something")))
+    assert type(error) is kind and error.message == "task 'x': something" and error.code == kind.code
+
+
+def test_work_and_results_are_frozen_and_survive_pickling() -> None:
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    score = protocol.LabelScore("a", 0.75)
+    for value in [
+        protocol.SupportWork("tenant", "task", images, ("a", "b")),
+        protocol.ClassifyWork("tenant", "task", images, top_k=3),
+        protocol.SupportResult(2, 4, ("a", "b")),
+        protocol.ClassifyResult(2, (protocol.Prediction("a", 0.75, (score,)),)),
+    ]:
+        copy = pickle.loads(pickle.dumps(value))
+        assert dataclasses.astuple(copy)[:2] == dataclasses.astuple(value)[:2]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            copy.version = 0  # type: ignore[misc]
+    np.testing.assert_array_equal(
+        pickle.loads(pickle.dumps(protocol.ClassifyWork("t", "x", images))).images, images
+    )
