@@ -101,7 +101,7 @@ def bench(n: int, url: str, chars: list[list[str]], clients: int, seconds: float
             example = {"label": f"c{c}", "image": chars[t + c][2 + rng.randrange(10)]}
             return http.post(f"{u}/tasks/t{t}/support", json={"examples": [example]})
 
-        result = {"replicas": n, "startup_s": startup}
+        result = {"replicas": n, "startup_s": startup, "load_average_before": os.getloadavg()[0]}
         result["classify"] = drive(urls, clients, seconds, classify)
         result["support"] = drive(urls, clients, seconds, support)
         return result

@@ -52,7 +52,7 @@ INFERENCE_SECONDS = Histogram(
 
 
 class StoreCollector(Collector):
-    """Tenants, tasks and examples stored, counted when scraped."""
+    """Tenants, tasks, examples and images stored, counted when scraped."""
 
     def __init__(self, store: TaskStore) -> None:
         self.store = store
@@ -66,6 +66,9 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily("metanet_store_tasks", "Tasks in the task store", value=counts.tasks)
         yield GaugeMetricFamily(
             "metanet_store_examples", "Support examples in the task store", value=counts.examples
+        )
+        yield GaugeMetricFamily(
+            "metanet_store_images", "Distinct images in the task store (once per tenant)", value=counts.images
         )
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import psycopg
 import pytest
 
 from server.protocol import ExampleLimit, LabelNotFound, StoreOutcomeUnknown, StoreUnavailable
@@ -272,3 +273,18 @@ def test_postgres_url_options() -> None:
     assert "secret" not in redacted("postgresql://u:secret@db/tasks")
     with pytest.raises(StoreUnavailable):  # nothing listens there: gives up after startup_timeout
         open_store("postgresql://postgres@127.0.0.1:9/x?startup_timeout=0.5")
+
+
+def test_postgres_resolves_a_commit_whose_answer_was_lost(postgres: PostgresServer) -> None:
+    """What the store does when the connection drops during COMMIT: ask PostgreSQL about the
+    transaction id, and report committed or not (here for a transaction that did, and one that did not)."""
+    store = open_store(postgres.create_database())
+    outcomes = []
+    with psycopg.connect(postgres.url(), autocommit=True) as conn:
+        for end in ("COMMIT", "ROLLBACK"):
+            conn.execute("BEGIN")
+            (xid,) = conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+            conn.execute(end)
+            outcomes.append(store._committed(xid, psycopg.OperationalError("lost")))
+    assert outcomes == [True, False]
+    store.close()
