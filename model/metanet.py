@@ -32,6 +32,7 @@ from torch.func import vmap
 
 from model import cnn
 from model.cnn import Weights
+from model.compact import FastWeightRows
 from model.config import MetaNetConfig
 from model.fast_weights import CoordinateLSTM, CoordinateMLP, flatten, unflatten
 from model.meta_info import (
@@ -48,7 +49,8 @@ LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [..., P, hidden]
 class Memory:
     """A task's support-side state. n support examples, P flattened base-learner coordinates."""
 
-    fast_weights: torch.Tensor  # M: [..., n, P] example-level fast weights of b's conv and fc layers
+    # M: [..., n, P] example-level fast weights of b's conv and fc layers (compact rows in serving)
+    fast_weights: torch.Tensor | FastWeightRows
     fast_out: torch.Tensor  # [..., n, C] fast weights of each example's own output row
     labels: torch.Tensor  # [..., n] label index (0..K-1) of each example, int64
     label_codes: torch.Tensor  # [..., K] codebook row of each label, int64
@@ -247,7 +249,13 @@ class MetaNet(nn.Module):
         )
 
     def read_memory(self, memory: Memory, attention: torch.Tensor | SparseAttention) -> torch.Tensor:
-        """W* = a^T M: per-query fast weights [..., q, P] (conv and fc layers, flattened)."""
+        """W* = a^T M: per-query fast weights [..., q, P] (conv and fc layers, flattened).
+
+        M is a tensor [..., n, P] or compact rows (``model.compact.FastWeightRows``, one task)."""
+        if not isinstance(memory.fast_weights, torch.Tensor):
+            if isinstance(attention, SparseAttention):
+                return memory.fast_weights.read(attention.weights, attention.ids)
+            return memory.fast_weights.read(attention)
         if isinstance(attention, SparseAttention):
             return torch.einsum("qk,qkp->qp", attention.weights, memory.fast_weights[attention.ids])
         return attention @ memory.fast_weights
