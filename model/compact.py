@@ -87,6 +87,22 @@ class FastWeightRows:
         """Rows [n, P] float32 stored as ``storage``."""
         return cls.empty(layout, storage, len(rows), rows.device).appended(rows)
 
+    @classmethod
+    def stored_as(
+        cls, layout: RowLayout, storage: Storage, data: torch.Tensor, scales: torch.Tensor | None
+    ) -> FastWeightRows:
+        """Rows from their stored form (as ``stored`` returns it), e.g. read back from a file."""
+        if data.dtype != _DTYPES[storage] or (scales is None) != (storage != "int8"):
+            raise ValueError(f"stored rows do not match the {storage!r} storage")
+        buffer = _Buffer(data, scales)
+        buffer.filled = len(data)
+        return cls(layout, storage, buffer, len(data))
+
+    def stored(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(data [n, P] in the storage dtype, scales [n, R] or None): these rows as stored, no copy."""
+        scales = self._buffer.scales
+        return self._buffer.data[: self.length], None if scales is None else scales[: self.length]
+
     def __len__(self) -> int:
         return self.length
 

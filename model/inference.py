@@ -91,6 +91,11 @@ class MetaNetPredictor:
         model, _ = load_checkpoint(checkpoint, device)
         return cls(model, device, storage, chunk_size)
 
+    @property
+    def task_examples(self) -> int:
+        """T: the examples d reads for the task-level weights; later examples leave them unchanged."""
+        return self.model.config.max_task_examples
+
     def warm_up(self) -> None:
         """Run the support and query paths once (the first vectorized gradient pass pays a one-time
         set-up of about a second), so the first real request does not."""

@@ -17,18 +17,20 @@ logger = logging.getLogger("metanet.server")
 class ApiError(Exception):
     """An error with an HTTP status and a stable machine-readable code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after  # seconds, sent as a Retry-After header
 
     def to_dict(self) -> dict:
-        return {"status": self.status, "code": self.code, "message": self.message}
+        data = {"status": self.status, "code": self.code, "message": self.message}
+        return data | ({"retry_after": self.retry_after} if self.retry_after is not None else {})
 
     @classmethod
     def from_dict(cls, data: dict) -> ApiError:
-        return cls(data["status"], data["code"], data["message"])
+        return cls(data["status"], data["code"], data["message"], data.get("retry_after"))
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
@@ -43,8 +45,10 @@ def _code_for(status: int) -> str:
 
 
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return error_response(exc.status, exc.code, exc.message, headers)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    return error_response(exc.status, exc.code, exc.message, headers or None)
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

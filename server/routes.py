@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from server.config import ServerSettings
+from server.derived import DerivedMemoryFiles
 from server.errors import ApiError, error_response
 from server.images import ImageDecoder
 from server.metrics import exposition
@@ -43,6 +44,7 @@ def task_router(settings: ServerSettings, bridge: WorkerBridge, store: TaskStore
         prefix="/tasks", tags=["tasks"], responses=ERROR_RESPONSES, max_body_size=settings.max_body_bytes
     )
     decoder = ImageDecoder(settings.max_image_side, settings.normalize_polarity)
+    derived = DerivedMemoryFiles(settings.derived_dir)  # saved task memories: removed with the data
     TaskId = Annotated[str, Path(pattern=settings.task_id_pattern, description="[A-Za-z0-9._-]{1,128}")]
 
     def check_count(n: int) -> None:
@@ -79,11 +81,13 @@ def task_router(settings: ServerSettings, bridge: WorkerBridge, store: TaskStore
 
     @router.post("/{task_id}/classify", summary="Classify images against a task's concepts")
     async def classify(task_id: TaskId, body: ClassifyRequest, tenant: Tenant) -> ClassifyResponse:
-        """One prediction per image, in request order, with the task version used."""
+        """One prediction per image, in request order, with the task version used. While the task's
+        memory is being built the call waits for it, up to ``METANET_BUILD_WAIT`` seconds, then answers
+        503 ``task_building`` with a Retry-After header."""
         check_count(len(body.images))
         images = await run_in_threadpool(decode_all, body.images, "images[{}]".format)
         work = {"op": "classify", "tenant": tenant, "task_id": task_id, "images": images, "top_k": body.top_k}
-        return ClassifyResponse(task_id=task_id, **await bridge.submit(work))
+        return ClassifyResponse(task_id=task_id, **await bridge.submit(work, settings.build_wait))
 
     @router.get("/{task_id}", summary="A task's version and examples per label")
     async def get_task(task_id: TaskId, tenant: Tenant) -> TaskInfo:
@@ -96,6 +100,7 @@ def task_router(settings: ServerSettings, bridge: WorkerBridge, store: TaskStore
     async def delete_task(task_id: TaskId, tenant: Tenant) -> DeletedTask:
         if not await run_in_threadpool(store.delete_task, tenant, task_id):
             raise ApiError(404, "task_not_found", f"task {task_id!r} not found")
+        derived.discard(tenant, task_id)
         return DeletedTask(task_id=task_id)
 
     @router.delete("/{task_id}/labels/{label:path}", summary="Forget a concept")
@@ -107,6 +112,7 @@ def task_router(settings: ServerSettings, bridge: WorkerBridge, store: TaskStore
             raise ApiError(404, "label_not_found", f"task {task_id!r} has no label {label!r}") from None
         if state is None:
             raise ApiError(404, "task_not_found", f"task {task_id!r} not found")
+        derived.discard(tenant, task_id)
         return _info(state)
 
     return router

@@ -4,7 +4,8 @@ LitServe forwards only a request body to its workers, so the HTTP routes (``serv
 tenant, task id, labels and images first and submit a self-contained work item through the bridge, a
 LitSpec: ``{"op": "support" | "classify", "tenant", "task_id", "images": uint8 [n, 28, 28], ...}``.
 A worker answers each item with a result dict or ``{"error": {...}}``; one bad item never fails the
-others in its batch.
+others in its batch. A classify of a task whose memory is still building answers ``task_building``
+at once (the worker never waits for a build); ``WorkerBridge.submit`` asks again until it is ready.
 """
 
 from __future__ import annotations
@@ -24,12 +25,22 @@ from litserve.utils import LitAPIStatus, ResponseBufferItem
 from model.inference import MetaNetPredictor
 from server import metrics
 from server.config import ServerSettings
+from server.derived import DerivedMemoryFiles, fingerprint
 from server.errors import ApiError
 from server.loop import DrainingBatchedLoop
-from server.memory import CachedTask, EmptyTaskError, MemoryCache, TaskMemories
+from server.memory import (
+    Building,
+    CachedTask,
+    EmptyTaskError,
+    MemoryCache,
+    TaskMemories,
+    TaskTooLargeError,
+    retry_after_seconds,
+)
 from server.store import ExampleLimitError, SQLiteTaskStore
 
 logger = logging.getLogger("metanet.worker")
+BUILDING = "task_building"  # error code of a classify whose task memory is still being built
 
 
 class WorkerBridge(LitSpec):
@@ -45,7 +56,20 @@ class WorkerBridge(LitSpec):
     def encode_response(self, output: dict, context_kwargs: dict | None = None) -> dict:
         return output
 
-    async def submit(self, item: dict[str, Any]) -> dict[str, Any]:
+    async def submit(self, item: dict[str, Any], wait_for_build: float = 0.0) -> dict[str, Any]:
+        """The worker's answer to ``item``. While the item's task memory is building, ask again (every
+        20 ms at first, then every 250 ms) for up to ``wait_for_build`` seconds, then answer 503."""
+        deadline, pause = time.monotonic() + wait_for_build, 0.02
+        while True:
+            try:
+                return await self._submit_once(item)
+            except ApiError as exc:
+                if exc.code != BUILDING or time.monotonic() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.25)
+
+    async def _submit_once(self, item: dict[str, Any]) -> dict[str, Any]:
         uid = str(uuid.uuid4())
         event = asyncio.Event()
         self.response_buffer[uid] = ResponseBufferItem(event=event)
@@ -82,12 +106,18 @@ class MetaNetAPI(ls.LitAPI):
         torch.set_num_threads(s.torch_threads)
         faiss.omp_set_num_threads(s.torch_threads)
         self.store = SQLiteTaskStore(s.store_path)
+        predictor = MetaNetPredictor.load(s.checkpoint, device, s.memory_storage, s.build_chunk)
+        predictor.warm_up()
         self.memories = TaskMemories(
-            MetaNetPredictor.load(s.checkpoint, device),
+            predictor,
             self.store,
             MemoryCache(s.cache_bytes),
             s.topk_min_examples,
             s.topk_neighbors,
+            s.build_inline_examples,
+            DerivedMemoryFiles(s.derived_dir) if s.derived_memory else None,
+            fingerprint(s.checkpoint),
+            s.derived_min_examples,
         )
         logger.info("worker ready: %s on %s, %d thread(s)", s.checkpoint, device, s.torch_threads)
 
@@ -178,8 +208,16 @@ class MetaNetAPI(ls.LitAPI):
             found = self.memories.current(tenant, task_id)
         except EmptyTaskError:
             return ApiError(409, "empty_task", f"task {task_id!r} has no examples: add some first")
+        except TaskTooLargeError as exc:
+            return ApiError(507, "task_too_large", str(exc))
         if found is None:
             return ApiError(404, "task_not_found", f"task {task_id!r} not found")
+        if isinstance(found, Building):
+            message = (
+                f"task {task_id!r}: its memory of {found.examples} examples is being built "
+                f"({found.elapsed:.1f} s so far)"
+            )
+            return ApiError(503, BUILDING, message, retry_after_seconds(found))
         task, refresh = found
         metrics.CACHE_REFRESHES.labels(refresh).inc()
         return task
