@@ -276,9 +276,12 @@ class TaskMemories:
                     metrics.BUILDS_IN_PROGRESS.set(len(self._jobs))
                 job.done.set()
             metrics.BUILD_SECONDS.labels(refresh).observe(seconds)
+            if entry is not None:
+                metrics.CACHE_REFRESHES.labels(refresh).inc()
             if job.examples >= 64 and refresh != "load":  # large enough to measure the rate
                 self.seconds_per_example = seconds / job.examples
-            logger.info("%s task=%r examples=%d in %.2f s", refresh, key[1], job.examples, seconds)
+            level = logging.INFO if job.examples >= 64 else logging.DEBUG  # big builds are news
+            logger.log(level, "%s task=%r examples=%d in %.2f s", refresh, key[1], job.examples, seconds)
             if entry is not None:
                 self._save(key, entry, refresh)
             release_free_memory()

@@ -33,7 +33,8 @@ HTTP_SECONDS = Histogram(
 )
 CACHE_REFRESHES = Counter(
     "metanet_memory_cache_lookups_total",
-    "Task-memory lookups by outcome: hit, extend (new examples only) or build (from every example)",
+    "Task-memory lookups and refreshes: hit, extend (new examples only), build (from every example) or "
+    "load (from its saved file); extends and builds count inline ones and build jobs alike",
     ["result"],
 )
 # Per worker (a "pid" label): each worker has its own cache and budget.
