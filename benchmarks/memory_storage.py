@@ -7,7 +7,8 @@ Each task takes 20 characters of images_evaluation (random ones, or 20 of one al
 within-alphabet protocol), teaches one drawing of each and classifies another drawing of each. The
 task's memory is built once in float32 and stored in every format (same keys, same Q*); the
 accuracy of each format is paired with float32's on the same queries, so the reported loss has a
-tight interval. Prints a table and writes benchmarks/results/memory_storage.json.
+tight interval. Prints a table and writes benchmarks/results/memory_storage.json (each protocol's
+rows as it finishes; a run of one protocol keeps the other's rows already in the file).
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         "host": platform.node(),
         "torch": torch.__version__,
     }
-    started = time.perf_counter()
     for protocol in args.protocols:
+        started = time.perf_counter()
         hits = {storage: [] for storage in STORAGES}
         task = None
         for chosen, taught, asked in tqdm(
@@ -119,11 +120,18 @@ def main(argv: list[str] | None = None) -> None:
                 f"  loss {rows[storage]['loss_points']:+.3f} ± {rows[storage]['loss_ci95']:.3f} points"
                 f"  {per_example / 1024:.1f} KiB/example  {GIB / per_example:,.0f} examples/GiB"
             )
-        results[protocol] = rows
-    results["seconds"] = time.perf_counter() - started
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+        results[protocol] = rows | {"seconds": time.perf_counter() - started}
+        save(args.out, results, protocol)
+
+
+def save(out: Path, results: dict, protocol: str) -> None:
+    """Write ``results`` with this protocol's rows, keeping other protocols already in ``out`` (runs of
+    one protocol each add up to one file)."""
+    merged = json.loads(out.read_text()) if out.exists() else {}
+    merged = {k: v for k, v in merged.items() if k in ("random", "within-alphabet")} | results
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(merged, indent=2) + "\n")
+    print(f"wrote {protocol} to {out}")
 
 
 if __name__ == "__main__":
