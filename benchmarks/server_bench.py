@@ -41,6 +41,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests/server")]  # the server's code, and
 
 from serverkit import CHECKPOINT, omniglot, running_server  # noqa: E402
 
+from model.compact import FastWeightRows  # noqa: E402
 from model.inference import MetaNetPredictor, TaskMemory  # noqa: E402
 from server.config import ServerSettings  # noqa: E402
 from server.images import ImageDecoder  # noqa: E402
@@ -168,9 +169,13 @@ def tiled(task: TaskMemory, n: int) -> TaskMemory:
     def rows(t: torch.Tensor) -> torch.Tensor:
         return t.repeat(reps, *[1] * (t.dim() - 1))[:n].contiguous()
 
+    data, scales = m.fast_weights.stored()
+    fast = m.fast_weights
     inner = dataclasses.replace(
         m,
-        fast_weights=rows(m.fast_weights),
+        fast_weights=FastWeightRows.stored_as(
+            fast.layout, fast.storage, rows(data), rows(scales) if scales is not None else None
+        ),
         fast_out=rows(m.fast_out),
         labels=rows(m.labels),
         keys=rows(m.keys),
