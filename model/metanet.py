@@ -218,9 +218,12 @@ class MetaNet(nn.Module):
 
     @staticmethod
     def shots_per_row(memory: Memory) -> torch.Tensor:
-        """[..., n] number of examples that share each memory row's label."""
-        label_of = MetaNet.label_matrix(memory, memory.keys.dtype)
-        return (label_of @ label_of.sum(-2).unsqueeze(-1)).squeeze(-1)
+        """[..., n] number of examples that share each memory row's label (O(n + K): a task of
+        thousands of labels must not build its [n, K] label matrix on every query)."""
+        labels = memory.labels
+        counts = labels.new_zeros(*labels.shape[:-1], memory.label_codes.shape[-1], dtype=memory.keys.dtype)
+        counts.scatter_add_(-1, labels, torch.ones_like(labels, dtype=counts.dtype))  # [..., K]
+        return counts.gather(-1, labels)
 
     def label_attention(self, memory: Memory, attention: torch.Tensor) -> torch.Tensor:
         """[..., q, K] total attention on each label's rows: the memory's own vote (no base learner)."""
