@@ -153,18 +153,31 @@ class FastWeightRows:
         weights: [q, n] over every row (ids None), or [q, k] over rows ``ids`` [q, k] (top-k).
         """
         buffer = self._buffer
-        data = buffer.data[: self.length] if ids is None else buffer.data[ids]  # [n, P] or [q, k, P]
+        data = buffer.data[: self.length] if ids is None else _rows(buffer.data, ids)  # [n, P] or [q, k, P]
         if self.storage != "int8":
             if ids is None:
                 return weights @ data.float()
             return torch.einsum("qk,qkp->qp", weights, data.float())
-        scales = buffer.scales[: self.length] if ids is None else buffer.scales[ids]  # [n, R] or [q, k, R]
+        scales = buffer.scales[: self.length] if ids is None else _rows(buffer.scales, ids)  # [n|q,k, R]
         coef = weights.unsqueeze(-1) * scales  # [q, n|k, R]: attention times each row's scale
         out, offset, row = [], 0, 0
         for count, length in self.layout.layers:
-            block = data[..., offset : offset + count * length].unflatten(-1, (count, length)).float()
-            equation = "qnr,nrl->qrl" if ids is None else "qnr,qnrl->qrl"
-            out.append(torch.einsum(equation, coef[..., row : row + count], block).flatten(1))
+            block = data[..., offset : offset + count * length].unflatten(-1, (count, length))
+            c = coef[..., row : row + count]
+            if ids is None:  # [r, q, n] @ [r, n, l] -> [r, q, l]
+                layer = torch.bmm(c.permute(2, 0, 1), block.transpose(0, 1).contiguous().float()).transpose(
+                    0, 1
+                )
+            else:  # [q, r, 1, k] @ [q, r, k, l] -> [q, r, l]
+                layer = (
+                    c.transpose(1, 2).unsqueeze(-2) @ block.transpose(1, 2).contiguous().float()
+                ).squeeze(-2)
+            out.append(layer.reshape(len(weights), -1))
             offset += count * length
             row += count
         return torch.cat(out, dim=-1)
+
+
+def _rows(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """table[ids] for row ids [q, k] -> [q, k, width], a whole-row copy per id (faster than indexing)."""
+    return table.index_select(0, ids.reshape(-1)).view(*ids.shape, table.shape[-1])
