@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from model.compact import FastWeightRows
 from model.inference import MetaNetPredictor, TaskMemory
 from server.config import ServerSettings
 from server.images import ImageDecoder
@@ -163,9 +164,13 @@ def tiled(task: TaskMemory, n: int) -> TaskMemory:
     def rows(t: torch.Tensor) -> torch.Tensor:
         return t.repeat(reps, *[1] * (t.dim() - 1))[:n].contiguous()
 
+    data, scales = m.fast_weights.stored()
+    fast = m.fast_weights
     inner = dataclasses.replace(
         m,
-        fast_weights=rows(m.fast_weights),
+        fast_weights=FastWeightRows.stored_as(
+            fast.layout, fast.storage, rows(data), rows(scales) if scales is not None else None
+        ),
         fast_out=rows(m.fast_out),
         labels=rows(m.labels),
         keys=rows(m.keys),

@@ -6,6 +6,10 @@ label k (in order of first appearance) uses codebook row k. An example's fast we
 on that example alone, so adding examples never recomputes the others' fast weights. The
 task-level fast weights Q* read the first T examples (config.max_task_examples); while a task
 has fewer, adding an example refreshes Q* and with it every memory key (one cheap u pass).
+
+The support path runs in chunks of ``chunk_size`` examples (bounded peak memory, no per-example
+Python loop), with m evaluated as its exact piecewise-linear table (model/meta_table.py), and
+keeps the example-level fast weights M in ``storage`` (model/compact.py: int8 by default).
 """
 
 from __future__ import annotations
@@ -17,8 +21,14 @@ import numpy as np
 import torch
 
 from model.checkpoint import load_checkpoint
+from model.compact import FastWeightRows, RowLayout, Storage
+from model.meta_info import example_gradients
+from model.meta_table import PiecewiseLinearM
 from model.metanet import Memory, MetaNet, SparseAttention
 from model.preprocess import to_tensor
+
+DEFAULT_STORAGE: Storage = "int8"  # docs/SERVER.md, "Compact memories": accuracy vs bytes per example
+DEFAULT_CHUNK = 32  # support examples per vectorized pass (benchmarks/big_task.py measures the rate)
 
 
 @dataclass
@@ -39,26 +49,87 @@ class TaskMemory:
         return self.memory.keys
 
     def nbytes(self) -> int:
-        """Bytes held by this memory's tensors."""
+        """Bytes held by this memory: its tensors and the fast-weight buffer (spare capacity included)."""
         tensors = [self.images, *(v for v in vars(self.memory).values() if isinstance(v, torch.Tensor))]
         for task_weights in (self.memory.rep_task_weights, self.memory.base_task_weights):
             tensors += list((task_weights or {}).values())
         for state in (self.memory.rep_state, self.memory.base_state):
             tensors += list(state or ())
-        return sum(t.numel() * t.element_size() for t in tensors)
+        rows = self.memory.fast_weights
+        compact = rows.nbytes if isinstance(rows, FastWeightRows) else 0
+        return compact + sum(t.numel() * t.element_size() for t in tensors)
 
 
 class MetaNetPredictor:
     """A trained MetaNet on a device, answering the server's questions."""
 
-    def __init__(self, model: MetaNet, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: MetaNet,
+        device: str | torch.device = "cpu",
+        storage: Storage = DEFAULT_STORAGE,
+        chunk_size: int = DEFAULT_CHUNK,
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.storage, self.chunk_size = storage, chunk_size
+        config = model.config
+        self.m_conv, self.m_fc = (
+            PiecewiseLinearM(m, config.grad_clip_k, config.relative_fast_weights).to(self.device)
+            for m in (model.m_conv, model.m_fc)
+        )
+        self.layout = RowLayout.of(dict(model.base))
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str | torch.device = "cpu") -> MetaNetPredictor:
+    def load(
+        cls,
+        checkpoint: str | Path,
+        device: str | torch.device = "cpu",
+        storage: Storage = DEFAULT_STORAGE,
+        chunk_size: int = DEFAULT_CHUNK,
+    ) -> MetaNetPredictor:
         model, _ = load_checkpoint(checkpoint, device)
-        return cls(model, device)
+        return cls(model, device, storage, chunk_size)
+
+    @property
+    def task_examples(self) -> int:
+        """T: the examples d reads for the task-level weights; later examples leave them unchanged."""
+        return self.model.config.max_task_examples
+
+    def warm_up(self) -> None:
+        """Run the support and query paths once (the first vectorized gradient pass pays a one-time
+        set-up of about a second), so the first real request does not."""
+        images = np.zeros((2, 28, 28), dtype=np.uint8)
+        images[:, 10:18, 10:18] = 255
+        self.classify(self.build_memory(images, ["a", "b"]), images)
+
+    def example_fast_weights(self, x: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """m(grad_W loss_task(b(W, x_i), y_i)) per example, m by table. x: [c, 1, H, W]; slots: [c].
+
+        Returns the conv+fc fast weights [c, P] and the own-output-row fast weights [c, C]."""
+        model = self.model
+        grads = example_gradients(dict(model.base), model.base_codes[slots], x)
+        out = self.m_fc(grads.pop("out"))
+        rows = [(self.m_conv if name.startswith("conv") else self.m_fc)(g) for name, g in grads.items()]
+        return torch.cat([r.flatten(1) for r in rows], dim=1), out
+
+    def _support_rows(
+        self, x: torch.Tensor, slots: torch.Tensor, rows: FastWeightRows | None
+    ) -> tuple[FastWeightRows, torch.Tensor]:
+        """Append the fast weights of support examples x [n, 1, H, W] to ``rows`` (None: new rows),
+        ``chunk_size`` examples per pass. Returns (rows, own-output-row fast weights [n, C])."""
+        if rows is None:
+            rows = FastWeightRows.empty(self.layout, self.storage, len(x), self.device)
+        outs = []
+        for chunk, chunk_slots in zip(x.split(self.chunk_size), slots.split(self.chunk_size), strict=True):
+            fast, out = self.example_fast_weights(chunk, chunk_slots)
+            rows = rows.appended(fast)
+            outs.append(out)
+        return rows, torch.cat(outs)
+
+    def _keys(self, x: torch.Tensor, rep_task: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """Memory keys [n, C] of support images x [n, 1, H, W], in chunks."""
+        return torch.cat([self.model.embed(chunk, rep_task) for chunk in x.split(self.chunk_size)])
 
     def _inputs(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         return to_tensor(images).to(self.device)
@@ -88,10 +159,25 @@ class MetaNetPredictor:
     @torch.no_grad()
     def build_memory(self, images: np.ndarray | torch.Tensor, labels: list[str]) -> TaskMemory:
         """Memory of a task from its support images [n, 28, 28] and their labels (n >= 1)."""
+        model = self.model
         all_labels, ids, codes = self._labels(images, labels, [])
-        memory = self.model.build_memory(self._inputs(images), ids, codes)
-        if len(labels) >= self.model.config.max_task_examples:
-            memory.rep_state = memory.base_state = None
+        x, slots, t = self._inputs(images), codes[ids], model.config.max_task_examples
+        rep_task, rep_state = model.rep_task_weights(x[:t], slots[:t])
+        base_task, base_state = model.base_task_weights(x[:t], slots[:t])
+        rows, fast_out = self._support_rows(x, slots, None)
+        if len(labels) >= t:  # Q* is final: d's state is no longer needed
+            rep_state = base_state = None
+        memory = Memory(
+            fast_weights=rows,
+            fast_out=fast_out,
+            labels=ids,
+            label_codes=codes,
+            keys=self._keys(x, rep_task),
+            rep_task_weights=rep_task,
+            base_task_weights=base_task,
+            rep_state=rep_state,
+            base_state=base_state,
+        )
         return TaskMemory(all_labels, self._stored(images), memory)
 
     @torch.no_grad()
@@ -106,7 +192,7 @@ class MetaNetPredictor:
         model, old = self.model, task.memory
         all_labels, new_ids, codes = self._labels(images, labels, task.labels)
         new_x = self._inputs(images)
-        fast, fast_out = model.example_fast_weights(new_x, codes[new_ids])
+        rows, fast_out = self._support_rows(new_x, codes[new_ids], old.fast_weights)
         stored = torch.cat([task.images, self._stored(images)])
         label_ids = torch.cat([old.labels, new_ids])
         t, n_old = model.config.max_task_examples, task.num_examples
@@ -120,13 +206,13 @@ class MetaNetPredictor:
             else:  # pairs are drawn among all of the first T examples
                 rep_task, rep_state = model.rep_task_weights(all_x[:t], codes[label_ids[:t]])
             base_task, base_state = model.base_task_weights(new_x[first], codes[new_ids][first], base_state)
-            keys = model.embed(all_x, rep_task)
+            keys = self._keys(all_x, rep_task)
         else:
-            keys = torch.cat([old.keys, model.embed(new_x, rep_task)])
+            keys = torch.cat([old.keys, self._keys(new_x, rep_task)])
         if len(stored) >= t:  # Q* is final: d's state is no longer needed
             rep_state = base_state = None
         memory = Memory(
-            fast_weights=torch.cat([old.fast_weights, fast]),
+            fast_weights=rows,
             fast_out=torch.cat([old.fast_out, fast_out]),
             labels=label_ids,
             label_codes=codes,

@@ -32,6 +32,7 @@ from torch.func import vmap
 
 from model import cnn
 from model.cnn import Weights
+from model.compact import FastWeightRows
 from model.config import MetaNetConfig
 from model.fast_weights import CoordinateLSTM, CoordinateMLP, flatten, unflatten
 from model.meta_info import (
@@ -48,7 +49,8 @@ LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [..., P, hidden]
 class Memory:
     """A task's support-side state. n support examples, P flattened base-learner coordinates."""
 
-    fast_weights: torch.Tensor  # M: [..., n, P] example-level fast weights of b's conv and fc layers
+    # M: [..., n, P] example-level fast weights of b's conv and fc layers (compact rows in serving)
+    fast_weights: torch.Tensor | FastWeightRows
     fast_out: torch.Tensor  # [..., n, C] fast weights of each example's own output row
     labels: torch.Tensor  # [..., n] label index (0..K-1) of each example, int64
     label_codes: torch.Tensor  # [..., K] codebook row of each label, int64
@@ -216,9 +218,12 @@ class MetaNet(nn.Module):
 
     @staticmethod
     def shots_per_row(memory: Memory) -> torch.Tensor:
-        """[..., n] number of examples that share each memory row's label."""
-        label_of = MetaNet.label_matrix(memory, memory.keys.dtype)
-        return (label_of @ label_of.sum(-2).unsqueeze(-1)).squeeze(-1)
+        """[..., n] number of examples that share each memory row's label (O(n + K): a task of
+        thousands of labels must not build its [n, K] label matrix on every query)."""
+        labels = memory.labels
+        counts = labels.new_zeros(*labels.shape[:-1], memory.label_codes.shape[-1], dtype=memory.keys.dtype)
+        counts.scatter_add_(-1, labels, torch.ones_like(labels, dtype=counts.dtype))  # [..., K]
+        return counts.gather(-1, labels)
 
     def label_attention(self, memory: Memory, attention: torch.Tensor) -> torch.Tensor:
         """[..., q, K] total attention on each label's rows: the memory's own vote (no base learner)."""
@@ -247,7 +252,13 @@ class MetaNet(nn.Module):
         )
 
     def read_memory(self, memory: Memory, attention: torch.Tensor | SparseAttention) -> torch.Tensor:
-        """W* = a^T M: per-query fast weights [..., q, P] (conv and fc layers, flattened)."""
+        """W* = a^T M: per-query fast weights [..., q, P] (conv and fc layers, flattened).
+
+        M is a tensor [..., n, P] or compact rows (``model.compact.FastWeightRows``, one task)."""
+        if not isinstance(memory.fast_weights, torch.Tensor):
+            if isinstance(attention, SparseAttention):
+                return memory.fast_weights.read(attention.weights, attention.ids)
+            return memory.fast_weights.read(attention)
         if isinstance(attention, SparseAttention):
             return torch.einsum("qk,qkp->qp", attention.weights, memory.fast_weights[attention.ids])
         return attention @ memory.fast_weights

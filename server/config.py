@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.compact import Storage
+
 DEFAULT_CHECKPOINT = Path("checkpoints/omniglot-standard.safetensors")
 
 # The API's fixed formats; the limits are ServerSettings fields below. Schemas, routes, auth and docs
@@ -53,6 +55,17 @@ class ServerSettings(BaseSettings):
     batch_timeout: float = Field(0.0, ge=0, description="extra seconds a worker waits to fill a batch")
     request_timeout: float = Field(120.0, gt=0, description="seconds a request may wait in the queue")
     cache_bytes: int = Field(2 * 1024**3, ge=0, description="per-worker budget of the task-memory LRU cache")
+    # Task memory (docs/SERVER.md, "Task memory at scale").
+    memory_storage: Storage = Field("int8", description="fast weights as int8, float16, bfloat16 or float32")
+    build_chunk: int = Field(32, ge=1, description="support examples per vectorized pass of a build")
+    build_inline_examples: int = Field(
+        8, ge=0, description="extends of at most this many examples run inline, larger ones as build jobs"
+    )
+    derived_memory: bool = Field(True, description="save big tasks' derived memory under <data dir>/derived")
+    derived_min_examples: int = Field(64, ge=1, description="tasks this large have their memory saved")
+    build_wait: float = Field(
+        60.0, ge=0, description="seconds a classify waits for its task's build before a 503 with Retry-After"
+    )
     # From benchmarks/server_bench.py: dense attention loses accuracy as a task grows past the 20-way
     # tasks the model was trained on, while top-16 keeps it (and is faster from a few hundred examples).
     topk_min_examples: int = Field(
@@ -77,6 +90,10 @@ class ServerSettings(BaseSettings):
     def store_url(self) -> str:
         """``store``, or the embedded SQLite store in ``data_dir``."""
         return self.store or f"sqlite:///{self.data_dir / 'tasks.sqlite3'}"
+
+    @property
+    def derived_dir(self) -> Path:
+        return self.data_dir / "derived"
 
     @property
     def metrics_dir(self) -> Path:

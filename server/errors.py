@@ -5,6 +5,7 @@ body ``{"error": {"code", "message"}}`` of every failure, and the OpenAPI descri
 from __future__ import annotations
 
 import logging
+import math
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -26,7 +27,9 @@ from server.protocol import (
     StoreOutcomeUnknown,
     StoreUnavailable,
     StoreUnreachable,
+    TaskBuilding,
     TaskNotFound,
+    TaskTooLarge,
     TooManyImages,
     Unauthorized,
     WorkerFailed,
@@ -48,9 +51,11 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     WorkerFailed: 500,
     NotReady: 503,
     StoreUnreachable: 503,
+    TaskBuilding: 503,
     StoreUnavailable: 503,
     StoreOutcomeUnknown: 503,
     WorkerTimeout: 504,
+    TaskTooLarge: 507,
 }
 """The status of each kind of ServiceError; the one place that decides it."""
 
@@ -100,16 +105,11 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-_HEADERS: dict[type[ServiceError], dict[str, str]] = {
-    Unauthorized: {"WWW-Authenticate": "Bearer"},
-    StoreUnavailable: {"Retry-After": "1"},  # nothing changed: retry
-}
-
-
 def service_error_response(error: ServiceError) -> JSONResponse:
-    status = status_of(error)
-    headers = _HEADERS.get(type(error))
-    return error_response(status, error.code, error.message, headers)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    return error_response(status_of(error), error.code, error.message, headers or None)
 
 
 async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:

@@ -28,7 +28,7 @@ from litserve.loops.simple_loops import BatchedLoop
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, LoopResponseType, ResponseBufferItem, WorkerSetupStatus
 
-from server.protocol import Outcome, Result, ServiceError, Work, WorkerFailed, WorkerTimeout
+from server.protocol import Outcome, Result, ServiceError, TaskBuilding, Work, WorkerFailed, WorkerTimeout
 
 LITSERVE_VERSIONS = (">=0.2.19", "<0.3")
 
@@ -47,8 +47,21 @@ class WorkerBridge(LitSpec):
     def encode_response(self, output: Outcome, context_kwargs: dict | None = None) -> Outcome:
         return output
 
-    async def submit(self, work: Work) -> Result:
-        """The worker's result for ``work``; raises the ServiceError the worker answered with."""
+    async def submit(self, work: Work, wait_for_build: float = 0.0) -> Result:
+        """The worker's result for ``work``; raises the ServiceError the worker answered with. While the
+        work's task memory is building (``TaskBuilding``: a worker never waits for a build itself), ask
+        again, every 20 ms at first and then every 250 ms, for up to ``wait_for_build`` seconds."""
+        deadline, pause = time.monotonic() + wait_for_build, 0.02
+        while True:
+            try:
+                return await self._submit_once(work)
+            except TaskBuilding:
+                if time.monotonic() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.25)
+
+    async def _submit_once(self, work: Work) -> Result:
         uid = str(uuid.uuid4())
         event = asyncio.Event()
         self.response_buffer[uid] = ResponseBufferItem(event=event)

@@ -34,12 +34,29 @@ HTTP_SECONDS = Histogram(
 )
 CACHE_REFRESHES = Counter(
     "metanet_memory_cache_lookups_total",
-    "Task-memory lookups by outcome: hit, extend (new examples only) or build (from every example)",
+    "Task-memory lookups and refreshes: hit, extend (new examples only), build (from every example) or "
+    "load (from its saved file); extends and builds count inline ones and build jobs alike",
     ["result"],
 )
 # Per worker (a "pid" label): each worker has its own cache and budget.
 CACHE_BYTES = Gauge("metanet_memory_cache_bytes", "Bytes of task memory cached", multiprocess_mode="liveall")
 CACHE_TASKS = Gauge("metanet_memory_cache_tasks", "Tasks with cached memory", multiprocess_mode="liveall")
+CACHE_EVICTIONS = Counter(
+    "metanet_memory_cache_evictions_total",
+    "Task memories evicted from a worker's cache to stay within its byte budget",
+    ["worker"],
+)
+BUILDS_IN_PROGRESS = Gauge(
+    "metanet_memory_builds_in_progress",
+    "Task-memory build jobs queued or running on a worker's build thread",
+    multiprocess_mode="liveall",
+)
+BUILD_SECONDS = Histogram(
+    "metanet_memory_build_seconds",
+    "Duration of task-memory build jobs: build (every example) or extend (examples added since)",
+    ["kind"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
 ATTENTION = Counter(
     "metanet_classified_images_total", "Images classified, by attention: dense or FAISS top-k", ["attention"]
 )

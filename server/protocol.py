@@ -81,10 +81,16 @@ class ServiceError(Exception):
     """A failure the client is told about: a stable machine-readable ``code`` and a message."""
 
     code: ClassVar[str] = "internal_error"
+    retry_after: float | None = None  # seconds until a retry may succeed (the Retry-After header)
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple:  # pickled across the worker boundary with its retry_after
+        return type(self), (self.message, self.retry_after)
 
 
 Outcome = Result | ServiceError
@@ -157,6 +163,7 @@ class StoreUnavailable(ServiceError):
     """The task store cannot be reached; nothing was changed, so the call can be retried."""
 
     code = "store_unavailable"
+    retry_after = 1.0
 
 
 class StoreOutcomeUnknown(StoreUnavailable):
@@ -164,3 +171,16 @@ class StoreOutcomeUnknown(StoreUnavailable):
     come back in time to say whether it was: read the task before retrying."""
 
     code = "store_outcome_unknown"
+    retry_after = None  # not blindly: read the task first
+
+
+class TaskBuilding(ServiceError):
+    """The task's memory is being built beside serving; ask again in ``retry_after`` seconds."""
+
+    code = "task_building"
+
+
+class TaskTooLarge(ServiceError):
+    """The task's derived memory is larger than an inference worker's whole cache budget."""
+
+    code = "task_too_large"

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from server.config import NAME_PATTERN, ServerSettings
+from server.derived import DerivedMemoryFiles
 from server.errors import error_responses, service_error_response
 from server.images import ImageDecoder
 from server.litserve_adapter import WorkerBridge
@@ -27,7 +28,9 @@ from server.protocol import (
     StoreUnavailable,
     StoreUnreachable,
     SupportWork,
+    TaskBuilding,
     TaskNotFound,
+    TaskTooLarge,
     TooManyImages,
     Unauthorized,
     WorkerFailed,
@@ -74,6 +77,7 @@ def task_router(
         max_body_size=settings.max_body_bytes,
     )
     decoder = ImageDecoder(settings.max_image_side, image_size, settings.normalize_polarity)
+    derived = DerivedMemoryFiles(settings.derived_dir)  # saved task memories: removed with the data
     SupportRequest, ClassifyRequest = request_models(settings)
     Label = Annotated[str, Path(**label_constraints(settings))]
     image_errors = (InvalidImage, ImageTooLarge, TooManyImages, WorkerTimeout, WorkerFailed)
@@ -104,13 +108,16 @@ def task_router(
     @router.post(
         "/{task_id}/classify",
         summary="Classify images against a task's concepts",
-        responses=error_responses(*image_errors, TaskNotFound, EmptyTask),
+        responses=error_responses(*image_errors, TaskNotFound, EmptyTask, TaskBuilding, TaskTooLarge),
     )
     async def classify(task_id: TaskId, body: ClassifyRequest, tenant: Tenant) -> ClassifyResponse:
-        """One prediction per image, in request order, with the task version used."""
+        """One prediction per image, in request order, with the task version used. While the task's
+        memory is being built the call waits for it, up to ``METANET_BUILD_WAIT`` seconds, then answers
+        503 ``task_building`` with a Retry-After header."""
         check_count(len(body.images))
         images = await run_in_threadpool(decode_all, body.images, "images[{}]".format)
-        result = await bridge.submit(ClassifyWork(tenant, task_id, images, body.top_k))
+        work = ClassifyWork(tenant, task_id, images, body.top_k)
+        result = await bridge.submit(work, settings.build_wait)
         return ClassifyResponse(task_id=task_id, **asdict(result))
 
     @router.get(
@@ -132,6 +139,7 @@ def task_router(
     async def delete_task(task_id: TaskId, tenant: Tenant) -> DeletedTask:
         if not await run_in_threadpool(store.delete_task, tenant, task_id):
             raise TaskNotFound(f"task {task_id!r} not found")
+        derived.discard(tenant, task_id)
         return DeletedTask(task_id=task_id)
 
     @router.delete(
@@ -144,6 +152,7 @@ def task_router(
         state = await run_in_threadpool(store.forget_label, tenant, task_id, label)
         if state is None:
             raise TaskNotFound(f"task {task_id!r} not found")
+        derived.discard(tenant, task_id)
         return _info(state)
 
     return router

@@ -3,6 +3,8 @@
 
 Every item is isolated: whatever one item raises (a ``ServiceError`` or any unexpected exception)
 becomes that item's answer, and the other items of its batch are answered as if it were not there.
+A classify of a task whose memory is still building answers ``TaskBuilding`` at once (a worker never
+waits for a build); ``WorkerBridge.submit`` asks again until it is ready.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import torch
 from model.inference import MetaNetPredictor
 from server import metrics
 from server.config import ServerSettings
+from server.derived import DerivedMemoryFiles, fingerprint
 from server.litserve_adapter import DrainingBatchedLoop, WorkerBridge
-from server.memory import CachedTask, MemoryCache, TaskMemories
+from server.memory import Building, CachedTask, MemoryCache, TaskMemories
 from server.protocol import (
     ClassifyResult,
     ClassifyWork,
@@ -29,6 +32,7 @@ from server.protocol import (
     ServiceError,
     SupportResult,
     SupportWork,
+    TaskBuilding,
     TaskNotFound,
     Work,
     WorkerFailed,
@@ -70,12 +74,18 @@ class MetaNetAPI(ls.LitAPI):
         faiss.omp_set_num_threads(s.torch_threads)
         # The main process migrated the schema.
         self.store = open_store(s.store_url, (self.image_size, self.image_size), migrate=False)
+        predictor = MetaNetPredictor.load(s.checkpoint, device, s.memory_storage, s.build_chunk)
+        predictor.warm_up()
         self.memories = TaskMemories(
-            MetaNetPredictor.load(s.checkpoint, device),
+            predictor,
             self.store,
             MemoryCache(s.cache_bytes),
             s.topk_min_examples,
             s.topk_neighbors,
+            s.build_inline_examples,
+            DerivedMemoryFiles(s.derived_dir) if s.derived_memory else None,
+            fingerprint(s.checkpoint),
+            s.derived_min_examples,
         )
         logger.info("worker ready: %s on %s, %d thread(s)", s.checkpoint, device, s.torch_threads)
 
@@ -171,6 +181,12 @@ class MetaNetAPI(ls.LitAPI):
         found = self.memories.current(tenant, task_id)
         if found is None:
             raise TaskNotFound(f"task {task_id!r} not found")
+        if isinstance(found, Building):
+            raise TaskBuilding(
+                f"task {task_id!r}: its memory of {found.examples} examples is being built "
+                f"({found.elapsed:.1f} s so far)",
+                found.retry_after,
+            )
         task, refresh = found
         metrics.CACHE_REFRESHES.labels(refresh).inc()
         return task

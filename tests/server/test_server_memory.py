@@ -1,18 +1,20 @@
-"""Derived task memory without HTTP: LRU budget, extend vs rebuild, FAISS top-k routing.
+"""Derived task memory without HTTP: LRU budget, extend vs rebuild, FAISS top-k routing, builds
+beside serving.
 
 A recording stand-in for MetaNetPredictor shows which examples each call was given.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
-from server.memory import CachedTask, MemoryCache, TaskMemories
-from server.protocol import EmptyTask
+from server.memory import Building, CachedTask, MemoryCache, TaskMemories
+from server.protocol import EmptyTask, TaskTooLarge
 from server.store import SQLiteTaskStore
 
 
@@ -36,10 +38,15 @@ def _keys(images: np.ndarray) -> torch.Tensor:
 
 
 class RecordingPredictor:
+    task_examples = 2  # T: extends of tasks this large may run inline
+
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
+        self.release = threading.Event()  # builds wait for it unless set
+        self.release.set()
 
     def build_memory(self, images, labels):
+        self.release.wait()
         self.calls.append(("build", len(labels)))
         return FakeMemory(list(dict.fromkeys(labels)), _keys(images))
 
@@ -69,8 +76,8 @@ def store(tmp_path) -> SQLiteTaskStore:
     return SQLiteTaskStore(tmp_path / "tasks.sqlite3", (28, 28))
 
 
-def memories(store, predictor, topk_min_examples=100, budget=10**9) -> TaskMemories:
-    return TaskMemories(predictor, store, MemoryCache(budget), topk_min_examples, topk_neighbors=2)
+def memories(store, predictor, topk_min_examples=100, budget=10**9, inline=8) -> TaskMemories:
+    return TaskMemories(predictor, store, MemoryCache(budget), topk_min_examples, 2, inline)
 
 
 def test_extend_reuses_cached_examples_and_rebuilds_after_removal(store) -> None:
@@ -79,23 +86,28 @@ def test_extend_reuses_cached_examples_and_rebuilds_after_removal(store) -> None
     assert tasks.current("t", "task") is None
 
     store.add_examples("t", "task", images(3), ["a", "b", "c"], max_examples=100)
-    entry, refresh = tasks.current("t", "task")
-    assert refresh == "build" and (entry.version, entry.memory.num_examples) == (1, 3)
+    entry, refresh = tasks.current("t", "task", wait=True)
+    assert refresh == "hit" and (entry.version, entry.memory.num_examples) == (1, 3)  # built by the job
     assert tasks.current("t", "task")[1] == "hit"
 
     store.add_examples("t", "task", images(1, 1), ["b"], max_examples=100)
     entry, refresh = tasks.current("t", "task")
-    assert refresh == "extend" and entry.memory.num_examples == 4
+    assert refresh == "extend" and entry.memory.num_examples == 4  # small: inline
     assert predictor.calls == [("build", 3), ("extend", 1)]  # only the new example was computed
 
+    store.add_examples("t", "task", images(9, 3), list("abcabcabc"), max_examples=100)
+    assert isinstance(tasks.current("t", "task"), Building)  # more than 8 new examples: a job
+    entry, _ = tasks.current("t", "task", wait=True)
+    assert entry.memory.num_examples == 13 and predictor.calls[-1] == ("extend", 9)
+
     store.forget_label("t", "task", "b")
-    entry, refresh = tasks.current("t", "task")
-    assert refresh == "build" and entry.memory.labels == ["a", "c"]
+    entry, _ = tasks.current("t", "task", wait=True)
+    assert entry.memory.labels == ["a", "c"] and predictor.calls[-1] == ("build", 8)
 
     store.delete_task("t", "task")
     store.add_examples("t", "task", images(1, 2), ["z"], max_examples=100)
-    entry, refresh = tasks.current("t", "task")
-    assert refresh == "build" and entry.memory.labels == ["z"]  # a new task, not an extension
+    entry, _ = tasks.current("t", "task", wait=True)
+    assert entry.memory.labels == ["z"] and predictor.calls[-1] == ("build", 1)  # a new task
 
     for label in ["z"]:
         store.forget_label("t", "task", label)
@@ -103,12 +115,41 @@ def test_extend_reuses_cached_examples_and_rebuilds_after_removal(store) -> None
         tasks.current("t", "task")
 
 
+def test_a_build_never_blocks_lookups_of_other_tasks(store) -> None:
+    predictor = RecordingPredictor()
+    tasks = memories(store, predictor)
+    store.add_examples("t", "warm", images(2), ["a", "b"], max_examples=100)
+    tasks.current("t", "warm", wait=True)
+    predictor.release.clear()  # the next build hangs until released
+    store.add_examples("t", "big", images(5, 1), list("abcde"), max_examples=100)
+    building = tasks.current("t", "big")
+    assert isinstance(building, Building) and building.examples == 5 and building.retry_after > 0
+    assert tasks.builds_in_progress == 1
+    assert tasks.current("t", "warm")[1] == "hit"  # served while "big" builds
+    assert isinstance(tasks.current("t", "big"), Building)  # still one job, not two
+    predictor.release.set()
+    entry, _ = tasks.current("t", "big", wait=True)
+    assert entry.memory.num_examples == 5 and tasks.builds_in_progress == 0
+    assert predictor.calls.count(("build", 5)) == 1
+
+
+def test_a_task_larger_than_the_budget_is_an_error_not_a_rebuild_loop(store) -> None:
+    predictor = RecordingPredictor()
+    tasks = memories(store, predictor, budget=2500)
+    store.add_examples("t", "huge", images(3), ["a", "b", "c"], max_examples=100)  # 3000 bytes
+    with pytest.raises(TaskTooLarge):
+        tasks.current("t", "huge", wait=True)
+    with pytest.raises(TaskTooLarge):
+        tasks.current("t", "huge")
+    assert predictor.calls == [("build", 3)]
+
+
 def test_refresh_if_cached_only_touches_held_tasks(store) -> None:
     predictor = RecordingPredictor()
     tasks = memories(store, predictor)
     store.add_examples("t", "task", images(2), ["a", "b"], max_examples=100)
     assert tasks.refresh_if_cached("t", "task") is None and predictor.calls == []
-    tasks.current("t", "task")
+    tasks.current("t", "task", wait=True)
     store.add_examples("t", "task", images(1, 1), ["a"], max_examples=100)
     assert tasks.refresh_if_cached("t", "task") == "extend"
 
@@ -118,8 +159,8 @@ def test_large_tasks_use_faiss_top_k(store) -> None:
     tasks = memories(store, predictor, topk_min_examples=4)
     store.add_examples("t", "small", images(3), ["a", "b", "c"], max_examples=100)
     store.add_examples("t", "large", images(5, 1), list("abcde"), max_examples=100)
-    small, _ = tasks.current("t", "small")
-    large, _ = tasks.current("t", "large")
+    small, _ = tasks.current("t", "small", wait=True)
+    large, _ = tasks.current("t", "large", wait=True)
     assert small.index is None and large.index.ntotal == 5
 
     query = store.snapshot("t", "large").images[[3]]
@@ -139,6 +180,6 @@ def test_cache_evicts_least_recently_used_within_budget() -> None:
     cache.get(("t", "a"))
     cache.put(("t", "c"), entry(2))  # over budget: "b" is the least recently used
     assert ("t", "a") in cache and ("t", "b") not in cache and ("t", "c") in cache
-    assert cache.nbytes == 4000
+    assert cache.nbytes == 4000 and cache.evictions == 1
     assert not cache.put(("t", "huge"), entry(10))  # larger than the whole budget: not kept
     assert ("t", "huge") not in cache and len(cache) == 2
