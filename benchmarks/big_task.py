@@ -26,7 +26,6 @@ import base64
 import io
 import json
 import platform
-import sys
 import tempfile
 import threading
 import time
@@ -37,13 +36,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests/server")]  # the server's code, and its test helpers
-
-from serverkit import CHECKPOINT, running_server  # noqa: E402
-
-from model.inference import MetaNetPredictor  # noqa: E402
-from training.data import load_archive  # noqa: E402
+from model.inference import MetaNetPredictor
+from testkit import CHECKPOINT, REPO, running_server
+from training.data import load_archive
 
 RESULTS = REPO / "benchmarks/results/big_task.json"
 SUPPORT_BATCH = 256

@@ -8,7 +8,8 @@ import time
 
 import httpx
 import pytest
-from serverkit import b64, omniglot, running_server, support_body
+
+from testkit import b64, omniglot, running_server, support_body
 
 LABELS = 120
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from serverkit import CHECKPOINT
 
 from model.inference import MetaNetPredictor
 from server.derived import DerivedMemoryFiles, fingerprint
 from server.memory import MemoryCache, TaskMemories
 from server.store import SQLiteTaskStore
+from testkit import CHECKPOINT
 
 
 class CountingPredictor(MetaNetPredictor):
