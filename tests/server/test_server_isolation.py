@@ -46,10 +46,12 @@ def test_an_item_failing_in_the_worker_leaves_its_batch_mates_answered(server, t
         # Damage the broken task's stored image (one byte too many), as a disk or a bad migration
         # could: building its memory then raises a plain ValueError deep inside the worker.
         with sqlite3.connect(server.data_dir / "tasks.sqlite3") as db:
-            row_id, image = db.execute(
-                "SELECT id, image FROM examples JOIN tasks ON task_uid = uid WHERE task_id = 'broken'"
+            digest, pixels = db.execute(
+                "SELECT images.digest, pixels FROM examples JOIN tasks ON task_uid = uid "
+                "JOIN images ON images.tenant = tasks.tenant AND images.digest = examples.digest "
+                "WHERE task_id = 'broken'"
             ).fetchone()
-            db.execute("UPDATE examples SET image = ? WHERE id = ?", (image + b"\x00", row_id))
+            db.execute("UPDATE images SET pixels = ? WHERE digest = ?", (pixels + b"\x00", digest))
         # Drawer 1 of each character: another person's drawing of what was taught.
         queries = {
             task: {"images": [b64(tibetan[c][1]) for c in chars], "top_k": 3} for task, chars in good.items()
