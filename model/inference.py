@@ -18,6 +18,7 @@ import torch
 
 from model.checkpoint import load_checkpoint
 from model.metanet import Memory, MetaNet, SparseAttention
+from model.novelty import novelty
 from model.preprocess import to_tensor
 
 
@@ -142,6 +143,11 @@ class MetaNetPredictor:
     def embed_queries(self, task: TaskMemory, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """[q, C] L2-normalized query keys in the task's space (use against ``task.keys``)."""
         return self.model.embed(self._inputs(images), task.memory.rep_task_weights)
+
+    @torch.no_grad()
+    def novelty(self, task: TaskMemory, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """[q] novelty of query images against the task's memory (model/novelty.py), on the CPU."""
+        return novelty(self.embed_queries(task, images), task.keys).float().cpu()
 
     def _attention(
         self, task: TaskMemory, query_keys: torch.Tensor, neighbors: tuple[torch.Tensor, torch.Tensor] | None

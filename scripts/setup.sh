@@ -16,3 +16,12 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$wanted" ]]; then
   .venv/bin/python -m pip install --quiet -e '.[dev]' -e './clients/python[images,progress]'
   echo "$wanted" > "$stamp"
 fi
+# The browser tests (tests/server/test_ui_browser.py) drive Debian's Chromium with Playwright, which
+# must not download a browser of its own. Install it when missing and we may (root, apt-get).
+if ! command -v chromium >/dev/null && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+  echo "installing chromium for the browser tests..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 ||
+    { apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null; } ||
+    echo "could not install chromium: the browser tests will be skipped" >&2
+fi

@@ -14,7 +14,7 @@ from server.auth import KeyRing
 from server.config import ServerSettings
 from server.errors import install_error_handlers
 from server.middleware import GuardMiddleware, ObservabilityMiddleware
-from server.routes import service_router, task_router
+from server.routes import mount_ui, service_router, task_router
 from server.store import SQLiteTaskStore
 from server.worker import MetaNetAPI
 
@@ -46,7 +46,9 @@ def build_server(settings: ServerSettings, keys: KeyRing) -> ls.LitServer:
     app = server.app
     app.title, app.version, app.description = "MetaNet one-shot concept server", "0.1.0", DESCRIPTION
     # LitServe's own /health answers plain text; ours answers JSON and also checks the store.
-    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != server.healthcheck_path]
+    # Its "/" answers "litserve running"; ours leads to the teaching page.
+    replaced = (server.healthcheck_path, "/")
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in replaced]
 
     def workers_ready() -> bool:
         status = server.workers_setup_status
@@ -54,6 +56,7 @@ def build_server(settings: ServerSettings, keys: KeyRing) -> ls.LitServer:
 
     app.include_router(service_router(store, workers_ready))
     app.include_router(task_router(settings, api.spec, store))
+    mount_ui(app)
     install_error_handlers(app)
     app.add_middleware(GuardMiddleware, keys=keys, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware)

@@ -1,10 +1,16 @@
 """The HTTP API (docs/SERVER.md, "API"): thin routes over the task store and the inference workers."""
 
+import base64
+import io
 from collections.abc import Callable
+from pathlib import Path as FilePath
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from server.config import ServerSettings
@@ -16,9 +22,12 @@ from server.schemas import (
     ClassifyRequest,
     ClassifyResponse,
     DeletedTask,
+    LabelExample,
     SupportRequest,
     SupportResponse,
     TaskInfo,
+    TaskLabels,
+    TaskList,
 )
 from server.store import LabelNotFoundError, TaskState, TaskStore
 from server.worker import WorkerBridge
@@ -82,8 +91,35 @@ def task_router(settings: ServerSettings, bridge: WorkerBridge, store: TaskStore
         """One prediction per image, in request order, with the task version used."""
         check_count(len(body.images))
         images = await run_in_threadpool(decode_all, body.images, "images[{}]".format)
-        work = {"op": "classify", "tenant": tenant, "task_id": task_id, "images": images, "top_k": body.top_k}
+        work = {
+            "op": "classify",
+            "tenant": tenant,
+            "task_id": task_id,
+            "images": images,
+            "top_k": body.top_k,
+            "reject": body.reject == "on",
+            "novelty_threshold": body.novelty_threshold,
+        }
         return ClassifyResponse(task_id=task_id, **await bridge.submit(work))
+
+    @router.get("", summary="The caller's tasks")
+    async def list_tasks(tenant: Tenant) -> TaskList:
+        return TaskList(tasks=[_info(state) for state in await run_in_threadpool(store.list_tasks, tenant)])
+
+    @router.get("/{task_id}/labels", summary="A task's concepts, each with its first example as a picture")
+    async def task_labels(task_id: TaskId, tenant: Tenant) -> TaskLabels:
+        found = await run_in_threadpool(store.label_examples, tenant, task_id)
+        if found is None:
+            raise ApiError(404, "task_not_found", f"task {task_id!r} not found")
+        state, examples = found
+        return TaskLabels(
+            task_id=task_id,
+            version=state.version,
+            labels=[
+                LabelExample(label=label, examples=state.labels[label], image=_png(image))
+                for label, image in examples.items()
+            ],
+        )
 
     @router.get("/{task_id}", summary="A task's version and examples per label")
     async def get_task(task_id: TaskId, tenant: Tenant) -> TaskInfo:
@@ -110,6 +146,27 @@ def task_router(settings: ServerSettings, bridge: WorkerBridge, store: TaskStore
         return _info(state)
 
     return router
+
+
+def _png(image: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+UI_DIR = FilePath(__file__).with_name("ui")
+
+
+def mount_ui(app: FastAPI) -> None:
+    """The teaching page (server/ui/: plain HTML, CSS and JavaScript, no build step) at ``/ui/``;
+    ``/`` and ``/ui`` lead there. It calls the same ``/tasks`` API as any client."""
+
+    @app.get("/", include_in_schema=False)
+    @app.get("/ui", include_in_schema=False)
+    async def to_ui() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
 
 
 def service_router(store: TaskStore, workers_ready: Callable[[], bool]) -> APIRouter:

@@ -90,6 +90,15 @@ class TaskStore(ABC):
         """Remove the task and everything stored for it; False if it did not exist."""
 
     @abstractmethod
+    def list_tasks(self, tenant: str) -> list[TaskState]:
+        """The tenant's tasks, most recently changed first."""
+
+    @abstractmethod
+    def label_examples(self, tenant: str, task_id: str) -> tuple[TaskState, dict[str, np.ndarray]] | None:
+        """The task's state and the first stored image (uint8 [H, W]) of every label, in label order,
+        read consistently; None if the task is unknown."""
+
+    @abstractmethod
     def counts(self) -> StoreCounts: ...
 
     @abstractmethod
@@ -239,6 +248,27 @@ class SQLiteTaskStore(TaskStore):
                 con.execute("DELETE FROM tasks WHERE tenant = ? AND task_id = ?", (tenant, task_id)).rowcount
                 > 0
             )
+
+    def list_tasks(self, tenant: str) -> list[TaskState]:
+        with self._transaction(write=False) as con:
+            ids = con.execute(
+                "SELECT task_id FROM tasks WHERE tenant = ? ORDER BY updated_at DESC, uid DESC", (tenant,)
+            ).fetchall()
+            return [self._state(con, tenant, task_id) for (task_id,) in ids]
+
+    def label_examples(self, tenant: str, task_id: str) -> tuple[TaskState, dict[str, np.ndarray]] | None:
+        with self._transaction(write=False) as con:
+            state = self._state(con, tenant, task_id)
+            if state is None:
+                return None
+            rows = con.execute(
+                "SELECT label, image FROM examples WHERE id IN "
+                "(SELECT MIN(id) FROM examples WHERE task_uid = ? GROUP BY label) ORDER BY id",
+                (state.uid,),
+            ).fetchall()
+        return state, {
+            label: np.frombuffer(image, dtype=np.uint8).reshape(self.image_shape) for label, image in rows
+        }
 
     def counts(self) -> StoreCounts:
         with self._transaction(write=False) as con:

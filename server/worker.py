@@ -21,7 +21,9 @@ import torch
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem
 
+from model.checkpoint import read_metadata
 from model.inference import MetaNetPredictor
+from model.novelty import OpenSetCalibration
 from server import metrics
 from server.config import ServerSettings
 from server.errors import ApiError
@@ -89,6 +91,10 @@ class MetaNetAPI(ls.LitAPI):
             s.topk_min_examples,
             s.topk_neighbors,
         )
+        calibration = OpenSetCalibration.from_metadata(read_metadata(s.checkpoint))
+        self.novelty_threshold = s.novelty_threshold
+        if self.novelty_threshold is None and calibration is not None:
+            self.novelty_threshold = calibration.threshold
         logger.info("worker ready: %s on %s, %d thread(s)", s.checkpoint, device, s.torch_threads)
 
     def batch(self, inputs: list[dict]) -> list[dict]:
@@ -165,11 +171,13 @@ class MetaNetAPI(ls.LitAPI):
                 results[i] = {"error": task.to_dict()}
             else:
                 ready.append((i, task))
-        probabilities = (
-            self.memories.classify([(task, items[i]["images"]) for i, task in ready]) if ready else []
-        )
-        for (i, task), probs in zip(ready, probabilities, strict=True):
-            results[i] = _predictions(task, probs, items[i]["top_k"])
+        queries = [(task, items[i]["images"]) for i, task in ready]
+        probabilities = self.memories.classify(queries) if ready else []
+        novelties = self.memories.novelty(queries) if ready else []
+        for (i, task), probs, novelty in zip(ready, probabilities, novelties, strict=True):
+            threshold = items[i].get("novelty_threshold")
+            threshold = self.novelty_threshold if threshold is None else threshold
+            results[i] = _predictions(task, probs, novelty, items[i]["top_k"], threshold, items[i]["reject"])
             metrics.ATTENTION.labels("dense" if task.index is None else "topk").inc(len(probs))
         return results
 
@@ -185,12 +193,26 @@ class MetaNetAPI(ls.LitAPI):
         return task
 
 
-def _predictions(task: CachedTask, probs: torch.Tensor, top_k: int) -> dict:
+def _predictions(
+    task: CachedTask,
+    probs: torch.Tensor,
+    novelty: torch.Tensor,
+    top_k: int,
+    threshold: float | None,
+    reject: bool,
+) -> dict:
+    """The response of one classify item. ``known``: novelty at most ``threshold`` (every query
+    when there is none); with ``reject`` an unknown query's label is None ("none of these")."""
     labels = task.memory.labels
     k = min(top_k, len(labels))
     scores, indices = probs.float().topk(k, dim=-1)
     predictions = []
-    for row_scores, row_indices in zip(scores.tolist(), indices.tolist(), strict=True):
+    rows = zip(scores.tolist(), indices.tolist(), novelty.tolist(), strict=True)
+    for row_scores, row_indices, value in rows:
         ranked = [{"label": labels[j], "score": s} for s, j in zip(row_scores, row_indices, strict=True)]
-        predictions.append({**ranked[0], "top_k": ranked})
-    return {"version": task.version, "predictions": predictions}
+        known = threshold is None or value <= threshold
+        label = ranked[0]["label"] if known or not reject else None
+        predictions.append(
+            {"label": label, "score": ranked[0]["score"], "known": known, "novelty": value, "top_k": ranked}
+        )
+    return {"version": task.version, "novelty_threshold": threshold, "predictions": predictions}
