@@ -2,7 +2,8 @@
 
 LitServe forwards only a request body to its workers, so the HTTP routes (``server.routes``) resolve
 tenant, task id, labels and images first and submit a self-contained work item through the bridge, a
-LitSpec: ``{"op": "support" | "classify", "tenant", "task_id", "images": uint8 [n, 28, 28], ...}``.
+LitSpec: ``{"op": "support" | "classify", "tenant", "task_id", "images": uint8 [n, 28, 28], ...}`` (a
+classify also has "top_k", "reject" and "novelty_threshold": the open-set policy of the request).
 A worker answers each item with a result dict or ``{"error": {...}}``; one bad item never fails the
 others in its batch.
 """
@@ -175,9 +176,11 @@ class MetaNetAPI(ls.LitAPI):
         probabilities = self.memories.classify(queries) if ready else []
         novelties = self.memories.novelty(queries) if ready else []
         for (i, task), probs, novelty in zip(ready, probabilities, novelties, strict=True):
-            threshold = items[i].get("novelty_threshold")
+            item = items[i]
+            threshold = item.get("novelty_threshold")
             threshold = self.novelty_threshold if threshold is None else threshold
-            results[i] = _predictions(task, probs, novelty, items[i]["top_k"], threshold, items[i]["reject"])
+            reject = item.get("reject", True)
+            results[i] = _predictions(task, probs, novelty, item["top_k"], threshold, reject)
             metrics.ATTENTION.labels("dense" if task.index is None else "topk").inc(len(probs))
         return results
 

@@ -280,11 +280,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=1, help="tasks per forward pass")
+    parser.add_argument("--compile", action="store_true", help="compile d with torch.compile")
     parser.add_argument("--dry-run", action="store_true", help="print the threshold, do not store it")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
     model, _ = load_checkpoint(args.checkpoint, args.device)
+    if args.compile:
+        model.compile_meta_learners("d")
     pool = load_split(args.split, "val", args.data)
     threshold, at_threshold = calibrate(
         model,

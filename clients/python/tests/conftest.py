@@ -106,6 +106,15 @@ def drawings() -> list[list[bytes]]:
         return [[archive.read(name) for name in sorted(by_character[c])] for c in characters]
 
 
+@pytest.fixture(scope="session")
+def strangers() -> list[bytes]:
+    """One Omniglot PNG of each of 5 Atlantean characters (an alphabet `drawings` does not use)."""
+    with zipfile.ZipFile(OMNIGLOT_ZIP) as archive:
+        names = sorted(n for n in archive.namelist() if n.startswith("images_evaluation/Atlantean/"))
+        firsts = {n.rsplit("/", 1)[0]: n for n in reversed(names) if n.endswith(".png")}
+        return [archive.read(firsts[c]) for c in sorted(firsts)[:5]]
+
+
 @pytest.fixture
 def task_id() -> str:
     return f"sdk-test-{uuid.uuid4().hex[:12]}"
