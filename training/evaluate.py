@@ -170,7 +170,8 @@ def evaluate_open_set(args: argparse.Namespace, model: MetaNet, pool: ClassPool)
         progress=not args.json,
         desc=f"{args.way}-way open set",
     )
-    result = summarize_open_set(outputs, calibration) | {
+    thresholds = metadata.get("open_set", {}).get("candidate_thresholds")
+    result = summarize_open_set(outputs, calibration, thresholds) | {
         "way": args.way,
         "shot": args.shot,
         "tasks": args.tasks,

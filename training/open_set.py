@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, metadata_path, read_metadata
 from model.metanet import MetaNet
-from model.novelty import OpenSetCalibration, novelty
+from model.novelty import SCORE, OpenSetCalibration, novelty
 from model.preprocess import to_tensor
 from training.data import DEFAULT_DATA
 from training.episodes import ClassPool, Episode, EpisodeSampler, load_split
@@ -191,7 +191,11 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
     return float((unknown_ranks - len(unknown) * (len(unknown) + 1) / 2) / (len(known) * len(unknown)))
 
 
-def summarize_open_set(outputs: OpenSetOutputs, calibration: OpenSetCalibration | None) -> dict:
+def summarize_open_set(
+    outputs: OpenSetOutputs,
+    calibration: OpenSetCalibration | None,
+    candidate_thresholds: dict[str, float] | None = None,
+) -> dict:
     """AUROC of every candidate (pooled over all queries, and the mean of per-task AUROCs), closed-set
     accuracy on the known queries, and rejection rates at the calibrated threshold, all in percent."""
     known = outputs.labels != UNKNOWN
@@ -219,6 +223,15 @@ def summarize_open_set(outputs: OpenSetOutputs, calibration: OpenSetCalibration 
             # right label (of the full model, else of attention) and accepted, or unknown and rejected
             "open_set_accuracy": 100 * float(np.where(known, hits & accepted, ~accepted).mean()),
         }
+    if candidate_thresholds:  # every candidate at its own validation threshold: does it transfer?
+        result["candidates_at_validation_thresholds"] = {
+            name: {
+                "false_rejection_rate": 100 * float((score[known] > candidate_thresholds[name]).mean()),
+                "false_acceptance_rate": 100 * float((score[~known] <= candidate_thresholds[name]).mean()),
+            }
+            for name, score in outputs.scores.items()
+            if name in candidate_thresholds
+        }
     return result
 
 
@@ -240,9 +253,10 @@ def calibrate(
     device: torch.device | str,
     batch: int,
     progress: bool = False,
-) -> tuple[float, dict]:
-    """Threshold that rejects a share ``false_rejection`` of the known queries of ``tasks`` one-shot
-    tasks at each way in ``ways``. Returns (threshold, the open-set summary of each way at it)."""
+) -> tuple[dict[str, float], dict]:
+    """Thresholds that reject a share ``false_rejection`` of the known queries of ``tasks`` one-shot
+    tasks at each way in ``ways``, one per key-based candidate score. Returns (thresholds, the
+    open-set summary of each way at them)."""
     outputs = {
         way: open_set_outputs(
             model,
@@ -256,12 +270,17 @@ def calibrate(
         )
         for way in ways
     }
-    known_scores = np.concatenate(
-        [o.scores["nearest_key_distance"][o.labels != UNKNOWN] for o in outputs.values()]
-    )
-    threshold = float(np.quantile(known_scores, 1 - false_rejection))
-    at = OpenSetCalibration(threshold, false_rejection)
-    return threshold, {f"{way}-way": summarize_open_set(o, at) for way, o in outputs.items()}
+    thresholds = {
+        name: float(
+            np.quantile(
+                np.concatenate([o.scores[name][o.labels != UNKNOWN] for o in outputs.values()]),
+                1 - false_rejection,
+            )
+        )
+        for name in next(iter(outputs.values())).scores
+    }
+    at = OpenSetCalibration(thresholds[SCORE], false_rejection)
+    return thresholds, {f"{way}-way": summarize_open_set(o, at) for way, o in outputs.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -289,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile:
         model.compile_meta_learners("d")
     pool = load_split(args.split, "val", args.data)
-    threshold, at_threshold = calibrate(
+    thresholds, at_threshold = calibrate(
         model,
         pool,
         args.ways,
@@ -302,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         progress=True,
     )
     calibration = OpenSetCalibration(
-        threshold=threshold,
+        threshold=thresholds[SCORE],
         false_rejection_target=args.false_rejection,
         calibrated_on=(
             f"{args.split}/val: known queries of {args.tasks} one-shot tasks at each of "
@@ -310,10 +329,15 @@ def main(argv: list[str] | None = None) -> None:
         ),
         command="python -m training.open_set " + " ".join(sys.argv[1:] if argv is None else argv),
     )
-    print(json.dumps({"open_set": calibration.to_dict(), "validation": at_threshold}, indent=2))
+    found = {"open_set": calibration.to_dict(), "candidate_thresholds": thresholds}
+    found["validation"] = at_threshold
+    print(json.dumps(found, indent=2))
     if not args.dry_run:
         metadata = read_metadata(args.checkpoint)
-        metadata["open_set"] = calibration.to_dict() | {"validation": at_threshold}
+        metadata["open_set"] = calibration.to_dict() | {
+            "validation": at_threshold,
+            "candidate_thresholds": thresholds,  # each score's own, for the evaluation's comparison
+        }
         metadata_path(args.checkpoint).write_text(json.dumps(metadata, indent=2) + "\n")
 
 

@@ -76,10 +76,11 @@ def test_server_novelty_is_the_evaluated_score(model: MetaNet, pool: ClassPool) 
 
 
 def test_calibration_rejects_the_target_share_and_round_trips(model, pool, tmp_path) -> None:
-    threshold, summary = open_set.calibrate(
+    thresholds, summary = open_set.calibrate(
         model, pool, ways=[5], tasks=4, queries=5, false_rejection=0.2, seed=0, device="cpu", batch=2
     )
     assert summary["5-way"]["false_rejection_rate"] == pytest.approx(20.0, abs=2.0)
+    assert set(thresholds) == {"nearest_key_distance", "attention", "key_margin", "task_normalized_distance"}
     path = tmp_path / "model.safetensors"
     save_checkpoint(model, path, {"split": "standard"})
     open_set.main(["--checkpoint", str(path), "--split", "standard", "--tasks", "2", "--ways", "5"])
