@@ -390,10 +390,14 @@ $("classify").addEventListener("click", (event) =>
   act(event.currentTarget, async () => {
     if (!state.labels.length) throw new Error("This task has no concepts yet: teach one first.");
     const images = currentImages();
-    const result = await api("POST", taskPath("/classify"), {
-      images: images.map((i) => i.image),
-      top_k: TOP_K,
-    });
+    $("result").replaceChildren(hint("Classifying…"));
+    let result;
+    try {
+      result = await api("POST", taskPath("/classify"), { images: images.map((i) => i.image), top_k: TOP_K });
+    } catch (err) {
+      $("result").replaceChildren(hint("No answer: see the message above."));
+      throw err;
+    }
     showStatus("");
     $("result").replaceChildren(
       ...result.predictions.map((p, i) => renderPrediction(images[i].name, p, result.novelty_threshold)),

@@ -145,6 +145,7 @@ def test_teach_classify_forget_and_none_of_these(page, server: ServerProcess) ->
 
     # Phone width: everything in one column, nothing wider than the screen.
     page.set_viewport_size({"width": 390, "height": 844})
+    assert classify(page, cross(shift=-0.05, size=0.55)) == "cross"
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     screenshot(page, "phone.png")
 
@@ -167,8 +168,7 @@ def test_upload_image_file_and_delete_task(page, server: ServerProcess, tmp_path
     assert page.locator("#result .answer").first.inner_text() == "circle"
 
     page.click("#delete-task")
-    page.locator("#status.info").wait_for()
-    assert "Deleted task" in page.locator("#status").inner_text()
+    page.locator("#status.info", has_text='Deleted task "browser-upload"').wait_for()
     assert "browser-upload" not in page.locator("#task-select").inner_text()
 
 
@@ -177,10 +177,10 @@ def test_errors_are_shown_in_words(page, server: ServerProcess) -> None:
     page.fill("#new-task", "browser-empty")
     page.click("#new-task-form button")
     page.click("#classify")
-    assert "no concepts yet" in page.locator("#status").inner_text()
+    page.locator("#status", has_text="This task has no concepts yet").wait_for()
     page.fill("#label", "nothing")
     page.click("#teach")
-    assert "Draw a symbol first" in page.locator("#status").inner_text()
+    page.locator("#status", has_text="Draw a symbol first").wait_for()
 
 
 @pytest.fixture(scope="module")
@@ -197,10 +197,10 @@ def test_api_key_is_asked_once_and_kept_for_the_tab(browser, keyed_server: Serve
         stack.callback(context.close)
         page.goto(keyed_server.url + "/ui/")
         page.locator("#key-form").wait_for()  # the server answered 401: the page asks for a key
-        assert "needs an API key" in page.locator("#status").inner_text()
+        page.locator("#status", has_text="needs an API key").wait_for()
         page.fill("#api-key", "secret-key")
         page.click("#key-form button[type=submit]")
-        page.locator("#status.info").wait_for()
+        page.locator("#status.info", has_text="Key accepted").wait_for()
         teach(page, "circle", circle())
         page.reload()  # the key stays in this tab's session storage
         page.locator('#concepts li[data-label="circle"]').wait_for()
