@@ -5,13 +5,13 @@ The score is ``1 - max_i cos(r, R_i)``: one minus the cosine similarity of the q
 [0, 2]; a query drawn from one of the task's concepts sits close to that concept's examples
 (low novelty), a query of a concept the task does not hold is far from all of them.
 
-Measured against the other candidates on held-out classes (``python -m training.open_set``,
-docs/RESULTS.md "Open-set answers"): the attention-based and softmax-based scores are relative
-(they compare labels with each other, so they are confident whenever one stored label is less
-unlike the query than the rest), and the energy of the logits follows attention (the logits
-are a scaled copy of the attention vote). The nearest-key distance is absolute, needs no
-base-learner pass, is exact under the server's FAISS top-k attention (the nearest neighbour is
-the first hit), and separated known from unknown queries best.
+Measured against the other candidates on validation classes (``python -m training.evaluate
+--part val --open-set``, docs/RESULTS.md "Open-set answers"): the attention-based and
+softmax-based scores are relative (they compare labels with each other, so they are confident
+whenever one stored label is less unlike the query than the rest), and the energy of the logits
+follows attention (the logits are a scaled copy of the attention vote). The nearest-key
+distance is absolute, needs no base-learner pass, is exact under the server's FAISS top-k
+attention (the nearest neighbour is the first hit), and separated known from unknown best.
 
 A query is *known* when its novelty is at most the threshold calibrated for the checkpoint
 (``OpenSetCalibration``, stored in the checkpoint's JSON metadata under ``open_set``).
