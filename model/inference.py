@@ -25,6 +25,7 @@ from model.compact import FastWeightRows, RowLayout, Storage
 from model.meta_info import example_gradients
 from model.meta_table import PiecewiseLinearM
 from model.metanet import Memory, MetaNet, SparseAttention
+from model.novelty import novelty
 from model.preprocess import to_tensor
 
 DEFAULT_STORAGE: Storage = "int8"  # docs/SERVER.md, "Compact memories": accuracy vs bytes per example
@@ -228,6 +229,11 @@ class MetaNetPredictor:
     def embed_queries(self, task: TaskMemory, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """[q, C] L2-normalized query keys in the task's space (use against ``task.keys``)."""
         return self.model.embed(self._inputs(images), task.memory.rep_task_weights)
+
+    @torch.no_grad()
+    def novelty(self, task: TaskMemory, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """[q] novelty of query images against the task's memory (model/novelty.py), on the CPU."""
+        return novelty(self.embed_queries(task, images), task.keys).float().cpu()
 
     def _attention(
         self, task: TaskMemory, query_keys: torch.Tensor, neighbors: tuple[torch.Tensor, torch.Tensor] | None

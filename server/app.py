@@ -16,7 +16,7 @@ from server.config import ConfigError, ServerSettings
 from server.errors import install_error_handlers
 from server.litserve_adapter import remove_builtin_routes, workers_ready
 from server.middleware import GuardMiddleware, ObservabilityMiddleware
-from server.routes import service_router, task_router
+from server.routes import mount_ui, service_router, task_router
 from server.schemas import Index, Limits, ModelInfo, ServerInfo
 from server.store import open_store
 from server.worker import MetaNetAPI
@@ -71,6 +71,7 @@ def build_server(settings: ServerSettings, keys: KeyRing) -> ls.LitServer:
     index = Index(name=TITLE, version=VERSION)
     app.include_router(service_router(store, lambda: workers_ready(server), index, info))
     app.include_router(task_router(settings, api.spec, store, model.image_size))
+    mount_ui(app)
     install_error_handlers(app)
     app.add_middleware(GuardMiddleware, keys=keys, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware)

@@ -30,6 +30,7 @@ def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         ("cache_bytes", "per-worker task-memory cache budget in bytes"),
         ("topk_min_examples", "tasks with at least this many examples use FAISS top-k attention"),
         ("max_batch_size", "requests per dynamic batch"),
+        ("novelty_threshold", "open-set threshold on novelty, 0..2 (default: the checkpoint's calibration)"),
         ("log_level", "critical, error, warning, info or debug"),
     ]:
         default = fields[name].default

@@ -75,6 +75,10 @@ class ServerSettings(BaseSettings):
     # One thread: this model's per-query ops are small, and on a CPU shared with the HTTP process (or
     # anything else) more intra-op threads stall each other (benchmarks/server_bench.py, docs/SERVER.md).
     torch_threads: int = Field(1, ge=1, description="intra-op threads per inference worker")
+    # Open set: a query whose novelty (model/novelty.py) is over the threshold is "none of these".
+    novelty_threshold: float | None = Field(
+        None, ge=0, le=2, description="open-set threshold; default: the checkpoint's calibration"
+    )
     normalize_polarity: bool = True
 
     # Limits of the HTTP API (docs/API.md, "Limits"); GET /info publishes them.

@@ -397,6 +397,10 @@ class TaskMemories:
         ]
         return self.predictor.classify_batch([(task.memory, images) for task, images in items], neighbors)
 
+    def novelty(self, items: list[tuple[CachedTask, np.ndarray]]) -> list[torch.Tensor]:
+        """Novelty [q] of each item's queries against its task (model/novelty.py)."""
+        return [self.predictor.novelty(task.memory, images) for task, images in items]
+
     def _neighbors(self, task: CachedTask, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         queries = self.predictor.embed_queries(task.memory, images)
         queries = queries.detach().to("cpu", torch.float32).contiguous().numpy()

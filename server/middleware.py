@@ -20,7 +20,10 @@ _ROUTES = [
     (re.compile(r"^/tasks/[^/]+/support$"), "/tasks/{task_id}/support"),
     (re.compile(r"^/tasks/[^/]+/classify$"), "/tasks/{task_id}/classify"),
     (re.compile(r"^/tasks/[^/]+/labels/.+$"), "/tasks/{task_id}/labels/{label}"),
+    (re.compile(r"^/tasks/[^/]+/labels$"), "/tasks/{task_id}/labels"),
     (re.compile(r"^/tasks/[^/]+$"), "/tasks/{task_id}"),
+    (re.compile(r"^/tasks$"), "/tasks"),
+    (re.compile(r"^/ui(/.*)?$"), "/ui"),
 ]
 
 

@@ -41,6 +41,8 @@ class ClassifyWork:
     task_id: str
     images: np.ndarray  # uint8 [q, H, W], preprocessed
     top_k: int = 1
+    reject: bool = True  # an image unlike every concept of the task gets label None ("none of these")
+    novelty_threshold: float | None = None  # this call's threshold instead of the server's
 
 
 Work = SupportWork | ClassifyWork
@@ -63,14 +65,17 @@ class LabelScore:
 class Prediction:
     """The best label of one image and the ``top_k`` best; the HTTP ``Prediction`` mirrors its fields."""
 
-    label: str
+    label: str | None  # None: rejected as "none of these"
     score: float
+    known: bool  # novelty at most the threshold
+    novelty: float  # 1 - cosine similarity of the image's key to the nearest stored example, 0..2
     top_k: tuple[LabelScore, ...]
 
 
 @dataclass(frozen=True)
 class ClassifyResult:
     version: int  # the task version the predictions used
+    novelty_threshold: float | None  # the threshold ``known`` was decided with
     predictions: tuple[Prediction, ...]  # one per image, in request order
 
 

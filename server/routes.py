@@ -1,12 +1,17 @@
 """The HTTP API (docs/API.md): thin routes over the task store and the inference workers."""
 
+import base64
+import io
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path as FilePath
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, Path, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from server.config import NAME_PATTERN, ServerSettings
@@ -41,9 +46,12 @@ from server.schemas import (
     DeletedTask,
     Health,
     Index,
+    LabelExample,
     ServerInfo,
     SupportResponse,
     TaskInfo,
+    TaskLabels,
+    TaskList,
     label_constraints,
     request_models,
 )
@@ -116,9 +124,34 @@ def task_router(
         503 ``task_building`` with a Retry-After header."""
         check_count(len(body.images))
         images = await run_in_threadpool(decode_all, body.images, "images[{}]".format)
-        work = ClassifyWork(tenant, task_id, images, body.top_k)
+        work = ClassifyWork(
+            tenant, task_id, images, body.top_k, body.reject == "on", body.novelty_threshold
+        )
         result = await bridge.submit(work, settings.build_wait)
         return ClassifyResponse(task_id=task_id, **asdict(result))
+
+    @router.get("", summary="The caller's tasks")
+    async def list_tasks(tenant: Tenant) -> TaskList:
+        return TaskList(tasks=[_info(state) for state in await run_in_threadpool(store.list_tasks, tenant)])
+
+    @router.get(
+        "/{task_id}/labels",
+        summary="A task's concepts, each with its first example as a picture",
+        responses=error_responses(TaskNotFound),
+    )
+    async def task_labels(task_id: TaskId, tenant: Tenant) -> TaskLabels:
+        found = await run_in_threadpool(store.label_examples, tenant, task_id)
+        if found is None:
+            raise TaskNotFound(f"task {task_id!r} not found")
+        state, examples = found
+        return TaskLabels(
+            task_id=task_id,
+            version=state.version,
+            labels=[
+                LabelExample(label=label, examples=state.labels[label], image=_png(image))
+                for label, image in examples.items()
+            ],
+        )
 
     @router.get(
         "/{task_id}",
@@ -158,6 +191,26 @@ def task_router(
     return router
 
 
+def _png(image: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+UI_DIR = FilePath(__file__).with_name("ui")
+
+
+def mount_ui(app: FastAPI) -> None:
+    """The teaching page (server/ui/: plain HTML, CSS and JavaScript, no build step) at ``/ui/``;
+    ``/ui`` leads there. It calls the same ``/tasks`` API as any client."""
+
+    @app.get("/ui", include_in_schema=False)
+    async def to_ui() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
+
+
 def service_router(
     store: TaskStore, workers_ready: Callable[[], bool], index: Index, info: ServerInfo
 ) -> APIRouter:
@@ -165,8 +218,14 @@ def service_router(
     reachable) and Prometheus ``/metrics``."""
     router = APIRouter(tags=["service"])
 
-    @router.get("/", summary="Links to the API's documentation, UI and service routes")
-    async def root() -> Index:
+    @router.get(
+        "/",
+        summary="Links to the API's documentation, UI and service routes (a browser is sent to the UI)",
+        response_model=Index,
+    )
+    async def root(request: Request) -> Index | RedirectResponse:
+        if "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/ui/")
         return index
 
     @router.get("/info", summary="The model served and the limits this server enforces")

@@ -62,6 +62,15 @@ def request_models(settings: ServerSettings) -> tuple[type[BaseModel], type[Base
             min_length=1, json_schema_extra={"maxItems": n}, description=f"1-{n} images"
         )
         top_k: int = Field(1, ge=1, description="how many ranked labels each prediction lists")
+        reject: Literal["on", "off"] = Field(
+            "on",
+            description='"on": an image whose novelty is over the threshold gets label null ("none of '
+            'these"); "off": every image gets its most likely label. `known` and `novelty` are reported '
+            "either way",
+        )
+        novelty_threshold: float | None = Field(
+            None, ge=0, le=2, description="this call's threshold instead of the server's (the checkpoint's)"
+        )
 
     return SupportRequest, ClassifyRequest
 
@@ -79,14 +88,19 @@ class LabelScore(BaseModel):
 
 
 class Prediction(BaseModel):
-    label: str
-    score: float
-    top_k: list[LabelScore]
+    label: str | None = Field(description='the most likely label; null when rejected as "none of these"')
+    score: float = Field(description="softmax probability of the most likely label")
+    known: bool = Field(description="novelty at most the threshold: it looks like one of the task's concepts")
+    novelty: float = Field(description="1 - cosine similarity of its key to the nearest stored example, 0..2")
+    top_k: list[LabelScore] = Field(description="the best labels, rejected or not")
 
 
 class ClassifyResponse(BaseModel):
     task_id: str
     version: int = Field(description="the task version the predictions used")
+    novelty_threshold: float | None = Field(
+        description="the threshold `known` was decided with; null when none is set (every image is known)"
+    )
     predictions: list[Prediction] = Field(description="one per image, in request order")
 
 
@@ -95,6 +109,22 @@ class TaskInfo(BaseModel):
     version: int
     num_examples: int
     labels: dict[str, int] = Field(description="label -> number of support examples")
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskInfo] = Field(description="the caller's tasks, most recently changed first")
+
+
+class LabelExample(BaseModel):
+    label: str
+    examples: int = Field(description="number of support examples of the label")
+    image: str = Field(description="base64 PNG of its first example as the model sees it (white on black)")
+
+
+class TaskLabels(BaseModel):
+    task_id: str
+    version: int
+    labels: list[LabelExample] = Field(description="in label-index order")
 
 
 class DeletedTask(BaseModel):

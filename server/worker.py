@@ -17,7 +17,9 @@ import faiss
 import litserve as ls
 import torch
 
+from model.checkpoint import read_metadata
 from model.inference import MetaNetPredictor
+from model.novelty import OpenSetCalibration
 from server import metrics
 from server.config import ServerSettings
 from server.derived import DerivedMemoryFiles, fingerprint
@@ -87,6 +89,10 @@ class MetaNetAPI(ls.LitAPI):
             fingerprint(s.checkpoint),
             s.derived_min_examples,
         )
+        calibration = OpenSetCalibration.from_metadata(read_metadata(s.checkpoint))
+        self.novelty_threshold = s.novelty_threshold
+        if self.novelty_threshold is None and calibration is not None:
+            self.novelty_threshold = calibration.threshold
         logger.info("worker ready: %s on %s, %d thread(s)", s.checkpoint, device, s.torch_threads)
 
     def batch(self, inputs: list[Work]) -> list[Work]:
@@ -167,10 +173,13 @@ class MetaNetAPI(ls.LitAPI):
     def _predict(self, batch: list[tuple[CachedTask, ClassifyWork]]) -> list[ClassifyResult]:
         if not batch:
             return []
-        probabilities = self.memories.classify([(task, item.images) for task, item in batch])
+        queries = [(task, item.images) for task, item in batch]
+        probabilities = self.memories.classify(queries)
+        novelties = self.memories.novelty(queries)
         answers = []
-        for (task, item), probs in zip(batch, probabilities, strict=True):
-            answers.append(_predictions(task, probs, item.top_k))
+        for (task, item), probs, novelty in zip(batch, probabilities, novelties, strict=True):
+            threshold = self.novelty_threshold if item.novelty_threshold is None else item.novelty_threshold
+            answers.append(_predictions(task, probs, novelty, item.top_k, threshold, item.reject))
             metrics.ATTENTION.labels("dense" if task.index is None else "topk").inc(len(probs))
         return answers
 
@@ -196,12 +205,24 @@ def _describe(item: Work) -> str:
     return f"{type(item).__name__} tenant={item.tenant} task={item.task_id} images={len(item.images)}"
 
 
-def _predictions(task: CachedTask, probs: torch.Tensor, top_k: int) -> ClassifyResult:
+def _predictions(
+    task: CachedTask,
+    probs: torch.Tensor,
+    novelty: torch.Tensor,
+    top_k: int,
+    threshold: float | None,
+    reject: bool,
+) -> ClassifyResult:
+    """The result of one classify item. ``known``: novelty at most ``threshold`` (every query when
+    there is none); with ``reject`` an unknown query's label is None ("none of these")."""
     labels = task.memory.labels
     k = min(top_k, len(labels))
     scores, indices = probs.float().topk(k, dim=-1)
     predictions = []
-    for row_scores, row_indices in zip(scores.tolist(), indices.tolist(), strict=True):
+    rows = zip(scores.tolist(), indices.tolist(), novelty.tolist(), strict=True)
+    for row_scores, row_indices, value in rows:
         ranked = tuple(LabelScore(labels[j], s) for s, j in zip(row_scores, row_indices, strict=True))
-        predictions.append(Prediction(ranked[0].label, ranked[0].score, ranked))
-    return ClassifyResult(task.version, tuple(predictions))
+        known = threshold is None or value <= threshold
+        label = ranked[0].label if known or not reject else None
+        predictions.append(Prediction(label, ranked[0].score, known, value, ranked))
+    return ClassifyResult(task.version, threshold, tuple(predictions))

@@ -80,6 +80,10 @@ class EpisodeSampler:
         self.rng = np.random.default_rng(seed)
 
     def sample(self) -> Episode:
+        return self.sample_with_classes()[0]
+
+    def sample_with_classes(self) -> tuple[Episode, np.ndarray]:
+        """An episode and the pool indices [N] of its classes, in label order."""
         n, k, q = self.way, self.shot, self.queries
         chosen = self.rng.choice(len(self.pool), size=n, replace=False)
         drawings = np.stack([self.rng.choice(20, size=k + q, replace=False) for _ in range(n)])  # [N, K+L]
@@ -91,13 +95,14 @@ class EpisodeSampler:
         images = np.stack([np.rot90(images[i], turns[i], axes=(1, 2)) for i in range(n)])
         labels = np.arange(n)
         codes = self.rng.choice(self.code_rows, size=n, replace=False) if self.code_rows else labels
-        return Episode(
+        episode = Episode(
             support=to_tensor(images[:, :k].reshape(n * k, 28, 28)),
             support_labels=torch.as_tensor(np.repeat(labels, k)),
             query=to_tensor(images[:, k:].reshape(n * q, 28, 28)),
             query_labels=torch.as_tensor(np.repeat(labels, q)),
             label_codes=torch.as_tensor(codes, dtype=torch.int64),
         )
+        return episode, chosen
 
 
 class DeviceEpisodeSampler:

@@ -11,6 +11,12 @@ Protocols:
 - ``within-alphabet`` (Lake et al. 2015): N classes of one alphabet (at one rotation), the support
   drawings by one drawer and one query per class by another; ``--tasks`` trials.
 
+``--open-set`` (random protocol, one-shot) adds ``--unknown`` other classes of the test pool
+(default: as many as ``--way``), ``--queries`` drawings each, to every task's queries and reports
+AUROC known-vs-unknown of every candidate novelty score, closed-set accuracy on the known queries
+(the same tasks as without ``--open-set``) and false-rejection / false-acceptance rates at the
+threshold calibrated in the checkpoint (training/open_set.py).
+
 Both the full model and attention-only (the label of the largest total attention on the memory
 keys, i.e. the nearest support example on u's embedding, no base learner) are scored on the same
 tasks. Tasks are drawn in the same order whatever ``--batch`` is, and run ``--batch`` at a time.
@@ -32,8 +38,10 @@ from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, metadata_path, read_metadata
 from model.metanet import MetaNet
+from model.novelty import OpenSetCalibration
 from training.data import DEFAULT_DATA
 from training.episodes import ClassPool, Episode, EpisodeSampler, load_split, within_alphabet_episodes
+from training.open_set import open_set_episodes, open_set_outputs, summarize_open_set
 
 PROTOCOLS = ("random", "within-alphabet")
 
@@ -146,6 +154,58 @@ def record_test_result(checkpoint: str, args: argparse.Namespace, result: dict[s
     path.write_text(json.dumps(metadata, indent=2) + "\n")
 
 
+def evaluate_open_set(args: argparse.Namespace, model: MetaNet, pool: ClassPool) -> None:
+    """``--open-set``: print (and with ``--record`` store) the open-set summary of the tasks."""
+    if args.protocol != "random" or args.shot != 1:
+        raise SystemExit("--open-set runs one-shot tasks of the random protocol")
+    metadata = read_metadata(args.checkpoint)
+    calibration = OpenSetCalibration.from_metadata(metadata)
+    outputs = open_set_outputs(
+        model,
+        open_set_episodes(pool, args.way, args.shot, args.queries, args.unknown, args.seed),
+        args.tasks,
+        args.batch or default_batch(args.device),
+        args.device,
+        full_model=not args.keys_only,
+        progress=not args.json,
+        desc=f"{args.way}-way open set",
+    )
+    thresholds = metadata.get("open_set", {}).get("candidate_thresholds")
+    result = summarize_open_set(outputs, calibration, thresholds) | {
+        "way": args.way,
+        "shot": args.shot,
+        "tasks": args.tasks,
+        "unknown_classes": args.way if args.unknown is None else args.unknown,
+        "full_model": not args.keys_only,
+        "queries_per_class": args.queries,
+        "split": args.split,
+        "part": args.part,
+        "seed": args.seed,
+        "command": "python -m training.evaluate " + " ".join(sys.argv[1:]),
+    }
+    if args.record:
+        if "open_set" not in metadata:
+            raise SystemExit("--record needs a calibrated checkpoint (python -m training.open_set)")
+        key = result_key(args.split, args.part, args.way, args.shot, "open-set")
+        metadata["open_set"].setdefault("test", {})[key] = result
+        metadata_path(args.checkpoint).write_text(json.dumps(metadata, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{args.split} {args.way}-way 1-shot open set over {args.tasks} tasks:")
+    if result["closed_set_accuracy"] is not None:
+        print(f"  closed-set accuracy {result['closed_set_accuracy']:.2f}% (rejection off)")
+    print(f"  attention-only accuracy {result['attention_only_accuracy']:.2f}%")
+    for name, value in result["auroc"].items():
+        print(f"  AUROC {name}: {value:.2f}")
+    if calibration is not None:
+        print(
+            f"  at threshold {calibration.threshold:.4f} (calibrated for "
+            f"{result['false_rejection_target']:.1f}% false rejection): "
+            f"FRR {result['false_rejection_rate']:.2f}%, FAR {result['false_acceptance_rate']:.2f}%"
+        )
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -169,6 +229,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--batch", type=int, default=None, help="tasks per forward pass (default: by device)")
     parser.add_argument("--compile", action="store_true", help="compile m and d with torch.compile")
+    parser.add_argument(
+        "--open-set", action="store_true", help="mix queries of classes the task does not hold in"
+    )
+    parser.add_argument("--unknown", type=int, default=None, help="unknown classes per open-set task")
+    parser.add_argument(
+        "--keys-only",
+        action="store_true",
+        help="open set: run u and d only (key-based scores, attention-only accuracy), several times faster",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     parser.add_argument(
         "--record", action="store_true", help="store the result in the checkpoint's JSON metadata"
@@ -180,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile:
         model.compile_meta_learners()
     pool = load_split(args.split, args.part, args.data)
+    if args.open_set:
+        evaluate_open_set(args, model, pool)
+        return
     accuracies = task_accuracies(
         model,
         pool,

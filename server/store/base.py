@@ -94,6 +94,15 @@ class TaskStore(ABC):
         """Remove the task and everything stored for it; False if it did not exist."""
 
     @abstractmethod
+    def list_tasks(self, tenant: str) -> list[TaskState]:
+        """The tenant's tasks, most recently changed first."""
+
+    @abstractmethod
+    def label_examples(self, tenant: str, task_id: str) -> tuple[TaskState, dict[str, np.ndarray]] | None:
+        """The task's state and the first stored image (uint8 [H, W]) of every label, in label order,
+        read consistently; None if the task is unknown."""
+
+    @abstractmethod
     def counts(self) -> StoreCounts: ...
 
     @abstractmethod

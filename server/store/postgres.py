@@ -389,6 +389,30 @@ class PostgresTaskStore(TaskStore):
 
         return self._write(tenant, exclusive=True, work=work)
 
+    def list_tasks(self, tenant: str) -> list[TaskState]:
+        def work(conn: psycopg.Connection) -> list[TaskState]:
+            ids = conn.execute(
+                "SELECT task_id FROM tasks WHERE tenant = %s ORDER BY updated_at DESC, uid DESC", (tenant,)
+            ).fetchall()
+            return [self._state(conn, tenant, task_id) for (task_id,) in ids]
+
+        return self._read(work)
+
+    def label_examples(self, tenant: str, task_id: str) -> tuple[TaskState, dict[str, np.ndarray]] | None:
+        def work(conn: psycopg.Connection) -> tuple[TaskState, dict[str, np.ndarray]] | None:
+            state = self._state(conn, tenant, task_id)
+            if state is None:
+                return None
+            rows = conn.execute(
+                "SELECT e.label, i.pixels FROM examples e JOIN images i USING (tenant, digest) WHERE e.id IN "
+                "(SELECT min(id) FROM examples WHERE task_uid = %s GROUP BY label) ORDER BY e.id",
+                (state.uid,),
+            ).fetchall()
+            pixels = pixels_to_images([r[1] for r in rows], self.image_shape)
+            return state, {label: image for (label, _), image in zip(rows, pixels, strict=True)}
+
+        return self._read(work)
+
     def counts(self) -> StoreCounts:
         row = self._call(
             lambda conn: conn.execute(

@@ -187,6 +187,27 @@ class SQLiteTaskStore(TaskStore):
             self._drop_unused_images(con, tenant, [d for (d,) in digests])
             return True
 
+    def list_tasks(self, tenant: str) -> list[TaskState]:
+        with self._transaction(write=False) as con:
+            ids = con.execute(
+                "SELECT task_id FROM tasks WHERE tenant = ? ORDER BY updated_at DESC, uid DESC", (tenant,)
+            ).fetchall()
+            return [self._state(con, tenant, task_id) for (task_id,) in ids]
+
+    def label_examples(self, tenant: str, task_id: str) -> tuple[TaskState, dict[str, np.ndarray]] | None:
+        with self._transaction(write=False) as con:
+            state = self._state(con, tenant, task_id)
+            if state is None:
+                return None
+            rows = con.execute(
+                "SELECT e.label, i.pixels FROM examples e JOIN images i ON i.tenant = e.tenant "
+                "AND i.digest = e.digest WHERE e.id IN "
+                "(SELECT MIN(id) FROM examples WHERE task_uid = ? GROUP BY label) ORDER BY e.id",
+                (state.uid,),
+            ).fetchall()
+        pixels = pixels_to_images([r[1] for r in rows], self.image_shape)
+        return state, {label: image for (label, _), image in zip(rows, pixels, strict=True)}
+
     def counts(self) -> StoreCounts:
         with self._transaction(write=False) as con:
             return StoreCounts(

@@ -36,8 +36,9 @@ def test_one_shot_flow_on_unseen_omniglot_characters(client: httpx.Client, task_
         for label, drawings in zip(labels, tibetan, strict=True)
         for drawer in (1, 2, 3)
     ]
-    answer = client.post(
-        f"/tasks/{task_id}/classify", json={"images": [b64(im) for _, im in queries], "top_k": 3}
+    answer = client.post(  # closed set: every image gets a label (tests/server/test_server_open_set.py)
+        f"/tasks/{task_id}/classify",
+        json={"images": [b64(im) for _, im in queries], "top_k": 3, "reject": "off"},
     )
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -66,7 +67,9 @@ def test_large_tasks_use_faiss_top_k_attention(client: httpx.Client, task_id: st
         json=support_body([(lab, c[0]) for lab, c in zip(labels, characters, strict=True)]),
     )
     before = metric(client, "metanet_classified_images_total", attention="topk")
-    answer = client.post(f"/tasks/{task_id}/classify", json={"images": [b64(c[1]) for c in characters]})
+    answer = client.post(
+        f"/tasks/{task_id}/classify", json={"images": [b64(c[1]) for c in characters], "reject": "off"}
+    )
     assert answer.status_code == 200, answer.text
     assert metric(client, "metanet_classified_images_total", attention="topk") == before + len(characters)
     predicted = [p["label"] for p in answer.json()["predictions"]]
@@ -110,7 +113,7 @@ def test_new_labels_and_examples_arrive_on_the_fly(client: httpx.Client, task_id
 def test_forget_label(client: httpx.Client, task_id: str, tibetan) -> None:
     examples = [("a", tibetan[0][0]), ("b", tibetan[1][0]), ("b", tibetan[1][1]), ("c", tibetan[2][0])]
     client.post(f"/tasks/{task_id}/support", json=support_body(examples))
-    query = {"images": [b64(tibetan[1][2])], "top_k": 3}
+    query = {"images": [b64(tibetan[1][2])], "top_k": 3, "reject": "off"}
     assert client.post(f"/tasks/{task_id}/classify", json=query).json()["predictions"][0]["label"] == "b"
 
     answer = client.delete(f"/tasks/{task_id}/labels/b")
@@ -147,7 +150,7 @@ def test_delete_task(client: httpx.Client, task_id: str, tibetan) -> None:
     again = client.post(f"/tasks/{task_id}/support", json=support_body([("z", tibetan[3][0])])).json()
     assert (again["version"], again["labels"]) == (1, ["z"])  # a fresh task
     answer = client.post(f"/tasks/{task_id}/classify", json={"images": [b64(tibetan[0][1])]}).json()
-    assert answer["predictions"][0]["label"] == "z"
+    assert answer["predictions"][0]["top_k"][0]["label"] == "z"
 
 
 def test_health_metrics_and_docs(client: httpx.Client) -> None:

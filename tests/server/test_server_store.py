@@ -177,6 +177,25 @@ def test_open_store_urls(tmp_path, monkeypatch) -> None:
             open_store(bad)
 
 
+def test_list_tasks_and_first_example_of_each_label(store: TaskStore) -> None:
+    pixels = images(4)
+    store.add_examples("t", "older", pixels[:1], ["x"], max_examples=10)
+    store.add_examples("t", "newer", pixels[1:3], ["b", "a"], max_examples=10)
+    store.add_examples("t", "newer", pixels[3:], ["b"], max_examples=10)
+    store.add_examples("other", "theirs", pixels[:1], ["y"], max_examples=10)
+    assert [s.task_id for s in store.list_tasks("t")] == ["newer", "older"]  # most recently changed first
+    assert store.list_tasks("nobody") == []
+
+    state, firsts = store.label_examples("t", "newer")
+    assert state.labels == {"b": 2, "a": 1} and list(firsts) == ["b", "a"]
+    np.testing.assert_array_equal(firsts["b"], pixels[1])
+    np.testing.assert_array_equal(firsts["a"], pixels[2])
+    store.forget_label("t", "newer", "b")
+    assert list(store.label_examples("t", "newer")[1]) == ["a"]
+    assert store.label_examples("t", "missing") is None
+    assert store.label_examples("other", "newer") is None
+
+
 # SQLite only.
 
 

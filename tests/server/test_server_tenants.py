@@ -83,6 +83,8 @@ def test_tenants_are_isolated(server: ServerProcess, tibetan) -> None:
             for r in bob.post("/tasks/shared/classify", json=query).json()["predictions"][0]["top_k"]
         }
         assert alice_labels == {"alice-a", "alice-b"} and bob_labels == {"bob-z"}
+        assert [t["labels"] for t in bob.get("/tasks").json()["tasks"]] == [{"bob-z": 1}]
+        assert carol.get("/tasks").json() == {"tasks": []}
 
         assert bob.delete("/tasks/shared").status_code == 200
         assert alice.get("/tasks/shared").json()["labels"] == {"alice-a": 1, "alice-b": 1}

@@ -49,6 +49,12 @@ def drawings() -> list[list[bytes]]:
     return omniglot("Tibetan", 12)
 
 
+@pytest.fixture(scope="session")
+def strangers() -> list[bytes]:
+    """One Omniglot PNG of each of 5 Atlantean characters (an alphabet `drawings` does not use)."""
+    return [first for (first,) in omniglot("Atlantean", 5, drawers=1)]
+
+
 @pytest.fixture
 def task_id() -> str:
     return f"sdk-test-{uuid.uuid4().hex[:12]}"

@@ -45,17 +45,18 @@ def test_folder_round_trip(
     code, out, _ = run(capsys, *url, "add", task_id, str(support))
     assert code == 0 and out.startswith(f"added 5 images to {task_id}:") and "5 labels" in out
 
-    code, out, _ = run(capsys, *url, "classify", task_id, str(queries), "--json")
+    code, out, _ = run(capsys, *url, "classify", task_id, str(queries), "--json", "--reject", "off")
     answer = json.loads(out)
     assert code == 0 and answer["task_id"] == task_id
     files = sorted(str(path) for path in queries.glob("*.png"))
     assert [p["file"] for p in answer["predictions"]] == files
     assert [p["label"] for p in answer["predictions"][:5]] == labels  # the taught drawings themselves
     assert all(p["label"] in labels and len(p["top_k"]) == 1 for p in answer["predictions"])
+    assert all(p["novelty"] < 1e-3 and p["known"] for p in answer["predictions"][:5])
 
     code, out, _ = run(capsys, *url, "classify", task_id, str(queries / "a0-taught.png"), "--top-k", "3")
     header, row = out.splitlines()
-    assert code == 0 and header.split() == ["file", "label", "score", "top_k"]
+    assert code == 0 and header.split() == ["file", "label", "score", "novelty", "top_k"]
     assert row.split()[:2] == [str(queries / "a0-taught.png"), "char-0"] and row.count("char-") == 4
 
     code, out, _ = run(capsys, *url, "add", task_id, "--label", "extra", str(queries / "b1-other.png"))

@@ -44,7 +44,20 @@ def test_health(client: Client) -> None:
     assert isinstance(client.health(), dict)
 
 
-def test_task_lifecycle(client: Client, task_id: str, drawings: list[list[bytes]]) -> None:
+def test_results_of_servers_before_the_open_set_api_still_parse() -> None:
+    old = {
+        "task_id": "t",
+        "version": 3,
+        "predictions": [{"label": "a", "score": 0.9, "top_k": [{"label": "a", "score": 0.9}]}],
+    }
+    result = ClassifyResult.model_validate(old)
+    assert result.labels == ["a"] and result.novelty_threshold is None
+    assert result.predictions[0].known and result.predictions[0].novelty is None
+
+
+def test_task_lifecycle(
+    client: Client, task_id: str, drawings: list[list[bytes]], strangers: list[bytes]
+) -> None:
     task = client.task(task_id)
     first = task.add("a", drawings[0][0])
     assert isinstance(first, SupportResult)
@@ -54,7 +67,8 @@ def test_task_lifecycle(client: Client, task_id: str, drawings: list[list[bytes]
     assert second.num_examples == 3 and set(second.labels) == {"a", "b", "c"}
     assert second.version > first.version
 
-    result = task.classify([drawings[0][0], drawings[1][0], drawings[2][0], drawings[1][5]], top_k=2)
+    images = [drawings[0][0], drawings[1][0], drawings[2][0], drawings[1][5]]
+    result = task.classify(images, top_k=2, reject=False)
     assert isinstance(result, ClassifyResult)
     assert result.task_id == task_id and result.version == second.version and len(result.predictions) == 4
     assert result.labels[:3] == ["a", "b", "c"]  # the taught drawings themselves
@@ -62,6 +76,14 @@ def test_task_lifecycle(client: Client, task_id: str, drawings: list[list[bytes]
         assert [s.label for s in prediction.top_k][0] == prediction.label
         assert len(prediction.top_k) == 2 and prediction.top_k[0].score >= prediction.top_k[1].score
         assert 0 <= prediction.score <= 1 and prediction.score == prediction.top_k[0].score
+
+    # Open set: novelty and known on every prediction; the taught drawings are known, and another
+    # alphabet's characters mostly are not ("none of these": label None).
+    opened = task.classify(images + strangers, novelty_threshold=0.3)
+    assert opened.novelty_threshold == 0.3
+    assert opened.labels[:3] == ["a", "b", "c"] and all(p.known for p in opened.predictions[:3])
+    assert all((p.label is None) == (not p.known) == (p.novelty > 0.3) for p in opened.predictions)
+    assert sum(p.label is None for p in opened.predictions[4:]) >= 3
 
     third = task.add("c", drawings[2][1])
     info = task.info()

@@ -88,9 +88,21 @@ def add_examples(task_id: str, examples: Iterable[tuple[str, Image]], limits: Li
     return Call(requests, lambda answers: SupportResult.model_validate(answers[-1]))
 
 
-def classify(task_id: str, images: Images, top_k: int, limits: Limits) -> Call[ClassifyResult]:
+def classify(
+    task_id: str,
+    images: Images,
+    top_k: int,
+    limits: Limits,
+    reject: bool | None = None,
+    novelty_threshold: float | None = None,
+) -> Call[ClassifyResult]:
     items = (_json(_b64(image)) for image in iter_images(images))
-    head = b'{"top_k":' + _json(top_k) + b',"images":['
+    options: dict[str, Any] = {"top_k": top_k}
+    if reject is not None:  # left out, the server's default applies (and older servers are not bothered)
+        options["reject"] = "on" if reject else "off"
+    if novelty_threshold is not None:
+        options["novelty_threshold"] = novelty_threshold
+    head = _json(options)[:-1] + b',"images":['
     path = f"{_task_path(task_id)}/classify"
     requests = (Request("POST", path, body) for body in _bodies(items, head, b"]}", limits))
 

@@ -195,9 +195,20 @@ class Task:
         """Add `(label, image)` pairs; the result is the task's state after the last request."""
         return self.client._call(_calls.add_examples(self.id, examples, self.client.limits))
 
-    def classify(self, images: Images, top_k: int = 1) -> ClassifyResult:
-        """Predict a label for each image (in order), with the `top_k` best labels and their scores."""
-        return self.client._call(_calls.classify(self.id, images, top_k, self.client.limits))
+    def classify(
+        self,
+        images: Images,
+        top_k: int = 1,
+        reject: bool | None = None,
+        novelty_threshold: float | None = None,
+    ) -> ClassifyResult:
+        """Predict a label for each image (in order), with the `top_k` best labels and their scores.
+
+        reject: True (the server's default) gives an image unlike every label of the task the label
+        None ("none of these"); False always gives the most likely label. novelty_threshold: this
+        call's threshold instead of the server's. Each prediction carries `known` and `novelty`."""
+        call = _calls.classify(self.id, images, top_k, self.client.limits, reject, novelty_threshold)
+        return self.client._call(call)
 
     def info(self) -> TaskInfo:
         """The task's version, number of examples, and examples per label."""
@@ -231,10 +242,21 @@ class AsyncTask:
         limits = await self.client.limits()
         return await self.client._call(_calls.add_examples(self.id, examples, limits))
 
-    async def classify(self, images: Images, top_k: int = 1) -> ClassifyResult:
-        """Predict a label for each image (in order), with the `top_k` best labels and their scores."""
+    async def classify(
+        self,
+        images: Images,
+        top_k: int = 1,
+        reject: bool | None = None,
+        novelty_threshold: float | None = None,
+    ) -> ClassifyResult:
+        """Predict a label for each image (in order), with the `top_k` best labels and their scores.
+
+        reject: True (the server's default) gives an image unlike every label of the task the label
+        None ("none of these"); False always gives the most likely label. novelty_threshold: this
+        call's threshold instead of the server's. Each prediction carries `known` and `novelty`."""
         limits = await self.client.limits()
-        return await self.client._call(_calls.classify(self.id, images, top_k, limits))
+        call = _calls.classify(self.id, images, top_k, limits, reject, novelty_threshold)
+        return await self.client._call(call)
 
     async def info(self) -> TaskInfo:
         """The task's version, number of examples, and examples per label."""

@@ -26,10 +26,20 @@ class LabelScore(_Model):
     """Softmax probability of the label."""
 
 
-class Prediction(LabelScore):
-    """The most likely label of one image, with the `top_k` best labels."""
+class Prediction(_Model):
+    """The most likely label of one image, with the `top_k` best labels.
 
+    `label` is None when the server rejected the image as "none of these" (its `novelty` is over
+    the threshold); `top_k` still ranks the task's labels. Servers older than the open-set API
+    send neither `known` nor `novelty`: every prediction is then known, novelty None."""
+
+    label: str | None
+    score: float
+    """Softmax probability of the most likely label."""
     top_k: list[LabelScore]
+    known: bool = True
+    novelty: float | None = None
+    """1 - cosine similarity of the image's key to the nearest stored example (0..2)."""
 
 
 class ClassifyResult(_Model):
@@ -38,10 +48,12 @@ class ClassifyResult(_Model):
     task_id: str
     version: int
     predictions: list[Prediction]
+    novelty_threshold: float | None = None
+    """The threshold `known` was decided with (None: none configured, or an older server)."""
 
     @property
-    def labels(self) -> list[str]:
-        """The predicted label of each image."""
+    def labels(self) -> list[str | None]:
+        """The predicted label of each image (None: "none of these")."""
         return [prediction.label for prediction in self.predictions]
 
 

@@ -118,20 +118,27 @@ def cmd_classify(client: Client, args: argparse.Namespace) -> None:
     predictions: list[Prediction] = []
     with _progress(len(files), "images") as update:
         for batch in _batches(files, client.limits.max_images):
-            result = task.classify(batch, top_k=args.top_k)
+            result = task.classify(batch, top_k=args.top_k, reject=args.reject == "on")
             predictions += result.predictions
             update(len(batch))
-    result = ClassifyResult(task_id=result.task_id, version=result.version, predictions=predictions)
+    result = ClassifyResult(
+        task_id=result.task_id,
+        version=result.version,
+        predictions=predictions,
+        novelty_threshold=result.novelty_threshold,
+    )
     if args.json:
         answer = result.model_dump()
         for file, prediction in zip(files, answer["predictions"], strict=True):
             prediction["file"] = str(file)
         _print_json(answer)
         return
-    rows = [["file", "label", "score"] + (["top_k"] if args.top_k > 1 else [])]
+    rows = [["file", "label", "score", "novelty"] + (["top_k"] if args.top_k > 1 else [])]
     for file, p in zip(files, predictions, strict=True):
         top = ", ".join(f"{s.label} {s.score:.3f}" for s in p.top_k)
-        rows.append([str(file), p.label, f"{p.score:.3f}"] + ([top] if args.top_k > 1 else []))
+        novelty = "-" if p.novelty is None else f"{p.novelty:.3f}"
+        label = p.label if p.label is not None else "(none of these)"
+        rows.append([str(file), label, f"{p.score:.3f}", novelty] + ([top] if args.top_k > 1 else []))
     print(_table(rows))
 
 
@@ -188,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("task", help="task id")
     sub.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders of images")
     sub.add_argument("--top-k", type=int, default=1, help="list the K most likely labels of each image")
+    sub.add_argument(
+        "--reject",
+        choices=["on", "off"],
+        default="on",
+        help='on: an image unlike every label is "(none of these)"; off: always the most likely label',
+    )
     sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     sub = command("info", cmd_info, "show a task's version and labels")

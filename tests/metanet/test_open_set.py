@@ -1,0 +1,99 @@
+"""Open-set tasks, novelty scores, AUROC and the stored calibration, on real Omniglot drawings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model import MetaNet, MetaNetConfig
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.inference import MetaNetPredictor
+from model.novelty import OpenSetCalibration, novelty
+from training import open_set
+from training.episodes import ClassPool, EpisodeSampler
+
+
+@pytest.fixture(scope="module")
+def pool(evaluation_characters) -> ClassPool:
+    return ClassPool(evaluation_characters.images[:40], [(i, 0) for i in range(40)])
+
+
+@pytest.fixture(scope="module")
+def model() -> MetaNet:
+    torch.manual_seed(0)
+    return MetaNet(MetaNetConfig(channels=16, max_task_examples=5, signed_keys=True)).eval()
+
+
+def test_open_set_tasks_are_the_closed_set_tasks_plus_unknown_queries(pool: ClassPool) -> None:
+    closed = EpisodeSampler(pool, way=5, shot=1, queries=3, seed=4)
+    opened = open_set.OpenSetSampler(pool, way=5, shot=1, queries=3, unknown=4, seed=4)
+    for _ in range(3):
+        reference, chosen = closed.sample_with_classes()
+        episode = opened.sample()
+        torch.testing.assert_close(episode.support, reference.support)
+        torch.testing.assert_close(episode.query[:15], reference.query)
+        assert episode.query.shape == (15 + 12, 1, 28, 28)
+        assert (episode.query_labels[15:] == open_set.UNKNOWN).all()
+        unknown = episode.query[15:, 0]  # every unknown drawing is of a class outside the task
+        task_images = torch.as_tensor(pool.images[chosen]).float() / 255  # [5, 20, 28, 28]
+        assert not (unknown[:, None, None] == task_images[None]).flatten(-2).all(-1).any()
+
+
+def test_auroc_counts_ordered_pairs_with_ties_as_half() -> None:
+    rng = np.random.default_rng(0)
+    known, unknown = rng.integers(0, 5, 40).astype(float), rng.integers(2, 8, 30).astype(float)
+    pairs = (unknown[None, :] > known[:, None]) + 0.5 * (unknown[None, :] == known[:, None])
+    assert open_set.auroc(known, unknown) == pytest.approx(pairs.mean())
+    assert open_set.auroc(np.zeros(3), np.ones(3)) == 1.0
+
+
+def test_key_scores_agree_without_the_base_learner(model: MetaNet, pool: ClassPool) -> None:
+    episode = open_set.OpenSetSampler(pool, way=5, shot=1, queries=2, unknown=5, seed=0).sample()
+    with torch.no_grad():
+        logits, votes, full = open_set.candidate_scores(model, episode, full_model=True)
+        none, keys_votes, keys_only = open_set.candidate_scores(model, episode, full_model=False)
+    assert logits.shape == (20, 5) and none is None
+    assert set(full) == set(open_set.CANDIDATES) and set(keys_only) < set(full)
+    torch.testing.assert_close(keys_votes, votes)
+    for name, value in keys_only.items():
+        torch.testing.assert_close(value, full[name])
+
+
+def test_server_novelty_is_the_evaluated_score(model: MetaNet, pool: ClassPool) -> None:
+    """The predictor's novelty (what the server answers) equals the score evaluation measured."""
+    episode = open_set.OpenSetSampler(pool, way=4, shot=1, queries=2, unknown=3, seed=1).sample()
+    predictor = MetaNetPredictor(model)
+    images = (episode.support[:, 0] * 255).round().to(torch.uint8)
+    task = predictor.build_memory(images, [f"c{i}" for i in range(4)])
+    queries = (episode.query[:, 0] * 255).round().to(torch.uint8)
+    with torch.no_grad():
+        evaluated = open_set.candidate_scores(model, episode, full_model=False)[2]["nearest_key_distance"]
+    torch.testing.assert_close(predictor.novelty(task, queries), evaluated, atol=1e-5, rtol=0)
+    assert predictor.novelty(task, images).max() < 1e-5  # a stored example is not novel at all
+
+
+def test_calibration_rejects_the_target_share_and_round_trips(model, pool, tmp_path) -> None:
+    thresholds, summary = open_set.calibrate(
+        model, pool, ways=[5], tasks=4, queries=5, false_rejection=0.2, seed=0, device="cpu", batch=2
+    )
+    assert summary["5-way"]["false_rejection_rate"] == pytest.approx(20.0, abs=2.0)
+    assert set(thresholds) == {"nearest_key_distance", "attention", "key_margin", "task_normalized_distance"}
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(model, path, {"split": "standard"})
+    open_set.main(["--checkpoint", str(path), "--split", "standard", "--tasks", "2", "--ways", "5"])
+    stored = OpenSetCalibration.from_metadata(json.loads(path.with_suffix(".json").read_text()))
+    assert stored is not None and stored.false_rejection_target == 0.05 and stored.threshold > 0
+    assert "standard/val" in stored.calibrated_on and stored.command.startswith("python -m training.open_set")
+    assert stored.known(torch.tensor([stored.threshold, stored.threshold + 1e-3])).tolist() == [True, False]
+    assert OpenSetCalibration.from_metadata(load_checkpoint(path)[1]) == stored
+
+
+def test_novelty_is_one_minus_the_nearest_cosine() -> None:
+    keys = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    queries = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0]]), dim=-1)
+    torch.testing.assert_close(
+        novelty(queries, keys), torch.tensor([0.0, 1 - 2**-0.5, 1.0]), atol=1e-3, rtol=0
+    )
