@@ -31,7 +31,9 @@ def test_docs_quickstart(server_url: str) -> None:
     snippet = re.search(r"```python\n(.*?)```", doc, re.DOTALL).group(1)
     assert "http://127.0.0.1:8000" in snippet
     labels = ast.literal_eval(run_python("-c", snippet.replace("http://127.0.0.1:8000", server_url)))
-    assert len(labels) == 5 and set(labels) <= {f"char{c}" for c in range(1, 6)}
+    # Each drawing gets its own character, or None where the open-set threshold rejects it.
+    assert len(labels) == 5 and all(label in (f"char{c}", None) for c, label in enumerate(labels, 1))
+    assert sum(label is None for label in labels) <= 1
     assert snippet in (REPO / "clients/examples/quickstart.py").read_text()
 
 
