@@ -86,9 +86,11 @@ def test_task_list_and_label_pictures(client: httpx.Client, task_id: str, tibeta
     assert [e["label"] for e in client.get(f"/tasks/{task_id}/labels").json()["labels"]] == ["b"]
 
 
-def test_root_leads_to_the_teaching_page(client: httpx.Client) -> None:
-    root = client.get("/", follow_redirects=False)
+def test_root_leads_a_browser_to_the_teaching_page(client: httpx.Client) -> None:
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    root = client.get("/", headers=browser, follow_redirects=False)
     assert root.status_code in (302, 307) and root.headers["location"] == "/ui/"
+    assert client.get("/", headers={"Accept": "application/json"}).json()["ui"] == "/ui"
     page = client.get("/ui", follow_redirects=True)
     assert page.status_code == 200 and "<canvas" in page.text and 'src="app.js"' in page.text
     assert (

@@ -44,17 +44,6 @@ def test_health(client: Client) -> None:
     assert isinstance(client.health(), dict)
 
 
-def test_results_of_servers_before_the_open_set_api_still_parse() -> None:
-    old = {
-        "task_id": "t",
-        "version": 3,
-        "predictions": [{"label": "a", "score": 0.9, "top_k": [{"label": "a", "score": 0.9}]}],
-    }
-    result = ClassifyResult.model_validate(old)
-    assert result.labels == ["a"] and result.novelty_threshold is None
-    assert result.predictions[0].known and result.predictions[0].novelty is None
-
-
 def test_task_lifecycle(
     client: Client, task_id: str, drawings: list[list[bytes]], strangers: list[bytes]
 ) -> None:

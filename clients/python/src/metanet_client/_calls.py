@@ -98,7 +98,7 @@ def classify(
 ) -> Call[ClassifyResult]:
     items = (_json(_b64(image)) for image in iter_images(images))
     options: dict[str, Any] = {"top_k": top_k}
-    if reject is not None:  # left out, the server's default applies (and older servers are not bothered)
+    if reject is not None:  # left out, the server's default applies
         options["reject"] = "on" if reject else "off"
     if novelty_threshold is not None:
         options["novelty_threshold"] = novelty_threshold

@@ -30,16 +30,16 @@ class Prediction(_Model):
     """The most likely label of one image, with the `top_k` best labels.
 
     `label` is None when the server rejected the image as "none of these" (its `novelty` is over
-    the threshold); `top_k` still ranks the task's labels. Servers older than the open-set API
-    send neither `known` nor `novelty`: every prediction is then known, novelty None."""
+    the threshold); `top_k` still ranks the task's labels."""
 
     label: str | None
     score: float
     """Softmax probability of the most likely label."""
-    top_k: list[LabelScore]
-    known: bool = True
-    novelty: float | None = None
+    known: bool
+    """Novelty at most the threshold: the image looks like one of the task's concepts."""
+    novelty: float
     """1 - cosine similarity of the image's key to the nearest stored example (0..2)."""
+    top_k: list[LabelScore]
 
 
 class ClassifyResult(_Model):
@@ -47,9 +47,9 @@ class ClassifyResult(_Model):
 
     task_id: str
     version: int
+    novelty_threshold: float | None
+    """The threshold `known` was decided with (None: none configured, every image is known)."""
     predictions: list[Prediction]
-    novelty_threshold: float | None = None
-    """The threshold `known` was decided with (None: none configured, or an older server)."""
 
     @property
     def labels(self) -> list[str | None]:
