@@ -6,19 +6,38 @@ label k (in order of first appearance) uses codebook row k. An example's fast we
 on that example alone, so adding examples never recomputes the others' fast weights. The
 task-level fast weights Q* read the first T examples (config.max_task_examples); while a task
 has fewer, adding an example refreshes Q* and with it every memory key (one cheap u pass).
+
+The model computes (``MetaNet.build_memory`` / ``extend_memory`` / ``classify_tasks``: the very
+passes training runs); this module keeps labels and images beside each memory. The query side
+runs on a backend: the model itself ("torch") or its ONNX export on ONNX Runtime
+("onnxruntime", ``model/onnx_backend.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 
 from model.checkpoint import load_checkpoint
-from model.metanet import Memory, MetaNet, SparseAttention
+from model.metanet import Memory, MetaNet
 from model.preprocess import to_tensor
+
+Backend = Literal["torch", "onnxruntime"]
+Neighbors = tuple[torch.Tensor, torch.Tensor]  # (ids [q, k] int64, cosines [q, k]) of a query's nearest keys
+
+
+class QueryPath(Protocol):
+    """The query side of the model: what ``MetaNet`` itself and the ONNX Runtime backend both provide."""
+
+    def embed(self, x: torch.Tensor, rep_task_weights: dict[str, torch.Tensor] | None) -> torch.Tensor: ...
+
+    def classify_tasks(
+        self, memories: list[Memory], queries: list[torch.Tensor], neighbors: list[Neighbors | None]
+    ) -> list[torch.Tensor]: ...
 
 
 @dataclass
@@ -49,16 +68,44 @@ class TaskMemory:
 
 
 class MetaNetPredictor:
-    """A trained MetaNet on a device, answering the server's questions."""
+    """A trained MetaNet on a device, answering the server's questions.
 
-    def __init__(self, model: MetaNet, device: str | torch.device = "cpu") -> None:
+    backend: "torch" runs the query side in the model; "onnxruntime" runs its ONNX export
+    (``onnx_path``, exported there first if missing) on ONNX Runtime. The support side (fast
+    weights from gradients) always runs in torch.
+    """
+
+    def __init__(
+        self,
+        model: MetaNet,
+        device: str | torch.device = "cpu",
+        backend: Backend = "torch",
+        onnx_path: str | Path | None = None,
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.backend = backend
+        if backend == "torch":
+            self.queries: QueryPath = self.model
+        elif backend == "onnxruntime":
+            from model.onnx_backend import OnnxQueryPath
+
+            if onnx_path is None:
+                raise ValueError("the onnxruntime backend needs onnx_path")
+            self.queries = OnnxQueryPath.for_model(self.model, onnx_path, self.device)
+        else:
+            raise ValueError(f"unknown backend {backend!r}")
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str | torch.device = "cpu") -> MetaNetPredictor:
+    def load(
+        cls,
+        checkpoint: str | Path,
+        device: str | torch.device = "cpu",
+        backend: Backend = "torch",
+        onnx_path: str | Path | None = None,
+    ) -> MetaNetPredictor:
         model, _ = load_checkpoint(checkpoint, device)
-        return cls(model, device)
+        return cls(model, device, backend, onnx_path)
 
     def _inputs(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         return to_tensor(images).to(self.device)
@@ -90,8 +137,6 @@ class MetaNetPredictor:
         """Memory of a task from its support images [n, 28, 28] and their labels (n >= 1)."""
         all_labels, ids, codes = self._labels(images, labels, [])
         memory = self.model.build_memory(self._inputs(images), ids, codes)
-        if len(labels) >= self.model.config.max_task_examples:
-            memory.rep_state = memory.base_state = None
         return TaskMemory(all_labels, self._stored(images), memory)
 
     @torch.no_grad()
@@ -103,61 +148,23 @@ class MetaNetPredictor:
         Only the new examples' fast weights are computed. Q* and all keys are refreshed only
         while the task had fewer than T examples.
         """
-        model, old = self.model, task.memory
         all_labels, new_ids, codes = self._labels(images, labels, task.labels)
-        new_x = self._inputs(images)
-        fast, fast_out = model.example_fast_weights(new_x, codes[new_ids])
-        stored = torch.cat([task.images, self._stored(images)])
-        label_ids = torch.cat([old.labels, new_ids])
-        t, n_old = model.config.max_task_examples, task.num_examples
-        rep_task, base_task = old.rep_task_weights, old.base_task_weights
-        rep_state, base_state = old.rep_state, old.base_state
-        if n_old < t:  # the new examples change Q*: d reads them, then every key is refreshed
-            first = slice(0, t - n_old)
-            all_x = self._inputs(stored)
-            if model.config.embedding_loss == "cross_entropy":
-                rep_task, rep_state = model.rep_task_weights(new_x[first], codes[new_ids][first], rep_state)
-            else:  # pairs are drawn among all of the first T examples
-                rep_task, rep_state = model.rep_task_weights(all_x[:t], codes[label_ids[:t]])
-            base_task, base_state = model.base_task_weights(new_x[first], codes[new_ids][first], base_state)
-            keys = model.embed(all_x, rep_task)
-        else:
-            keys = torch.cat([old.keys, model.embed(new_x, rep_task)])
-        if len(stored) >= t:  # Q* is final: d's state is no longer needed
-            rep_state = base_state = None
-        memory = Memory(
-            fast_weights=torch.cat([old.fast_weights, fast]),
-            fast_out=torch.cat([old.fast_out, fast_out]),
-            labels=label_ids,
-            label_codes=codes,
-            keys=keys,
-            rep_task_weights=rep_task,
-            base_task_weights=base_task,
-            rep_state=rep_state,
-            base_state=base_state,
-        )
-        return TaskMemory(all_labels, stored, memory)
+        refresh = task.num_examples < self.model.config.max_task_examples
+        support = self._inputs(task.images) if refresh else None
+        memory = self.model.extend_memory(task.memory, self._inputs(images), new_ids, codes, support)
+        return TaskMemory(all_labels, torch.cat([task.images, self._stored(images)]), memory)
 
     @torch.no_grad()
     def embed_queries(self, task: TaskMemory, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """[q, C] L2-normalized query keys in the task's space (use against ``task.keys``)."""
-        return self.model.embed(self._inputs(images), task.memory.rep_task_weights)
+        return self.queries.embed(self._inputs(images), task.memory.rep_task_weights)
 
-    def _attention(
-        self, task: TaskMemory, query_keys: torch.Tensor, neighbors: tuple[torch.Tensor, torch.Tensor] | None
-    ) -> torch.Tensor | SparseAttention:
-        shots = self.model.shots_per_row(task.memory)
-        if neighbors is None:
-            return self.model.attention(query_keys @ task.keys.T, shots)
-        ids, sims = (torch.as_tensor(t, device=self.device) for t in neighbors)
-        return SparseAttention(ids.long(), self.model.attention(sims.float(), shots[ids.long()]))
+    def _neighbors(self, ids: torch.Tensor | np.ndarray, cosines: torch.Tensor | np.ndarray) -> Neighbors:
+        return torch.as_tensor(ids).to(self.device).long(), torch.as_tensor(cosines).to(self.device).float()
 
     @torch.no_grad()
     def classify(
-        self,
-        task: TaskMemory,
-        images: np.ndarray | torch.Tensor,
-        neighbors: tuple[torch.Tensor, torch.Tensor] | None = None,
+        self, task: TaskMemory, images: np.ndarray | torch.Tensor, neighbors: Neighbors | None = None
     ) -> torch.Tensor:
         """Probabilities [q, K] over ``task.labels`` for query images [q, 28, 28].
 
@@ -170,26 +177,11 @@ class MetaNetPredictor:
     def classify_batch(
         self,
         items: list[tuple[TaskMemory, np.ndarray | torch.Tensor]],
-        neighbors: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+        neighbors: list[Neighbors | None] | None = None,
     ) -> list[torch.Tensor]:
         """Classify queries of several tasks in one base-learner pass. Returns [q_i, K_i] per item."""
-        neighbors = neighbors or [None] * len(items)
-        model = self.model
-        xs, fasts, attentions = [], [], []
-        for (task, images), near in zip(items, neighbors, strict=True):
-            x = self._inputs(images)
-            attention = self._attention(task, model.embed(x, task.memory.rep_task_weights), near)
-            xs.append(x)
-            attentions.append(attention)
-            fasts.append(model.read_memory(task.memory, attention))
-        if model.config.variant == "plus":  # task-level base weights differ per task
-            features = [
-                model.base_features(x, fast, task.memory.base_task_weights)
-                for x, fast, (task, _) in zip(xs, fasts, items, strict=True)
-            ]
-        else:
-            features = model.base_features(torch.cat(xs), torch.cat(fasts), None).split([len(x) for x in xs])
-        return [
-            torch.softmax(model.output_logits(h, task.memory, attention), dim=-1).float()
-            for h, (task, _), attention in zip(features, items, attentions, strict=True)
-        ]
+        near = [None if n is None else self._neighbors(*n) for n in (neighbors or [None] * len(items))]
+        logits = self.queries.classify_tasks(
+            [task.memory for task, _ in items], [self._inputs(images) for _, images in items], near
+        )
+        return [torch.softmax(z, dim=-1).float() for z in logits]

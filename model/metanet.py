@@ -16,8 +16,10 @@ one-vs-rest cross-entropy on the example's own label row, hence an example's fas
 depend on that example alone and a memory grows one row at a time.
 
 Every function takes any number of leading batch dimensions: a single task (support
-[n, 1, H, W]) or a meta-batch of episodes (support [E, n, 1, H, W]) run the same code, and
-training, evaluation and serving share it.
+[n, 1, H, W]) or a meta-batch of episodes (support [E, n, 1, H, W]) run the same code. Training,
+evaluation, the server (``model/inference.py``) and the ONNX export (``training/export.py``) call
+the same passes: ``build_memory`` / ``extend_memory`` on the support side, ``read_attention`` and
+``query_logits`` (or ``classify_tasks`` for several tasks at once) on the query side.
 """
 
 from __future__ import annotations
@@ -212,7 +214,8 @@ class MetaNet(nn.Module):
     @staticmethod
     def label_matrix(memory: Memory, dtype: torch.dtype) -> torch.Tensor:
         """[..., n, K] one-hot label of each memory row."""
-        return F.one_hot(memory.labels, memory.label_codes.shape[-1]).to(dtype)
+        slots = torch.arange(memory.label_codes.shape[-1], device=memory.labels.device)
+        return (memory.labels.unsqueeze(-1) == slots).to(dtype)
 
     @staticmethod
     def shots_per_row(memory: Memory) -> torch.Tensor:
@@ -224,6 +227,24 @@ class MetaNet(nn.Module):
         """[..., q, K] total attention on each label's rows: the memory's own vote (no base learner)."""
         return attention @ self.label_matrix(memory, attention.dtype)
 
+    def read_attention(
+        self,
+        memory: Memory,
+        query_keys: torch.Tensor | None,
+        neighbors: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor | SparseAttention:
+        """Attention of queries over the memory rows (Algorithm 1, line 17).
+
+        query_keys: [..., q, C] from ``embed`` (unused with ``neighbors``). Dense: [..., q, n] over
+        every row. With ``neighbors`` (ids [q, k] int64, cosines [q, k] of each query's nearest keys,
+        e.g. from FAISS or ``torch.topk``), sparse attention over those rows only.
+        """
+        shots = self.shots_per_row(memory)
+        if neighbors is None:
+            return self.attention(query_keys @ memory.keys.transpose(-1, -2), shots.unsqueeze(-2))
+        ids, cosines = neighbors
+        return SparseAttention(ids, self.attention(cosines, shots[ids]))
+
     # ---- support and query passes ---------------------------------------------------------
     def build_memory(self, x: torch.Tensor, labels: torch.Tensor, label_codes: torch.Tensor) -> Memory:
         """Algorithm 1, lines 1-14. x: [..., n, 1, H, W] support images; labels: [..., n] in 0..K-1;
@@ -234,12 +255,60 @@ class MetaNet(nn.Module):
         rep_task, rep_state = self.rep_task_weights(first_x, first_slots)
         base_task, base_state = self.base_task_weights(first_x, first_slots)
         fast, fast_out = self.example_fast_weights(x, slots)
+        if x.shape[-4] >= t:  # Q* is final: d's state is no longer needed
+            rep_state = base_state = None
         return Memory(
             fast_weights=fast,
             fast_out=fast_out,
             labels=labels,
             label_codes=label_codes,
             keys=self.embed(x, rep_task),
+            rep_task_weights=rep_task,
+            base_task_weights=base_task,
+            rep_state=rep_state,
+            base_state=base_state,
+        )
+
+    def extend_memory(
+        self,
+        memory: Memory,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        label_codes: torch.Tensor,
+        support: torch.Tensor | None,
+    ) -> Memory:
+        """``memory`` with support examples x [m, 1, H, W] (labels [m] in 0..K-1) appended; one task.
+
+        label_codes: [K] codebook rows of every label, old ones first; support: [n, 1, H, W] the
+        memory's own support images (needed only while it holds fewer than T examples). Only the new
+        examples' fast weights are computed. While the memory held fewer than T examples, d reads
+        the new ones (from its kept state) and every key is refreshed with the new Q*.
+        """
+        t, n_old = self.config.max_task_examples, memory.labels.shape[-1]
+        slots = label_codes[labels]
+        fast, fast_out = self.example_fast_weights(x, slots)
+        all_labels = torch.cat([memory.labels, labels])
+        rep_task, base_task = memory.rep_task_weights, memory.base_task_weights
+        rep_state, base_state = memory.rep_state, memory.base_state
+        if n_old < t:  # the new examples change Q*: d reads them, then every key is refreshed
+            first = slice(0, t - n_old)
+            all_x = torch.cat([support, x])
+            if self.config.embedding_loss == "cross_entropy":
+                rep_task, rep_state = self.rep_task_weights(x[first], slots[first], rep_state)
+            else:  # pairs are drawn among all of the first T examples
+                rep_task, rep_state = self.rep_task_weights(all_x[:t], label_codes[all_labels[:t]])
+            base_task, base_state = self.base_task_weights(x[first], slots[first], base_state)
+            keys = self.embed(all_x, rep_task)
+        else:
+            keys = torch.cat([memory.keys, self.embed(x, rep_task)])
+        if len(all_labels) >= t:  # Q* is final: d's state is no longer needed
+            rep_state = base_state = None
+        return Memory(
+            fast_weights=torch.cat([memory.fast_weights, fast]),
+            fast_out=torch.cat([memory.fast_out, fast_out]),
+            labels=all_labels,
+            label_codes=label_codes,
+            keys=keys,
             rep_task_weights=rep_task,
             base_task_weights=base_task,
             rep_state=rep_state,
@@ -263,16 +332,18 @@ class MetaNet(nn.Module):
         lead = x.shape[:-3]
         per_query = unflatten(fast_weights.reshape(-1, fast_weights.shape[-1]), slow)  # {name: [Q, *shape]}
         queries = x.reshape(-1, *x.shape[-3:])
-        if base_task_weights is None:
-            h = vmap(lambda fast, xi: cnn.features(xi, slow, fast))(per_query, queries)
-        else:
-            tasks = len(lead) - 1  # task dims before the query dim (none for a single task)
-            task = {  # each query gets its task's weights: [*batch, *shape] -> [Q, *shape]
-                name: w.unsqueeze(tasks).expand(*lead, *w.shape[tasks:]).reshape(-1, *w.shape[tasks:])
-                for name, w in base_task_weights.items()
-            }
-            h = vmap(lambda fast, tw, xi: cnn.features(xi, slow, fast, tw))(per_query, task, queries)
-        return h.reshape(*lead, -1)
+        weight_sets = [slow, per_query]
+        if base_task_weights is not None:
+            tasks = len(lead) - 1  # task dims before the query dim (none for a single task: shared)
+            weight_sets.append(
+                {  # each query gets its task's weights: [*batch, *shape] -> [Q, *shape]
+                    name: w.unsqueeze(tasks).expand(*lead, *w.shape[tasks:]).reshape(-1, *w.shape[tasks:])
+                    for name, w in base_task_weights.items()
+                }
+                if tasks
+                else base_task_weights
+            )
+        return cnn.features(queries, *weight_sets).reshape(*lead, -1)
 
     def output_logits(
         self, h: torch.Tensor, memory: Memory, attention: torch.Tensor | SparseAttention
@@ -303,6 +374,35 @@ class MetaNet(nn.Module):
         h = self.base_features(x, self.read_memory(memory, attention), memory.base_task_weights)
         return self.output_logits(h, memory, attention)
 
+    def classify_tasks(
+        self,
+        memories: list[Memory],
+        queries: list[torch.Tensor],
+        neighbors: list[tuple[torch.Tensor, torch.Tensor] | None],
+    ) -> list[torch.Tensor]:
+        """``query_logits`` for queries of several tasks (each a single task) in one base-learner pass.
+
+        queries[i]: [q_i, 1, H, W] against memories[i]; neighbors[i]: None (dense attention) or its
+        queries' top-k rows (see ``read_attention``). Returns logits [q_i, K_i] per task.
+        """
+        attentions = [
+            self.read_attention(m, None if near is not None else self.embed(x, m.rep_task_weights), near)
+            for m, x, near in zip(memories, queries, neighbors, strict=True)
+        ]
+        fast = [self.read_memory(m, a) for m, a in zip(memories, attentions, strict=True)]
+        if self.config.variant == "plus":  # task-level base weights differ per task
+            features = [
+                self.base_features(x, f, m.base_task_weights)
+                for x, f, m in zip(queries, fast, memories, strict=True)
+            ]
+        else:
+            features = self.base_features(torch.cat(queries), torch.cat(fast), None).split(
+                [len(x) for x in queries]
+            )
+        return [
+            self.output_logits(h, m, a) for h, m, a in zip(features, memories, attentions, strict=True)
+        ]
+
     def forward_with_attention(
         self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, label_codes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -311,9 +411,7 @@ class MetaNet(nn.Module):
         Returns (logits [..., q, K] of the full model, label attention [..., q, K]: the memory's
         vote alone, for attention-only accuracy)."""
         memory = self.build_memory(support, labels, label_codes)
-        query_keys = self.embed(query, memory.rep_task_weights)
-        shots = self.shots_per_row(memory).unsqueeze(-2)  # [..., 1, n]
-        attention = self.attention(query_keys @ memory.keys.transpose(-1, -2), shots)
+        attention = self.read_attention(memory, self.embed(query, memory.rep_task_weights))
         return self.query_logits(query, memory, attention), self.label_attention(memory, attention)
 
     def forward(

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model.inference import MetaNetPredictor
+from model.preprocess import to_tensor
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "omniglot-standard.safetensors"
 
@@ -88,3 +89,18 @@ def test_bad_calls_are_rejected(predictor, task):
         predictor.build_memory(support[:2], labels[:3])
     with pytest.raises(ValueError):
         predictor.build_memory(support[:0], [])
+
+
+def test_the_server_path_gives_the_training_forward_probabilities(predictor, evaluation_characters):
+    """A real 20-way episode: build_memory + classify (what the server runs) against MetaNet.forward."""
+    chars = np.random.default_rng(1).choice(len(evaluation_characters.names), 20, replace=False)
+    images = evaluation_characters.images[chars]  # [20, 20, 28, 28]
+    support, queries = images[:, 0], images[:, 1:4].reshape(-1, 28, 28)  # 60 queries, 3 per label
+    model = predictor.model
+    with torch.no_grad():
+        logits = model(
+            to_tensor(support), torch.arange(20), to_tensor(queries), torch.arange(20)
+        )  # labels k = codebook row k, as the server assigns them in order of appearance
+    served = predictor.classify(predictor.build_memory(support, [f"c{i}" for i in range(20)]), queries)
+    torch.testing.assert_close(served, torch.softmax(logits, -1), atol=1e-6, rtol=1e-5)
+    assert (served.argmax(-1) == torch.arange(20).repeat_interleave(3)).float().mean() >= 0.75
