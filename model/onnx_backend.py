@@ -13,12 +13,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
+from model.checkpoint import load_checkpoint
 from model.metanet import Memory, MetaNet
 
 logger = logging.getLogger("metanet.onnx")
@@ -30,6 +33,31 @@ def default_onnx_path(checkpoint: str | Path, folder: str | Path) -> Path:
     checkpoint is exported again instead of serving stale graphs."""
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:12]
     return Path(folder) / f"{Path(checkpoint).stem}-{digest}.onnx"
+
+
+def ensure_export(checkpoint: str | Path, out: str | Path) -> None:
+    """Export ``checkpoint`` to ``out`` unless that export is already there."""
+    from training.export import graph_paths
+
+    if not all(path.exists() for path in graph_paths(out).values()):
+        _export_if_missing(load_checkpoint(checkpoint)[0], out)
+
+
+def _export_if_missing(model: MetaNet, out: str | Path) -> None:
+    """Export into a scratch folder, then move each graph into place (the query graph last), so that
+    a concurrent reader never sees a partial export and concurrent exporters do not clash."""
+    from training.export import export_model, graph_paths
+
+    out = Path(out)
+    if all(path.exists() for path in graph_paths(out).values()):
+        return
+    logger.info("exporting the model to ONNX at %s (once per checkpoint)", out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
+        written = export_model(copy.deepcopy(model).cpu(), Path(scratch) / out.name)
+        final = graph_paths(out)
+        for name in sorted(written, key=lambda graph: graph == "query"):
+            os.replace(written[name], final[name])
 
 
 def providers_for(device: torch.device) -> list[str]:
@@ -95,11 +123,7 @@ class OnnxQueryPath:
     @classmethod
     def for_model(cls, model: MetaNet, out: str | Path, device: str | torch.device = "cpu") -> OnnxQueryPath:
         """Sessions over ``model``'s export at ``out``, exporting it there first if it is missing."""
-        from training.export import export_model, graph_paths
-
-        if not all(path.exists() for path in graph_paths(out).values()):
-            logger.info("exporting the model to %s", out)
-            export_model(copy.deepcopy(model).cpu(), out)
+        _export_if_missing(model, out)
         path = cls(out, device)
         logger.info("ONNX Runtime %s, providers %s", ort.__version__, path.providers)
         return path

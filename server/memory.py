@@ -8,11 +8,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
-import faiss
 import numpy as np
 import torch
 
 from model.inference import MetaNetPredictor, TaskMemory
+from server.neighbors import KeyIndex, key_index
 from server.store import TaskStore
 
 Refresh = Literal["hit", "extend", "build"]
@@ -30,7 +30,7 @@ class CachedTask:
     uid: int
     version: int
     memory: TaskMemory
-    index: faiss.IndexFlatIP | None  # over memory.keys; only for tasks that use top-k attention
+    index: KeyIndex | None  # over memory.keys; only for tasks that use top-k attention
 
     @property
     def nbytes(self) -> int:
@@ -141,14 +141,12 @@ class TaskMemories:
         found = self.current(tenant, task_id)
         return found[1] if found else None
 
-    def build_index(self, memory: TaskMemory) -> faiss.IndexFlatIP | None:
-        """A FAISS index over the memory keys if the task is large enough for top-k attention."""
+    def build_index(self, memory: TaskMemory) -> KeyIndex | None:
+        """An index over the memory keys (FAISS; see server/neighbors.py) if the task is large enough for
+        top-k attention."""
         if memory.num_examples < self.topk_min_examples:
             return None
-        keys = memory.keys.detach().to("cpu", torch.float32).contiguous().numpy()
-        index = faiss.IndexFlatIP(keys.shape[1])  # inner product of unit vectors = cosine attention
-        index.add(keys)
-        return index
+        return key_index(memory.keys)
 
     def classify(self, items: list[tuple[CachedTask, np.ndarray]]) -> list[torch.Tensor]:
         """Probabilities [q, K] per item, all in one batch: dense attention for small tasks, top-k
@@ -159,7 +157,4 @@ class TaskMemories:
         return self.predictor.classify_batch([(task.memory, images) for task, images in items], neighbors)
 
     def _neighbors(self, task: CachedTask, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        queries = self.predictor.embed_queries(task.memory, images)
-        queries = queries.detach().to("cpu", torch.float32).contiguous().numpy()
-        sims, ids = task.index.search(queries, min(self.topk_neighbors, task.index.ntotal))
-        return torch.from_numpy(ids), torch.from_numpy(sims)
+        return task.index.search(self.predictor.embed_queries(task.memory, images), self.topk_neighbors)

@@ -83,13 +83,15 @@ class MetaNetAPI(ls.LitAPI):
         faiss.omp_set_num_threads(s.torch_threads)
         self.store = SQLiteTaskStore(s.store_path)
         self.memories = TaskMemories(
-            MetaNetPredictor.load(s.checkpoint, device),
+            MetaNetPredictor.load(s.checkpoint, device, s.backend, s.onnx_path),
             self.store,
             MemoryCache(s.cache_bytes),
             s.topk_min_examples,
             s.topk_neighbors,
         )
-        logger.info("worker ready: %s on %s, %d thread(s)", s.checkpoint, device, s.torch_threads)
+        logger.info(
+            "worker ready: %s on %s (%s), %d thread(s)", s.checkpoint, device, s.backend, s.torch_threads
+        )
 
     def batch(self, inputs: list[dict]) -> list[dict]:
         return inputs
