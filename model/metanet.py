@@ -103,10 +103,26 @@ class MetaNet(nn.Module):
         fast = {}
         for name, g in grads.items():
             m = self.m_conv if name.startswith("conv") else self.m_fc
-            fast[name] = m(preprocess_gradient(g, k))
-            if self.config.relative_fast_weights:
-                fast[name] = fast[name] - m(preprocess_gradient(g.new_zeros(1), k))
+            if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+                fast[name] = m(preprocess_gradient(g, k))
+                if self.config.relative_fast_weights:
+                    fast[name] = fast[name] - m(preprocess_gradient(g.new_zeros(1), k))
+            else:
+                fast[name] = self._m_nonzero(m, g)
         return fast
+
+    def _m_nonzero(self, m: CoordinateMLP, g: torch.Tensor) -> torch.Tensor:
+        """m over a gradient, run only where it is nonzero: every zero coordinate gets m(0), and most
+        are zero (ReLU and max-pool leave ~70% of this base learner's weight gradients exactly zero).
+        Inference only (the shapes depend on the data)."""
+        k = self.config.grad_clip_k
+        zero = m(preprocess_gradient(g.new_zeros(1), k))  # [1]
+        flat = g.reshape(-1)
+        nonzero = flat.nonzero().squeeze(-1)
+        values = m(preprocess_gradient(flat[nonzero], k))
+        if self.config.relative_fast_weights:
+            return flat.new_zeros(flat.shape).index_put_((nonzero,), values - zero).view_as(g)
+        return zero.expand(flat.shape).clone().index_put_((nonzero,), values).view_as(g)
 
     def _zero_gradient_fast_weight(self) -> torch.Tensor:
         """m's output for a zero gradient: every output row other than the example's own
@@ -318,7 +334,12 @@ class MetaNet(nn.Module):
     def read_memory(self, memory: Memory, attention: torch.Tensor | SparseAttention) -> torch.Tensor:
         """W* = a^T M: per-query fast weights [..., q, P] (conv and fc layers, flattened)."""
         if isinstance(attention, SparseAttention):
-            return torch.einsum("qk,qkp->qp", attention.weights, memory.fast_weights[attention.ids])
+            if torch.is_grad_enabled() or torch.onnx.is_in_onnx_export():
+                return torch.einsum("qk,qkp->qp", attention.weights, memory.fast_weights[attention.ids])
+            # the same weighted sum of rows without a [q, k, P] copy of them
+            return F.embedding_bag(
+                attention.ids, memory.fast_weights, per_sample_weights=attention.weights, mode="sum"
+            )
         return attention @ memory.fast_weights
 
     def base_features(
@@ -379,28 +400,46 @@ class MetaNet(nn.Module):
         memories: list[Memory],
         queries: list[torch.Tensor],
         neighbors: list[tuple[torch.Tensor, torch.Tensor] | None],
+        chunk: int = 256,
     ) -> list[torch.Tensor]:
-        """``query_logits`` for queries of several tasks (each a single task) in one base-learner pass.
+        """``query_logits`` for queries of several tasks (each a single task), batched across tasks.
 
         queries[i]: [q_i, 1, H, W] against memories[i]; neighbors[i]: None (dense attention) or its
-        queries' top-k rows (see ``read_attention``). Returns logits [q_i, K_i] per task.
+        queries' top-k rows (see ``read_attention``). The base learner runs over up to ``chunk``
+        queries of any tasks at a time (each query has its own fast weights W* [P] anyway, ~0.6 MB:
+        the chunk bounds their memory). Returns logits [q_i, K_i] per task.
         """
         attentions = [
             self.read_attention(m, None if near is not None else self.embed(x, m.rep_task_weights), near)
             for m, x, near in zip(memories, queries, neighbors, strict=True)
         ]
-        fast = [self.read_memory(m, a) for m, a in zip(memories, attentions, strict=True)]
-        if self.config.variant == "plus":  # task-level base weights differ per task
-            features = [
-                self.base_features(x, f, m.base_task_weights)
-                for x, f, m in zip(queries, fast, memories, strict=True)
+        features: list[list[torch.Tensor]] = [[] for _ in memories]
+        pending: list[tuple[int, slice]] = []  # (task, rows) of the next base-learner pass
+
+        def run() -> None:
+            rows = [
+                (queries[i][s], self.read_memory(memories[i], _rows(attentions[i], s))) for i, s in pending
             ]
-        else:
-            features = self.base_features(torch.cat(queries), torch.cat(fast), None).split(
-                [len(x) for x in queries]
+            task_weights = memories[pending[0][0]].base_task_weights  # one task per pass for MetaNet+
+            h = self.base_features(
+                torch.cat([x for x, _ in rows]), torch.cat([f for _, f in rows]), task_weights
             )
+            for (i, _), part in zip(pending, h.split([len(x) for x, _ in rows]), strict=True):
+                features[i].append(part)
+            pending.clear()
+
+        for i, x in enumerate(queries):
+            for start in range(0, len(x), chunk):
+                if pending and self.config.variant == "plus" and pending[-1][0] != i:
+                    run()  # task-level base weights differ per task
+                pending.append((i, slice(start, start + chunk)))
+                if sum(len(queries[j][s]) for j, s in pending) >= chunk:
+                    run()
+        if pending:
+            run()
         return [
-            self.output_logits(h, m, a) for h, m, a in zip(features, memories, attentions, strict=True)
+            self.output_logits(torch.cat(h), m, a)
+            for h, m, a in zip(features, memories, attentions, strict=True)
         ]
 
     def forward_with_attention(
@@ -419,6 +458,13 @@ class MetaNet(nn.Module):
     ) -> torch.Tensor:
         """Logits [..., q, K] of episodes (see ``forward_with_attention``)."""
         return self.forward_with_attention(support, labels, query, label_codes)[0]
+
+
+def _rows(attention: torch.Tensor | SparseAttention, rows: slice) -> torch.Tensor | SparseAttention:
+    """The attention of some queries (rows of a [q, n] or sparse attention)."""
+    if isinstance(attention, SparseAttention):
+        return SparseAttention(attention.ids[rows], attention.weights[rows])
+    return attention[rows]
 
 
 def over_batch(fn, batch_dims: int):
