@@ -136,25 +136,34 @@ class OnnxQueryPath:
         return self.embedder.run(feeds, [(x.shape[0], self.channels)])[0].to(x.device)
 
     def classify_tasks(
-        self, memories: list[Memory], queries: list[torch.Tensor], neighbors: list[Neighbors | None]
+        self,
+        memories: list[Memory],
+        queries: list[torch.Tensor],
+        neighbors: list[Neighbors | None],
+        chunk: int = 256,
+        topk_chunk: int = 16,
     ) -> list[torch.Tensor]:
-        """Logits [q_i, K_i] per task: ``MetaNet.classify_tasks`` with one graph run per task."""
+        """Logits [q_i, K_i] per task: ``MetaNet.classify_tasks`` with graph runs per task of at most
+        ``chunk`` queries (dense) or ``topk_chunk`` queries (top-k: the graph gathers [q, k, P] rows)."""
         from training.export import flat_rep_task
 
         logits = []
         for memory, x, near in zip(memories, queries, neighbors, strict=True):
             feeds = {
-                "images": x,
                 "labels": memory.labels,
                 "label_codes": memory.label_codes,
                 "fast_weights": memory.fast_weights,
                 "fast_out": memory.fast_out,
+                "keys": memory.keys,
+                "rep_task": flat_rep_task(memory.rep_task_weights, x),
             }
-            shape = [(x.shape[0], memory.label_codes.shape[0])]
-            if near is None:
-                feeds |= {"keys": memory.keys, "rep_task": flat_rep_task(memory.rep_task_weights, x)}
-                logits.append(self.dense.run(feeds, shape)[0].to(x.device))
-            else:
-                feeds |= {"ids": near[0], "cosines": near[1]}
-                logits.append(self.topk.run(feeds, shape)[0].to(x.device))
+            session, rows = (self.dense, chunk) if near is None else (self.topk, topk_chunk)
+            parts = []
+            for start in range(0, len(x), rows):
+                part = slice(start, start + rows)
+                if near is not None:
+                    feeds |= {"ids": near[0][part], "cosines": near[1][part]}
+                shape = (len(x[part]), memory.label_codes.shape[0])
+                parts.append(session.run(feeds | {"images": x[part]}, [shape])[0])
+            logits.append(torch.cat(parts).to(x.device))
         return logits
