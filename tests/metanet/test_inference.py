@@ -104,3 +104,21 @@ def test_the_server_path_gives_the_training_forward_probabilities(predictor, eva
     served = predictor.classify(predictor.build_memory(support, [f"c{i}" for i in range(20)]), queries)
     torch.testing.assert_close(served, torch.softmax(logits, -1), atol=1e-6, rtol=1e-5)
     assert (served.argmax(-1) == torch.arange(20).repeat_interleave(3)).float().mean() >= 0.75
+
+
+def test_queries_in_chunks_give_the_same_probabilities(predictor, task):
+    """The base learner runs over bounded chunks of queries mixed across tasks; the answers do not change."""
+    support, labels, queries = task
+    first = predictor.build_memory(support[:5], labels[:5])
+    second = predictor.build_memory(support[5:25], labels[5:25])
+    top = (predictor.embed_queries(second, queries[5:12]) @ second.keys.T).topk(4)
+    args = (
+        [first.memory, second.memory],
+        [to_tensor(queries[:7]), to_tensor(queries[5:12])],
+        [None, (top.indices, top.values)],
+    )
+    with torch.no_grad():
+        whole = predictor.model.classify_tasks(*args)
+        chunked = predictor.model.classify_tasks(*args, chunk=3)
+    for expected, got in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
