@@ -23,7 +23,7 @@ What does not export: the per-example loss gradients that m and d read (``torch.
 ONNX form), so building a memory stays in torch.
 
 Exporter: ``torch.onnx.export(..., dynamo=True)``, the torch.export-based exporter, PyTorch's default
-and recommended one since 2.9 (the TorchScript exporter is deprecated and has no ``dynamic_shapes``);
+and recommended one since 2.9 (the TorchScript-based exporter is legacy: a ``DeprecationWarning`` in 2.14);
 it captures the functional ATen graph, so ``torch.onnx.is_in_onnx_export`` switches b's per-query
 convolution from a grouped conv (group count = queries, which ONNX Conv fixes in the graph) to the same
 sum as a batched matmul over 3x3 patches. Opset 18: the exporter's ONNX Script library is written
