@@ -29,6 +29,9 @@ COPY checkpoints checkpoints
 RUN pip install . \
     && pip uninstall -y faiss-cpu onnxruntime \
     && pip install faiss-gpu==1.15.1 "onnxruntime-gpu[cuda,cudnn]==1.31.1"
+# The ONNX export the onnxruntime backend serves, made once here (the app folder is read-only at run time).
+RUN python -c "from server.config import ServerSettings as S; from model.onnx_backend import ensure_export; \
+s = S(); ensure_export(s.checkpoint, s.onnx_path)"
 
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin metanet \
     && mkdir /data \

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import io
 import json
 import platform
@@ -37,6 +38,7 @@ import torch
 from PIL import Image
 
 from model.inference import MetaNetPredictor
+from model.preprocess import to_tensor
 from testkit import CHECKPOINT, REPO, running_server
 from training.data import load_archive
 
@@ -210,17 +212,18 @@ def bench_build_rate(taught: np.ndarray, chunks: list[int], examples: int) -> di
     predictor = MetaNetPredictor.load(CHECKPOINT)
     predictor.warm_up()
     images, labels = taught[:examples], [str(i) for i in range(examples)]
+    model = predictor.model
     with FlopCounterMode(display=False) as counter:  # the per-example support pass, d excluded
-        x = predictor._inputs(images[:1])
+        x = to_tensor(images[:1])
         with torch.no_grad():
-            predictor.example_fast_weights(x, torch.zeros(1, dtype=torch.int64))
-            predictor._keys(x, None)
-            predictor._keys(x, None)  # keys read u with two weight sets (slow + Q*)
+            model.example_fast_weights(x, torch.zeros(1, dtype=torch.int64), predictor.form)
+            model.embed(x, None)
+            model.embed(x, None)  # keys read u with two weight sets (slow + Q*)
     flops = counter.get_total_flops()
     rate = matmul_rate()
     rows = {}
     for chunk in chunks:
-        predictor.chunk_size = chunk
+        predictor.form = dataclasses.replace(predictor.form, chunk_size=chunk)
         predictor.build_memory(images[:chunk], labels[:chunk])
         started = time.perf_counter()
         predictor.build_memory(images, labels)

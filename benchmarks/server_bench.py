@@ -1,46 +1,56 @@
-"""Benchmark of the one-shot concept server, over HTTP against a real server process.
+"""Benchmark of the one-shot concept server, over HTTP against real server processes, beside its anchors.
 
-Measures, with real Omniglot drawings (evaluation alphabets):
-  * latency p50/p95/p99 of classify (1 image) and support (1 image of a known label) calls against
-    tasks of 5, 20 and 100 labels (one example per label);
-  * throughput of classify calls under 1, 4 and 16 concurrent clients (dynamic batching);
-  * memory per stored example: derived memory in a worker's cache, and the task store on disk;
-  * dense vs FAISS top-k attention in-process: latency over task sizes, to place the server's
-    default ``topk_min_examples`` where top-k starts to win, and accuracy on a task of every
-    evaluation character.
+Runs, on the same machine and the same real Omniglot drawings (evaluation alphabets):
+  * the project's server once per query backend (``--backend torch`` and ``onnxruntime``), one worker:
+    latency p50/p95/p99 of classify (1 image) and support (1 image of a known label) calls against tasks
+    of 5, 20 and 100 labels; throughput in classified images/s with 256-image requests against a 20-label
+    and a 1,000-label task at 1, 16 and 64 concurrent clients; single-image classify at 1 and 16 clients;
+    memory per stored example;
+  * the HTTP floor: a bare FastAPI server (benchmarks/http_floor.py) with the same request schema and
+    image decoding that classifies by pixel nearest neighbour, for the same calls;
+  * the compute floor: the model itself in-process (same backend, same thread count as a worker) on
+    already-decoded images: classify of 1 image, extend of a warm task by 1 image plus its key index
+    (the worker's own work for a support call, less the store), and images/s on 256-image batches;
+  * optionally dense vs FAISS top-k attention in-process (``--attention``).
 
-Prints a table and writes JSON:
+Prints tables and writes JSON:
 
-    python benchmarks/server_bench.py                      # defaults: 200 calls each, 1 worker
-    python benchmarks/server_bench.py --calls 50 --skip-attention --out /tmp/quick.json
+    python benchmarks/server_bench.py                       # both backends, the anchors, 200 calls each
+    python benchmarks/server_bench.py --calls 50 --backends onnxruntime --out /tmp/quick.json
+    python benchmarks/server_bench.py --device cuda         # servers and compute floor on the GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
 import httpx
 import numpy as np
+import onnxruntime
 import torch
 from tqdm import tqdm
 
 from model.compact import FastWeightRows
 from model.inference import MetaNetPredictor, TaskMemory
+from model.onnx_backend import default_onnx_path
 from server.config import ServerSettings
 from server.images import ImageDecoder
 from server.memory import CachedTask, MemoryCache, TaskMemories
-from testkit import CHECKPOINT, REPO, b64, omniglot, running_server
+from testkit import CHECKPOINT, REPO, b64, free_port, omniglot, running_server
 
 SIZES = (5, 20, 100)
 
@@ -243,6 +253,141 @@ def bench_attention(sizes: list[int], tiled_sizes: list[int], neighbors: list[in
     return {"rows": rows, "topk_faster_from": wins_from}
 
 
+def floor_ms(fn, repeats: int) -> dict[str, float]:
+    """Percentiles of an in-process call (after a warm-up call)."""
+    fn(0)
+    seconds = []
+    for i in range(repeats):
+        started = time.perf_counter()
+        fn(i)
+        seconds.append(time.perf_counter() - started)
+    return percentiles(seconds)
+
+
+def bench_compute_floor(predictor: MetaNetPredictor, images: np.ndarray, big: TaskMemory, calls: int) -> dict:
+    """The model alone, in-process, on decoded images: what each server call costs at the least.
+
+    images: [characters >= 100, drawers, 28, 28]; big: the memory of the large throughput task."""
+    settings = ServerSettings()
+    tasks = TaskMemories(predictor, None, MemoryCache(0), settings.topk_min_examples, settings.topk_neighbors)
+    labels = [f"c{i}" for i in range(images.shape[0])]
+    report: dict = {"classify": {}, "support": {}, "throughput": {}}
+    for size in SIZES:
+        memory = predictor.build_memory(images[:size, 0], labels[:size])
+        entry = CachedTask(1, 1, memory, tasks.build_index(memory))
+        queries = images[np.arange(size), 1 + np.arange(size) % 19]
+
+        def classify(i: int, entry=entry, queries=queries) -> None:
+            tasks.classify([(entry, queries[i % len(queries)][None])])
+
+        def support(i: int, memory=memory, size=size) -> None:
+            tasks.build_index(predictor.extend_memory(memory, images[i % size, 2][None], [labels[i % size]]))
+
+        report["classify"][str(size)] = floor_ms(classify, calls)
+        report["support"][str(size)] = floor_ms(support, max(calls // 4, 20))
+    batch = images[np.arange(256) % 20, 3 + np.arange(256) % 17]
+    for name, memory in (("20", predictor.build_memory(images[:20, 0], labels[:20])), ("1000", big)):
+        entry = CachedTask(1, 1, memory, tasks.build_index(memory))
+        timing = floor_ms(lambda i, entry=entry: tasks.classify([(entry, batch)]), 5)
+        report["throughput"][name] = {"images_per_s": 256 / (timing["p50_ms"] / 1e3)} | timing
+    return report
+
+
+def big_task(chars: list[list[str]], labels: int) -> list[tuple[str, str]]:
+    """(label, image) of a task of ``labels`` labels, one drawing each (characters reused across drawers)."""
+    return [(f"l{i}", chars[i % len(chars)][i // len(chars)]) for i in range(labels)]
+
+
+def bench_images_per_s(url: str, task: str, batch: list[str], concurrency: list[int], requests: int) -> dict:
+    """Classified images/s with ``len(batch)``-image classify requests, at each number of clients."""
+
+    def client(k: int, n: int, count: int) -> list[float]:
+        with httpx.Client(base_url=url, timeout=600) as http:
+            path = f"/tasks/{task}/classify"
+            return [timed(http, "POST", path, {"images": batch}) for _ in range(k, count, n)]
+
+    results = {}
+    for n in concurrency:
+        count = max(requests, n)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(n) as pool:
+            latencies = [t for ts in pool.map(client, range(n), [n] * n, [count] * n) for t in ts]
+        wall = time.perf_counter() - started
+        results[str(n)] = {
+            "clients": n,
+            "images_per_request": len(batch),
+            "images_per_s": len(latencies) * len(batch) / wall,
+        } | percentiles(latencies)
+        print(f"    {task}, {n:>2} clients: {results[str(n)]['images_per_s']:.0f} images/s", file=sys.stderr)
+    return results
+
+
+def setup_tasks(http: httpx.Client, chars: list[list[str]], big: list[tuple[str, str]]) -> None:
+    """The throughput tasks: 20 labels and len(big) labels, memories built."""
+    create(http, "tp-20", chars, 20)
+    for start in range(0, len(big), 250):
+        body = {"examples": [{"label": label, "image": image} for label, image in big[start : start + 250]]}
+        http.post("/tasks/tp-1000/support", json=body).raise_for_status()
+    http.post("/tasks/tp-1000/classify", json={"images": [chars[0][1]]}).raise_for_status()  # builds memory
+
+
+def bench_server(url: str, data_dir: Path | None, chars, big, args) -> dict:
+    """Every HTTP measurement against one server (the project's, or the HTTP floor when data_dir is None)."""
+    batch = [chars[i % 20][3 + i % 17] for i in range(256)]
+    with httpx.Client(base_url=url, timeout=600) as http:
+        setup_tasks(http, chars, big)
+        report = {"classify": bench_classify(http, chars, args.calls)}
+        if data_dir is not None:
+            report["support"] = bench_support(http, chars, args.calls, args.pool)
+        report["single_image"] = bench_throughput(url, chars, args.single_clients, args.calls)
+        report["throughput"] = {
+            task: bench_images_per_s(url, f"tp-{task}", batch, args.clients, args.requests)
+            for task in ("20", "1000")
+        }
+        if data_dir is not None:
+            held = [f"classify-{size}" for size in SIZES] + ["tp-20", "tp-1000"]
+            held += [task for size in SIZES for task in support_tasks(size, args.pool)]
+            report["memory"] = bench_memory(http, data_dir, held)
+    return report
+
+
+@contextlib.contextmanager
+def http_floor_server() -> Iterator[str]:
+    """benchmarks/http_floor.py under uvicorn, one process."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "benchmarks.http_floor:app", "--port", str(port)]
+    process = subprocess.Popen([*command, "--log-level", "warning"], cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            with contextlib.suppress(httpx.TransportError):
+                httpx.get(f"{url}/docs", timeout=1)
+                break
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def machine(device: str) -> dict:
+    """The hardware the figures come from."""
+    names = [
+        line.split(":", 1)[1].strip()
+        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("model name")
+    ]
+    info = {"cpus": os.cpu_count(), "cpu": names[0] if names else platform.processor()}
+    info |= {
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=200, help="calls per latency measurement")
@@ -250,40 +395,59 @@ def main() -> None:
         "--pool", type=int, default=8, help="warm tasks per size that support calls rotate over"
     )
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument(
+        "--backends", nargs="+", default=["torch", "onnxruntime"], choices=["torch", "onnxruntime"]
+    )
+    parser.add_argument("--device", default="cpu", help="the servers' and the compute floor's device")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64], help="for 256-image requests")
+    parser.add_argument("--requests", type=int, default=32, help="256-image requests per throughput row")
+    parser.add_argument("--single-clients", type=int, nargs="+", default=[1, 16], help="for 1-image requests")
+    parser.add_argument("--big-labels", type=int, default=1000, help="labels of the large throughput task")
+    parser.add_argument("--attention", action="store_true", help="also dense vs top-k attention (in-process)")
     parser.add_argument("--attention-sizes", type=int, nargs="+", default=[20, 50, 100, 200, 400, 659])
     parser.add_argument("--tiled-sizes", type=int, nargs="+", default=[1600, 3200])
     parser.add_argument("--neighbors", type=int, nargs="+", default=[16, 64], help="k of top-k attention")
-    parser.add_argument("--skip-attention", action="store_true", help="skip dense vs top-k (in-process)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/server_bench.json")
     args = parser.parse_args()
 
     report: dict = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": machine(args.device),
         "checkpoint": str(CHECKPOINT.relative_to(REPO)),
         "workers": args.workers,
+        "device": args.device,
         "load_average_before": os.getloadavg(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "servers": {},
     }
-    chars = drawings(100, 20)
-    with tempfile.TemporaryDirectory() as folder:
-        print("starting server ...", file=sys.stderr)
-        server_args = ("--workers", str(args.workers), "--log-level", "warning")
-        with (
-            running_server(Path(folder) / "data", *server_args) as server,
-            httpx.Client(base_url=server.url, timeout=300) as http,
-        ):
-            report["classify"] = bench_classify(http, chars, args.calls)
-            report["support"] = bench_support(http, chars, args.calls, args.pool)
-            print("throughput ...", file=sys.stderr)
-            report["throughput"] = bench_throughput(server.url, chars, args.clients, args.calls)
-            held = [f"classify-{size}" for size in SIZES]
-            held += [task for size in SIZES for task in support_tasks(size, args.pool)]
-            report["memory"] = bench_memory(http, server.data_dir, held)
-    if not args.skip_attention:
-        threads = ServerSettings().torch_threads  # as in a server worker
-        torch.set_num_threads(threads)
-        faiss.omp_set_num_threads(threads)
+    chars = drawings(500, 20)
+    big = big_task(chars, args.big_labels)
+    for backend in args.backends:
+        with tempfile.TemporaryDirectory() as folder:
+            print(f"server, {backend} backend ...", file=sys.stderr)
+            server_args = ("--workers", str(args.workers), "--log-level", "warning", "--backend", backend)
+            with running_server(Path(folder) / "data", *server_args, "--device", args.device) as server:
+                report["servers"][backend] = bench_server(server.url, server.data_dir, chars, big, args)
+    print("HTTP floor: bare FastAPI, pixel nearest neighbour ...", file=sys.stderr)
+    with http_floor_server() as url:
+        report["http_floor"] = bench_server(url, None, chars, big, args)
+    print("compute floor: the model in-process ...", file=sys.stderr)
+    threads = ServerSettings().torch_threads  # as in a server worker
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    decoder = ImageDecoder(max_side=4096)
+    images = np.stack([[decoder.decode(image, "image") for image in row[:20]] for row in chars[:100]])
+    onnx_path = default_onnx_path(CHECKPOINT, REPO / ServerSettings().onnx_dir)
+    predictors = {
+        b: MetaNetPredictor.load(CHECKPOINT, args.device, backend=b, onnx_path=onnx_path)
+        for b in args.backends
+    }
+    big_images = np.stack([decoder.decode(image, "image") for _, image in big])
+    big_memory = next(iter(predictors.values())).build_memory(big_images, [label for label, _ in big])
+    report["compute_floor"] = {}
+    for backend, predictor in predictors.items():
+        report["compute_floor"][backend] = bench_compute_floor(predictor, images, big_memory, args.calls)
+        print(f"  compute floor ({backend}) done", file=sys.stderr)
+    if args.attention:
         report["attention"] = bench_attention(
             args.attention_sizes, args.tiled_sizes, args.neighbors, repeats=30
         )
@@ -297,40 +461,76 @@ def main() -> None:
 
 def print_table(report: dict) -> None:
     before, after = report["load_average_before"][0], report["load_average_after"][0]
-    print(f"\nworkers={report['workers']}  load average before/after: {before:.2f}/{after:.2f}")
-    print(f"{'call':<34}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'calls':>7}")
-    rows = [(f"classify 1 image, {size} labels", r) for size, r in report["classify"].items()]
-    rows += [
-        (f"support 1 image, {r['task_examples_from']}-{r['task_examples_to']} ex", r)
-        for r in report["support"].values()
-    ]
-    for name, r in rows:
-        print(f"{name:<34}{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['calls']:>7}")
-    print(f"\n{'concurrent clients':<20}{'classify/s':>11}{'p50 ms':>9}{'p99 ms':>9}")
-    for r in report["throughput"].values():
-        print(f"{r['clients']:<20}{r['requests_per_s']:>11.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}")
-    m = report["memory"]
-    print(
-        f"\nmemory per example: {m['cache_bytes_per_example'] / 2**20:.2f} MiB cached in a worker, "
-        f"{m['store_bytes_per_example'] / 1024:.2f} KiB in the store; mean batch {m['batch_size_mean']:.2f}"
+    m, servers, floor, nn = (
+        report["machine"],
+        report["servers"],
+        report["compute_floor"],
+        report["http_floor"],
     )
-    if "attention" in report:
-        a = report["attention"]
-        names = ["dense"] + [
-            key[:-3] for key in a["rows"][0] if key.startswith("top") and key.endswith("_ms")
-        ]
-        print(f"\n{'examples':<10}" + "".join(f"{n + ' ms':>11}{n + ' acc':>11}" for n in names))
-        for row in a["rows"]:
-            cells = [(row[f"{n}_ms"], row.get(f"{n}_accuracy")) for n in names]
-            print(
-                f"{row['examples']:<10}"
-                + "".join(
-                    f"{ms:>11.1f}" + (f"{acc:>11.1%}" if acc is not None else f"{'':>11}")
-                    for ms, acc in cells
-                )
+    gpu = f", {m['gpu']}" if "gpu" in m else ""
+    print(f"\n{m['cpu']} ({m['cpus']} CPUs){gpu}; workers={report['workers']}; load {before:.2f}/{after:.2f}")
+    print(
+        f"\n{'p50 ms (floor: in-process)':<30}" + "".join(f"{b + ' HTTP':>18}{'floor':>8}" for b in servers),
+        end="",
+    )
+    print(f"{'HTTP floor':>12}")
+    for kind in ("classify", "support"):
+        for size in (str(s) for s in SIZES):
+            cells = "".join(
+                f"{s[kind][size]['p50_ms']:>18.2f}{floor[b][kind][size]['p50_ms']:>8.2f}"
+                for b, s in servers.items()
             )
-        for k, n in a["topk_faster_from"].items():
-            print(f"top-{k} attention is faster from {n} examples on")
+            anchor = f"{nn[kind][size]['p50_ms']:>12.2f}" if kind in nn else ""
+            print(f"{f'{kind} 1 image, {size} labels':<30}{cells}{anchor}")
+    print(
+        f"\n{'images/s, 256-image requests':<30}"
+        + "".join(f"{b:>18}" for b in servers)
+        + f"{'HTTP floor':>12}"
+    )
+    for task in ("20", "1000"):
+        for clients in nn["throughput"][task]:
+            cells = "".join(
+                f"{s['throughput'][task][clients]['images_per_s']:>18.0f}" for s in servers.values()
+            )
+            anchor = nn["throughput"][task][clients]["images_per_s"]
+            print(f"{f'{task} labels, {clients} clients':<30}{cells}{anchor:>12.0f}")
+        cells = "".join(f"{floor[b]['throughput'][task]['images_per_s']:>18.0f}" for b in servers)
+        print(f"{f'{task} labels, in-process':<30}{cells}")
+    print(
+        f"\n{'1-image classify p50/p99 ms':<30}"
+        + "".join(f"{b:>18}" for b in servers)
+        + f"{'HTTP floor':>12}"
+    )
+    for clients in nn["single_image"]:
+        cells = "".join(
+            f"{s['single_image'][clients]['p50_ms']:>11.1f}/{s['single_image'][clients]['p99_ms']:<6.1f}"
+            for s in servers.values()
+        )
+        anchor = nn["single_image"][clients]
+        print(f"{f'{clients} clients':<30}{cells}{anchor['p50_ms']:>6.1f}/{anchor['p99_ms']:<5.1f}")
+    for backend, server in servers.items():
+        mem = server["memory"]
+        print(
+            f"memory per example ({backend}): {mem['cache_bytes_per_example'] / 2**20:.2f} MiB cached, "
+            f"{mem['store_bytes_per_example'] / 1024:.2f} KiB stored; mean batch {mem['batch_size_mean']:.2f}"
+        )
+    if "attention" in report:
+        print_attention(report["attention"])
+
+
+def print_attention(a: dict) -> None:
+    names = ["dense"] + [key[:-3] for key in a["rows"][0] if key.startswith("top") and key.endswith("_ms")]
+    print(f"\n{'examples':<10}" + "".join(f"{n + ' ms':>11}{n + ' acc':>11}" for n in names))
+    for row in a["rows"]:
+        cells = [(row[f"{n}_ms"], row.get(f"{n}_accuracy")) for n in names]
+        print(
+            f"{row['examples']:<10}"
+            + "".join(
+                f"{ms:>11.1f}" + (f"{acc:>11.1%}" if acc is not None else f"{'':>11}") for ms, acc in cells
+            )
+        )
+    for k, n in a["topk_faster_from"].items():
+        print(f"top-{k} attention is faster from {n} examples on")
 
 
 if __name__ == "__main__":

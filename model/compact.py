@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 Storage = Literal["float32", "float16", "bfloat16", "int8"]
 STORAGES: tuple[Storage, ...] = ("float32", "float16", "bfloat16", "int8")
@@ -153,6 +154,8 @@ class FastWeightRows:
         weights: [q, n] over every row (ids None), or [q, k] over rows ``ids`` [q, k] (top-k).
         """
         buffer = self._buffer
+        if self.storage == "float32" and ids is not None:  # the weighted sum without a [q, k, P] copy
+            return F.embedding_bag(ids, buffer.data, per_sample_weights=weights, mode="sum")
         data = buffer.data[: self.length] if ids is None else _rows(buffer.data, ids)  # [n, P] or [q, k, P]
         if self.storage != "int8":
             if ids is None:

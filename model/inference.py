@@ -7,29 +7,44 @@ on that example alone, so adding examples never recomputes the others' fast weig
 task-level fast weights Q* read the first T examples (config.max_task_examples); while a task
 has fewer, adding an example refreshes Q* and with it every memory key (one cheap u pass).
 
-The support path runs in chunks of ``chunk_size`` examples (bounded peak memory, no per-example
-Python loop), with m evaluated as its exact piecewise-linear table (model/meta_table.py), and
-keeps the example-level fast weights M in ``storage`` (model/compact.py: int8 by default).
+The model computes (``MetaNet.build_memory`` / ``extend_memory`` / ``classify_tasks``: the very
+passes training runs); this module keeps labels and images beside each memory. Memories are built
+in the model's inference format (``MetaNet.memory_format``): chunks of ``chunk_size`` examples (bounded
+peak memory, no per-example Python loop), m evaluated as its exact piecewise-linear table
+(model/meta_table.py), the example-level fast weights M kept as compact rows of ``storage``
+(model/compact.py: int8 by default). The query side runs on a backend: the model itself ("torch") or
+its ONNX export on ONNX Runtime ("onnxruntime", ``model/onnx_backend.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 
 from model.checkpoint import load_checkpoint
 from model.compact import FastWeightRows, RowLayout, Storage
-from model.meta_info import example_gradients
-from model.meta_table import PiecewiseLinearM
-from model.metanet import Memory, MetaNet, SparseAttention
+from model.metanet import Memory, MetaNet
 from model.novelty import novelty
 from model.preprocess import to_tensor
 
+Backend = Literal["torch", "onnxruntime"]
 DEFAULT_STORAGE: Storage = "int8"  # docs/SERVER.md, "Compact memories": accuracy vs bytes per example
 DEFAULT_CHUNK = 32  # support examples per vectorized pass (benchmarks/big_task.py measures the rate)
+Neighbors = tuple[torch.Tensor, torch.Tensor]  # (ids [q, k] int64, cosines [q, k]) of a query's nearest keys
+
+
+class QueryPath(Protocol):
+    """The query side of the model: what ``MetaNet`` itself and the ONNX Runtime backend both provide."""
+
+    def embed(self, x: torch.Tensor, rep_task_weights: dict[str, torch.Tensor] | None) -> torch.Tensor: ...
+
+    def classify_tasks(
+        self, memories: list[Memory], queries: list[torch.Tensor], neighbors: list[Neighbors | None]
+    ) -> list[torch.Tensor]: ...
 
 
 @dataclass
@@ -62,7 +77,13 @@ class TaskMemory:
 
 
 class MetaNetPredictor:
-    """A trained MetaNet on a device, answering the server's questions."""
+    """A trained MetaNet on a device, answering the server's questions.
+
+    storage, chunk_size: how memories are kept and built (see the module docstring). backend:
+    "torch" runs the query side in the model; "onnxruntime" runs its ONNX export (``onnx_path``,
+    exported there first if missing) on ONNX Runtime. The support side (fast weights from
+    gradients) always runs in torch.
+    """
 
     def __init__(
         self,
@@ -70,16 +91,23 @@ class MetaNetPredictor:
         device: str | torch.device = "cpu",
         storage: Storage = DEFAULT_STORAGE,
         chunk_size: int = DEFAULT_CHUNK,
+        backend: Backend = "torch",
+        onnx_path: str | Path | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.storage, self.chunk_size = storage, chunk_size
-        config = model.config
-        self.m_conv, self.m_fc = (
-            PiecewiseLinearM(m, config.grad_clip_k, config.relative_fast_weights).to(self.device)
-            for m in (model.m_conv, model.m_fc)
-        )
-        self.layout = RowLayout.of(dict(model.base))
+        self.form = self.model.memory_format(storage, chunk_size, self.device)
+        self.backend = backend
+        if backend == "torch":
+            self.queries: QueryPath = self.model
+        elif backend == "onnxruntime":
+            from model.onnx_backend import OnnxQueryPath
+
+            if onnx_path is None:
+                raise ValueError("the onnxruntime backend needs onnx_path")
+            self.queries = OnnxQueryPath.for_model(self.model, onnx_path, self.device)
+        else:
+            raise ValueError(f"unknown backend {backend!r}")
 
     @classmethod
     def load(
@@ -88,9 +116,19 @@ class MetaNetPredictor:
         device: str | torch.device = "cpu",
         storage: Storage = DEFAULT_STORAGE,
         chunk_size: int = DEFAULT_CHUNK,
+        backend: Backend = "torch",
+        onnx_path: str | Path | None = None,
     ) -> MetaNetPredictor:
         model, _ = load_checkpoint(checkpoint, device)
-        return cls(model, device, storage, chunk_size)
+        return cls(model, device, storage, chunk_size, backend, onnx_path)
+
+    @property
+    def storage(self) -> Storage:
+        return self.form.storage
+
+    @property
+    def layout(self) -> RowLayout:
+        return self.form.layout
 
     @property
     def task_examples(self) -> int:
@@ -103,34 +141,6 @@ class MetaNetPredictor:
         images = np.zeros((2, 28, 28), dtype=np.uint8)
         images[:, 10:18, 10:18] = 255
         self.classify(self.build_memory(images, ["a", "b"]), images)
-
-    def example_fast_weights(self, x: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """m(grad_W loss_task(b(W, x_i), y_i)) per example, m by table. x: [c, 1, H, W]; slots: [c].
-
-        Returns the conv+fc fast weights [c, P] and the own-output-row fast weights [c, C]."""
-        model = self.model
-        grads = example_gradients(dict(model.base), model.base_codes[slots], x)
-        out = self.m_fc(grads.pop("out"))
-        rows = [(self.m_conv if name.startswith("conv") else self.m_fc)(g) for name, g in grads.items()]
-        return torch.cat([r.flatten(1) for r in rows], dim=1), out
-
-    def _support_rows(
-        self, x: torch.Tensor, slots: torch.Tensor, rows: FastWeightRows | None
-    ) -> tuple[FastWeightRows, torch.Tensor]:
-        """Append the fast weights of support examples x [n, 1, H, W] to ``rows`` (None: new rows),
-        ``chunk_size`` examples per pass. Returns (rows, own-output-row fast weights [n, C])."""
-        if rows is None:
-            rows = FastWeightRows.empty(self.layout, self.storage, len(x), self.device)
-        outs = []
-        for chunk, chunk_slots in zip(x.split(self.chunk_size), slots.split(self.chunk_size), strict=True):
-            fast, out = self.example_fast_weights(chunk, chunk_slots)
-            rows = rows.appended(fast)
-            outs.append(out)
-        return rows, torch.cat(outs)
-
-    def _keys(self, x: torch.Tensor, rep_task: dict[str, torch.Tensor] | None) -> torch.Tensor:
-        """Memory keys [n, C] of support images x [n, 1, H, W], in chunks."""
-        return torch.cat([self.model.embed(chunk, rep_task) for chunk in x.split(self.chunk_size)])
 
     def _inputs(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         return to_tensor(images).to(self.device)
@@ -160,25 +170,8 @@ class MetaNetPredictor:
     @torch.no_grad()
     def build_memory(self, images: np.ndarray | torch.Tensor, labels: list[str]) -> TaskMemory:
         """Memory of a task from its support images [n, 28, 28] and their labels (n >= 1)."""
-        model = self.model
         all_labels, ids, codes = self._labels(images, labels, [])
-        x, slots, t = self._inputs(images), codes[ids], model.config.max_task_examples
-        rep_task, rep_state = model.rep_task_weights(x[:t], slots[:t])
-        base_task, base_state = model.base_task_weights(x[:t], slots[:t])
-        rows, fast_out = self._support_rows(x, slots, None)
-        if len(labels) >= t:  # Q* is final: d's state is no longer needed
-            rep_state = base_state = None
-        memory = Memory(
-            fast_weights=rows,
-            fast_out=fast_out,
-            labels=ids,
-            label_codes=codes,
-            keys=self._keys(x, rep_task),
-            rep_task_weights=rep_task,
-            base_task_weights=base_task,
-            rep_state=rep_state,
-            base_state=base_state,
-        )
+        memory = self.model.build_memory(self._inputs(images), ids, codes, self.form)
         return TaskMemory(all_labels, self._stored(images), memory)
 
     @torch.no_grad()
@@ -190,66 +183,30 @@ class MetaNetPredictor:
         Only the new examples' fast weights are computed. Q* and all keys are refreshed only
         while the task had fewer than T examples.
         """
-        model, old = self.model, task.memory
         all_labels, new_ids, codes = self._labels(images, labels, task.labels)
-        new_x = self._inputs(images)
-        rows, fast_out = self._support_rows(new_x, codes[new_ids], old.fast_weights)
-        stored = torch.cat([task.images, self._stored(images)])
-        label_ids = torch.cat([old.labels, new_ids])
-        t, n_old = model.config.max_task_examples, task.num_examples
-        rep_task, base_task = old.rep_task_weights, old.base_task_weights
-        rep_state, base_state = old.rep_state, old.base_state
-        if n_old < t:  # the new examples change Q*: d reads them, then every key is refreshed
-            first = slice(0, t - n_old)
-            all_x = self._inputs(stored)
-            if model.config.embedding_loss == "cross_entropy":
-                rep_task, rep_state = model.rep_task_weights(new_x[first], codes[new_ids][first], rep_state)
-            else:  # pairs are drawn among all of the first T examples
-                rep_task, rep_state = model.rep_task_weights(all_x[:t], codes[label_ids[:t]])
-            base_task, base_state = model.base_task_weights(new_x[first], codes[new_ids][first], base_state)
-            keys = self._keys(all_x, rep_task)
-        else:
-            keys = torch.cat([old.keys, self._keys(new_x, rep_task)])
-        if len(stored) >= t:  # Q* is final: d's state is no longer needed
-            rep_state = base_state = None
-        memory = Memory(
-            fast_weights=rows,
-            fast_out=torch.cat([old.fast_out, fast_out]),
-            labels=label_ids,
-            label_codes=codes,
-            keys=keys,
-            rep_task_weights=rep_task,
-            base_task_weights=base_task,
-            rep_state=rep_state,
-            base_state=base_state,
+        refresh = task.num_examples < self.model.config.max_task_examples
+        support = self._inputs(task.images) if refresh else None
+        memory = self.model.extend_memory(
+            task.memory, self._inputs(images), new_ids, codes, support, self.form
         )
-        return TaskMemory(all_labels, stored, memory)
+        return TaskMemory(all_labels, torch.cat([task.images, self._stored(images)]), memory)
 
     @torch.no_grad()
     def embed_queries(self, task: TaskMemory, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """[q, C] L2-normalized query keys in the task's space (use against ``task.keys``)."""
-        return self.model.embed(self._inputs(images), task.memory.rep_task_weights)
+        return self.queries.embed(self._inputs(images), task.memory.rep_task_weights)
 
     @torch.no_grad()
     def novelty(self, task: TaskMemory, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """[q] novelty of query images against the task's memory (model/novelty.py), on the CPU."""
         return novelty(self.embed_queries(task, images), task.keys).float().cpu()
 
-    def _attention(
-        self, task: TaskMemory, query_keys: torch.Tensor, neighbors: tuple[torch.Tensor, torch.Tensor] | None
-    ) -> torch.Tensor | SparseAttention:
-        shots = self.model.shots_per_row(task.memory)
-        if neighbors is None:
-            return self.model.attention(query_keys @ task.keys.T, shots)
-        ids, sims = (torch.as_tensor(t, device=self.device) for t in neighbors)
-        return SparseAttention(ids.long(), self.model.attention(sims.float(), shots[ids.long()]))
+    def _neighbors(self, ids: torch.Tensor | np.ndarray, cosines: torch.Tensor | np.ndarray) -> Neighbors:
+        return torch.as_tensor(ids).to(self.device).long(), torch.as_tensor(cosines).to(self.device).float()
 
     @torch.no_grad()
     def classify(
-        self,
-        task: TaskMemory,
-        images: np.ndarray | torch.Tensor,
-        neighbors: tuple[torch.Tensor, torch.Tensor] | None = None,
+        self, task: TaskMemory, images: np.ndarray | torch.Tensor, neighbors: Neighbors | None = None
     ) -> torch.Tensor:
         """Probabilities [q, K] over ``task.labels`` for query images [q, 28, 28].
 
@@ -262,26 +219,11 @@ class MetaNetPredictor:
     def classify_batch(
         self,
         items: list[tuple[TaskMemory, np.ndarray | torch.Tensor]],
-        neighbors: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+        neighbors: list[Neighbors | None] | None = None,
     ) -> list[torch.Tensor]:
         """Classify queries of several tasks in one base-learner pass. Returns [q_i, K_i] per item."""
-        neighbors = neighbors or [None] * len(items)
-        model = self.model
-        xs, fasts, attentions = [], [], []
-        for (task, images), near in zip(items, neighbors, strict=True):
-            x = self._inputs(images)
-            attention = self._attention(task, model.embed(x, task.memory.rep_task_weights), near)
-            xs.append(x)
-            attentions.append(attention)
-            fasts.append(model.read_memory(task.memory, attention))
-        if model.config.variant == "plus":  # task-level base weights differ per task
-            features = [
-                model.base_features(x, fast, task.memory.base_task_weights)
-                for x, fast, (task, _) in zip(xs, fasts, items, strict=True)
-            ]
-        else:
-            features = model.base_features(torch.cat(xs), torch.cat(fasts), None).split([len(x) for x in xs])
-        return [
-            torch.softmax(model.output_logits(h, task.memory, attention), dim=-1).float()
-            for h, (task, _), attention in zip(features, items, attentions, strict=True)
-        ]
+        near = [None if n is None else self._neighbors(*n) for n in (neighbors or [None] * len(items))]
+        logits = self.queries.classify_tasks(
+            [task.memory for task, _ in items], [self._inputs(images) for _, images in items], near
+        )
+        return [torch.softmax(z, dim=-1).float() for z in logits]

@@ -16,8 +16,10 @@ one-vs-rest cross-entropy on the example's own label row, hence an example's fas
 depend on that example alone and a memory grows one row at a time.
 
 Every function takes any number of leading batch dimensions: a single task (support
-[n, 1, H, W]) or a meta-batch of episodes (support [E, n, 1, H, W]) run the same code, and
-training, evaluation and serving share it.
+[n, 1, H, W]) or a meta-batch of episodes (support [E, n, 1, H, W]) run the same code. Training,
+evaluation, the server (``model/inference.py``) and the ONNX export (``training/export.py``) call
+the same passes: ``build_memory`` / ``extend_memory`` on the support side, ``read_attention`` and
+``query_logits`` (or ``classify_tasks`` for several tasks at once) on the query side.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from torch.func import vmap
 
 from model import cnn
 from model.cnn import Weights
-from model.compact import FastWeightRows
+from model.compact import FastWeightRows, RowLayout, Storage
 from model.config import MetaNetConfig
 from model.fast_weights import CoordinateLSTM, CoordinateMLP, flatten, unflatten
 from model.meta_info import (
@@ -41,6 +43,7 @@ from model.meta_info import (
     example_gradients,
     preprocess_gradient,
 )
+from model.meta_table import PiecewiseLinearM
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [..., P, hidden]
 
@@ -67,6 +70,21 @@ class SparseAttention:
 
     ids: torch.Tensor  # [q, k] memory rows, int64
     weights: torch.Tensor  # [q, k] softmax weights, rows sum to 1
+
+
+@dataclass(frozen=True)
+class MemoryFormat:
+    """How inference builds and keeps a task's memory (``MetaNet.memory_format``)."""
+
+    m_conv: PiecewiseLinearM  # m of the conv layers as its exact table (model/meta_table.py)
+    m_fc: PiecewiseLinearM  # m of the fc and output layers
+    layout: RowLayout  # rows of the flattened conv + fc fast weights (int8 scales per row)
+    storage: Storage  # how M's rows are kept (model/compact.py)
+    chunk_size: int  # support examples per vectorized pass (bounds the peak memory of a build)
+
+    def fast_weights(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """m(g) per coordinate of each layer's gradient, by table."""
+        return {name: (self.m_conv if name.startswith("conv") else self.m_fc)(g) for name, g in grads.items()}
 
 
 class MetaNet(nn.Module):
@@ -108,6 +126,15 @@ class MetaNet(nn.Module):
                 fast[name] = fast[name] - m(preprocess_gradient(g.new_zeros(1), k))
         return fast
 
+    def memory_format(
+        self, storage: Storage, chunk_size: int, device: torch.device | str = "cpu"
+    ) -> MemoryFormat:
+        """How a served memory is built (``build_memory`` / ``extend_memory`` with ``form``): m as its
+        exact table, M kept as ``storage`` rows, ``chunk_size`` support examples per pass."""
+        k, relative = self.config.grad_clip_k, self.config.relative_fast_weights
+        m_conv, m_fc = (PiecewiseLinearM(m, k, relative).to(device) for m in (self.m_conv, self.m_fc))
+        return MemoryFormat(m_conv, m_fc, RowLayout.of(dict(self.base)), storage, chunk_size)
+
     def _zero_gradient_fast_weight(self) -> torch.Tensor:
         """m's output for a zero gradient: every output row other than the example's own
         (zero when fast weights are relative to it)."""
@@ -134,8 +161,10 @@ class MetaNet(nn.Module):
             state = d.step(step, state)
         return unflatten(d.readout(state), like), state
 
-    def example_fast_weights(self, x: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """m(Z, grad_W loss_task(b(W, x_i), y_i)) for every example.
+    def example_fast_weights(
+        self, x: torch.Tensor, slots: torch.Tensor, form: MemoryFormat | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """m(Z, grad_W loss_task(b(W, x_i), y_i)) for every example (m by table with ``form``).
 
         x: [..., n, 1, H, W]; slots: [..., n] codebook rows of the examples' labels.
 
@@ -143,7 +172,7 @@ class MetaNet(nn.Module):
         weights [..., n, C].
         """
         grads = example_gradients(dict(self.base), self.base_codes[slots], x)
-        fast = self._m(grads)
+        fast = self._m(grads) if form is None else form.fast_weights(grads)
         out = fast.pop("out")
         return flatten(fast, batch_dims=slots.dim()), out
 
@@ -214,7 +243,8 @@ class MetaNet(nn.Module):
     @staticmethod
     def label_matrix(memory: Memory, dtype: torch.dtype) -> torch.Tensor:
         """[..., n, K] one-hot label of each memory row."""
-        return F.one_hot(memory.labels, memory.label_codes.shape[-1]).to(dtype)
+        slots = torch.arange(memory.label_codes.shape[-1], device=memory.labels.device)
+        return (memory.labels.unsqueeze(-1) == slots).to(dtype)
 
     @staticmethod
     def shots_per_row(memory: Memory) -> torch.Tensor:
@@ -229,27 +259,133 @@ class MetaNet(nn.Module):
         """[..., q, K] total attention on each label's rows: the memory's own vote (no base learner)."""
         return attention @ self.label_matrix(memory, attention.dtype)
 
+    def read_attention(
+        self,
+        memory: Memory,
+        query_keys: torch.Tensor | None,
+        neighbors: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor | SparseAttention:
+        """Attention of queries over the memory rows (Algorithm 1, line 17).
+
+        query_keys: [..., q, C] from ``embed`` (unused with ``neighbors``). Dense: [..., q, n] over
+        every row. With ``neighbors`` (ids [q, k] int64, cosines [q, k] of each query's nearest keys,
+        e.g. from FAISS or ``torch.topk``), sparse attention over those rows only.
+        """
+        shots = self.shots_per_row(memory)
+        if neighbors is None:
+            return self.attention(query_keys @ memory.keys.transpose(-1, -2), shots.unsqueeze(-2))
+        ids, cosines = neighbors
+        return SparseAttention(ids, self.attention(cosines, shots[ids]))
+
     # ---- support and query passes ---------------------------------------------------------
-    def build_memory(self, x: torch.Tensor, labels: torch.Tensor, label_codes: torch.Tensor) -> Memory:
+    def build_memory(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        label_codes: torch.Tensor,
+        form: MemoryFormat | None = None,
+    ) -> Memory:
         """Algorithm 1, lines 1-14. x: [..., n, 1, H, W] support images; labels: [..., n] in 0..K-1;
-        label_codes: [..., K] codebook row of each label."""
+        label_codes: [..., K] codebook row of each label.
+
+        form: None keeps M as a dense tensor [..., n, P] (training, any batch dimensions); a
+        ``memory_format`` (one task, inference) builds it in chunks into compact rows, m by table."""
         slots = label_codes.gather(-1, labels)
         t = self.config.max_task_examples
         first_x, first_slots = x[..., :t, :, :, :], slots[..., :t]
         rep_task, rep_state = self.rep_task_weights(first_x, first_slots)
         base_task, base_state = self.base_task_weights(first_x, first_slots)
-        fast, fast_out = self.example_fast_weights(x, slots)
+        fast, fast_out = self._support_rows(x, slots, None, form)
+        if x.shape[-4] >= t:  # Q* is final: d's state is no longer needed
+            rep_state = base_state = None
         return Memory(
             fast_weights=fast,
             fast_out=fast_out,
             labels=labels,
             label_codes=label_codes,
-            keys=self.embed(x, rep_task),
+            keys=self._keys(x, rep_task, form),
             rep_task_weights=rep_task,
             base_task_weights=base_task,
             rep_state=rep_state,
             base_state=base_state,
         )
+
+    def extend_memory(
+        self,
+        memory: Memory,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        label_codes: torch.Tensor,
+        support: torch.Tensor | None,
+        form: MemoryFormat | None = None,
+    ) -> Memory:
+        """``memory`` with support examples x [m, 1, H, W] (labels [m] in 0..K-1) appended; one task.
+
+        label_codes: [K] codebook rows of every label, old ones first; support: [n, 1, H, W] the
+        memory's own support images (needed only while it holds fewer than T examples); form: as in
+        ``build_memory`` (compact rows are appended to without copying the earlier ones). Only the
+        new examples' fast weights are computed. While the memory held fewer than T examples, d
+        reads the new ones (from its kept state) and every key is refreshed with the new Q*.
+        """
+        t, n_old = self.config.max_task_examples, memory.labels.shape[-1]
+        slots = label_codes[labels]
+        fast, fast_out = self._support_rows(x, slots, memory.fast_weights, form)
+        all_labels = torch.cat([memory.labels, labels])
+        rep_task, base_task = memory.rep_task_weights, memory.base_task_weights
+        rep_state, base_state = memory.rep_state, memory.base_state
+        if n_old < t:  # the new examples change Q*: d reads them, then every key is refreshed
+            first = slice(0, t - n_old)
+            all_x = torch.cat([support, x])
+            if self.config.embedding_loss == "cross_entropy":
+                rep_task, rep_state = self.rep_task_weights(x[first], slots[first], rep_state)
+            else:  # pairs are drawn among all of the first T examples
+                rep_task, rep_state = self.rep_task_weights(all_x[:t], label_codes[all_labels[:t]])
+            base_task, base_state = self.base_task_weights(x[first], slots[first], base_state)
+            keys = self._keys(all_x, rep_task, form)
+        else:
+            keys = torch.cat([memory.keys, self._keys(x, rep_task, form)])
+        if len(all_labels) >= t:  # Q* is final: d's state is no longer needed
+            rep_state = base_state = None
+        return Memory(
+            fast_weights=fast,
+            fast_out=torch.cat([memory.fast_out, fast_out]),
+            labels=all_labels,
+            label_codes=label_codes,
+            keys=keys,
+            rep_task_weights=rep_task,
+            base_task_weights=base_task,
+            rep_state=rep_state,
+            base_state=base_state,
+        )
+
+    def _support_rows(
+        self,
+        x: torch.Tensor,
+        slots: torch.Tensor,
+        rows: torch.Tensor | FastWeightRows | None,
+        form: MemoryFormat | None,
+    ) -> tuple[torch.Tensor | FastWeightRows, torch.Tensor]:
+        """``rows`` (None: none yet) with the fast weights of support examples x [..., n, 1, H, W]
+        appended. Returns (M, own-output-row fast weights [..., n, C] of x)."""
+        if form is None:
+            fast, out = self.example_fast_weights(x, slots)
+            return (fast if rows is None else torch.cat([rows, fast])), out
+        if rows is None:
+            rows = FastWeightRows.empty(form.layout, form.storage, len(x), x.device)
+        outs = []
+        for chunk, chunk_slots in zip(x.split(form.chunk_size), slots.split(form.chunk_size), strict=True):
+            fast, out = self.example_fast_weights(chunk, chunk_slots, form)
+            rows = rows.appended(fast)
+            outs.append(out)
+        return rows, torch.cat(outs)
+
+    def _keys(
+        self, x: torch.Tensor, rep_task: dict[str, torch.Tensor] | None, form: MemoryFormat | None
+    ) -> torch.Tensor:
+        """Memory keys [..., n, C] of support images x (in chunks of ``form.chunk_size`` with a form)."""
+        if form is None:
+            return self.embed(x, rep_task)
+        return torch.cat([self.embed(chunk, rep_task) for chunk in x.split(form.chunk_size)])
 
     def read_memory(self, memory: Memory, attention: torch.Tensor | SparseAttention) -> torch.Tensor:
         """W* = a^T M: per-query fast weights [..., q, P] (conv and fc layers, flattened).
@@ -274,16 +410,18 @@ class MetaNet(nn.Module):
         lead = x.shape[:-3]
         per_query = unflatten(fast_weights.reshape(-1, fast_weights.shape[-1]), slow)  # {name: [Q, *shape]}
         queries = x.reshape(-1, *x.shape[-3:])
-        if base_task_weights is None:
-            h = vmap(lambda fast, xi: cnn.features(xi, slow, fast))(per_query, queries)
-        else:
-            tasks = len(lead) - 1  # task dims before the query dim (none for a single task)
-            task = {  # each query gets its task's weights: [*batch, *shape] -> [Q, *shape]
-                name: w.unsqueeze(tasks).expand(*lead, *w.shape[tasks:]).reshape(-1, *w.shape[tasks:])
-                for name, w in base_task_weights.items()
-            }
-            h = vmap(lambda fast, tw, xi: cnn.features(xi, slow, fast, tw))(per_query, task, queries)
-        return h.reshape(*lead, -1)
+        weight_sets = [slow, per_query]
+        if base_task_weights is not None:
+            tasks = len(lead) - 1  # task dims before the query dim (none for a single task: shared)
+            weight_sets.append(
+                {  # each query gets its task's weights: [*batch, *shape] -> [Q, *shape]
+                    name: w.unsqueeze(tasks).expand(*lead, *w.shape[tasks:]).reshape(-1, *w.shape[tasks:])
+                    for name, w in base_task_weights.items()
+                }
+                if tasks
+                else base_task_weights
+            )
+        return cnn.features(queries, *weight_sets).reshape(*lead, -1)
 
     def output_logits(
         self, h: torch.Tensor, memory: Memory, attention: torch.Tensor | SparseAttention
@@ -314,6 +452,54 @@ class MetaNet(nn.Module):
         h = self.base_features(x, self.read_memory(memory, attention), memory.base_task_weights)
         return self.output_logits(h, memory, attention)
 
+    def classify_tasks(
+        self,
+        memories: list[Memory],
+        queries: list[torch.Tensor],
+        neighbors: list[tuple[torch.Tensor, torch.Tensor] | None],
+        chunk: int = 256,
+    ) -> list[torch.Tensor]:
+        """``query_logits`` for queries of several tasks (each a single task), batched across tasks.
+
+        queries[i]: [q_i, 1, H, W] against memories[i]; neighbors[i]: None (dense attention) or its
+        queries' top-k rows (see ``read_attention``). The base learner runs over up to ``chunk``
+        queries of any tasks at a time (each query has its own fast weights W* [P] anyway, ~0.6 MB:
+        the chunk bounds their memory). Returns logits [q_i, K_i] per task.
+        """
+        attentions = [
+            self.read_attention(m, None if near is not None else self.embed(x, m.rep_task_weights), near)
+            for m, x, near in zip(memories, queries, neighbors, strict=True)
+        ]
+        features: list[list[torch.Tensor]] = [[] for _ in memories]
+        pending: list[tuple[int, slice]] = []  # (task, rows) of the next base-learner pass
+
+        def run() -> None:
+            rows = [
+                (queries[i][s], self.read_memory(memories[i], attention_rows(attentions[i], s)))
+                for i, s in pending
+            ]
+            task_weights = memories[pending[0][0]].base_task_weights  # one task per pass for MetaNet+
+            h = self.base_features(
+                torch.cat([x for x, _ in rows]), torch.cat([f for _, f in rows]), task_weights
+            )
+            for (i, _), part in zip(pending, h.split([len(x) for x, _ in rows]), strict=True):
+                features[i].append(part)
+            pending.clear()
+
+        for i, x in enumerate(queries):
+            for start in range(0, len(x), chunk):
+                if pending and self.config.variant == "plus" and pending[-1][0] != i:
+                    run()  # task-level base weights differ per task
+                pending.append((i, slice(start, start + chunk)))
+                if sum(len(queries[j][s]) for j, s in pending) >= chunk:
+                    run()
+        if pending:
+            run()
+        return [
+            self.output_logits(torch.cat(h), m, a)
+            for h, m, a in zip(features, memories, attentions, strict=True)
+        ]
+
     def forward_with_attention(
         self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, label_codes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -322,9 +508,7 @@ class MetaNet(nn.Module):
         Returns (logits [..., q, K] of the full model, label attention [..., q, K]: the memory's
         vote alone, for attention-only accuracy)."""
         memory = self.build_memory(support, labels, label_codes)
-        query_keys = self.embed(query, memory.rep_task_weights)
-        shots = self.shots_per_row(memory).unsqueeze(-2)  # [..., 1, n]
-        attention = self.attention(query_keys @ memory.keys.transpose(-1, -2), shots)
+        attention = self.read_attention(memory, self.embed(query, memory.rep_task_weights))
         return self.query_logits(query, memory, attention), self.label_attention(memory, attention)
 
     def forward(
@@ -332,6 +516,13 @@ class MetaNet(nn.Module):
     ) -> torch.Tensor:
         """Logits [..., q, K] of episodes (see ``forward_with_attention``)."""
         return self.forward_with_attention(support, labels, query, label_codes)[0]
+
+
+def attention_rows(attention: torch.Tensor | SparseAttention, rows: slice) -> torch.Tensor | SparseAttention:
+    """The attention of some queries (rows of a [q, n] or sparse attention)."""
+    if isinstance(attention, SparseAttention):
+        return SparseAttention(attention.ids[rows], attention.weights[rows])
+    return attention[rows]
 
 
 def over_batch(fn, batch_dims: int):

@@ -104,6 +104,10 @@ def serve(settings: ServerSettings) -> None:
         host = "127.0.0.1"
     else:
         logger.warning("no API keys configured: open access, listening on 127.0.0.1 only")
+    if settings.onnx_path is not None:  # export once here, not in every worker
+        from model.onnx_backend import ensure_export
+
+        ensure_export(settings.checkpoint, settings.onnx_path)
     server = build_server(settings, keys)
     _shutdown_on_sigterm()
     logger.info(

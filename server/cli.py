@@ -24,6 +24,7 @@ def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         ),
         ("checkpoint", "model checkpoint (.safetensors)"),
         ("device", "auto (CUDA when present, else CPU), cpu or cuda"),
+        ("backend", "query side: onnxruntime (the ONNX export) or torch"),
         ("workers", "inference worker processes"),
         ("api_servers", "HTTP server processes (default: one per worker)"),
         ("api_keys_file", "file of 'tenant:key' lines; also METANET_API_KEYS='tenant:key,...'"),

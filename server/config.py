@@ -42,6 +42,10 @@ class ServerSettings(BaseSettings):
     )
     checkpoint: Path = DEFAULT_CHECKPOINT
     device: str = "auto"  # "auto" = CUDA when present, else CPU
+    # Query side: the model in torch, or its ONNX export on ONNX Runtime (exported into onnx_dir at the
+    # first start with a checkpoint; CUDA provider with onnxruntime-gpu on a GPU). See docs/SERVER.md.
+    backend: Literal["torch", "onnxruntime"] = "onnxruntime"
+    onnx_dir: Path = Field(Path(".cache/onnx"), description="ONNX exports, one per checkpoint contents")
     workers: int = Field(1, ge=1)
     api_servers: int | None = Field(None, ge=1, description="HTTP processes; default: one per worker")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
@@ -98,6 +102,15 @@ class ServerSettings(BaseSettings):
     @property
     def derived_dir(self) -> Path:
         return self.data_dir / "derived"
+
+    @property
+    def onnx_path(self) -> Path | None:
+        """The checkpoint's ONNX export (named by its contents) for the onnxruntime backend."""
+        if self.backend != "onnxruntime":
+            return None
+        from model.onnx_backend import default_onnx_path
+
+        return default_onnx_path(self.checkpoint, self.onnx_dir)
 
     @property
     def metrics_dir(self) -> Path:

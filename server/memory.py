@@ -21,13 +21,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-import faiss
 import numpy as np
 import torch
 
 from model.inference import TaskMemory
 from server import metrics
 from server.derived import DerivedMemoryFiles
+from server.neighbors import KeyIndex, key_index
 from server.protocol import EmptyTask, TaskTooLarge
 from server.store import TaskSnapshot, TaskState, TaskStore
 
@@ -68,7 +68,7 @@ class CachedTask:
     uid: int
     version: int
     memory: TaskMemory
-    index: faiss.IndexFlatIP | None  # over memory.keys; only for tasks that use top-k attention
+    index: KeyIndex | None  # over memory.keys; only for tasks that use top-k attention
 
     @property
     def nbytes(self) -> int:
@@ -380,14 +380,12 @@ class TaskMemories:
         if self.derived is not None:
             self.derived.discard(*key)
 
-    def build_index(self, memory: TaskMemory) -> faiss.IndexFlatIP | None:
-        """A FAISS index over the memory keys if the task is large enough for top-k attention."""
+    def build_index(self, memory: TaskMemory) -> KeyIndex | None:
+        """An index over the memory keys (FAISS; see server/neighbors.py) if the task is large enough for
+        top-k attention."""
         if memory.num_examples < self.topk_min_examples:
             return None
-        keys = memory.keys.detach().to("cpu", torch.float32).contiguous().numpy()
-        index = faiss.IndexFlatIP(keys.shape[1])  # inner product of unit vectors = cosine attention
-        index.add(keys)
-        return index
+        return key_index(memory.keys)
 
     def classify(self, items: list[tuple[CachedTask, np.ndarray]]) -> list[torch.Tensor]:
         """Probabilities [q, K] per item, all in one batch: dense attention for small tasks, top-k
@@ -402,10 +400,7 @@ class TaskMemories:
         return [self.predictor.novelty(task.memory, images) for task, images in items]
 
     def _neighbors(self, task: CachedTask, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        queries = self.predictor.embed_queries(task.memory, images)
-        queries = queries.detach().to("cpu", torch.float32).contiguous().numpy()
-        sims, ids = task.index.search(queries, min(self.topk_neighbors, task.index.ntotal))
-        return torch.from_numpy(ids), torch.from_numpy(sims)
+        return task.index.search(self.predictor.embed_queries(task.memory, images), self.topk_neighbors)
 
 
 def _libc_trim():

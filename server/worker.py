@@ -76,7 +76,9 @@ class MetaNetAPI(ls.LitAPI):
         faiss.omp_set_num_threads(s.torch_threads)
         # The main process migrated the schema.
         self.store = open_store(s.store_url, (self.image_size, self.image_size), migrate=False)
-        predictor = MetaNetPredictor.load(s.checkpoint, device, s.memory_storage, s.build_chunk)
+        predictor = MetaNetPredictor.load(
+            s.checkpoint, device, s.memory_storage, s.build_chunk, s.backend, s.onnx_path
+        )
         predictor.warm_up()
         self.memories = TaskMemories(
             predictor,
@@ -93,7 +95,9 @@ class MetaNetAPI(ls.LitAPI):
         self.novelty_threshold = s.novelty_threshold
         if self.novelty_threshold is None and calibration is not None:
             self.novelty_threshold = calibration.threshold
-        logger.info("worker ready: %s on %s, %d thread(s)", s.checkpoint, device, s.torch_threads)
+        logger.info(
+            "worker ready: %s on %s (%s), %d thread(s)", s.checkpoint, device, s.backend, s.torch_threads
+        )
 
     def batch(self, inputs: list[Work]) -> list[Work]:
         return inputs

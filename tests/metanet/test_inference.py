@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model.inference import MetaNetPredictor
+from model.preprocess import to_tensor
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "omniglot-standard.safetensors"
 
@@ -90,3 +91,41 @@ def test_bad_calls_are_rejected(predictor, task):
         predictor.build_memory(support[:2], labels[:3])
     with pytest.raises(ValueError):
         predictor.build_memory(support[:0], [])
+
+
+def test_the_server_path_gives_the_training_forward_probabilities(predictor, evaluation_characters):
+    """A real 20-way episode: build_memory + classify (what the server runs) against MetaNet.forward."""
+    chars = np.random.default_rng(1).choice(len(evaluation_characters.names), 20, replace=False)
+    images = evaluation_characters.images[chars]  # [20, 20, 28, 28]
+    support, queries = images[:, 0], images[:, 1:4].reshape(-1, 28, 28)  # 60 queries, 3 per label
+    model = predictor.model
+    with torch.no_grad():
+        logits = model(
+            to_tensor(support), torch.arange(20), to_tensor(queries), torch.arange(20)
+        )  # labels k = codebook row k, as the server assigns them in order of appearance
+    expected, labels = torch.softmax(logits, -1), [f"c{i}" for i in range(20)]
+    exact = MetaNetPredictor(model, storage="float32")  # m by table, rows as computed
+    torch.testing.assert_close(exact.classify(exact.build_memory(support, labels), queries), expected)
+    served = predictor.classify(predictor.build_memory(support, labels), queries)  # int8 rows
+    assert predictor.storage == "int8"
+    assert (served - expected).abs().max() < 0.02
+    assert torch.equal(served.argmax(-1), expected.argmax(-1))
+    assert (served.argmax(-1) == torch.arange(20).repeat_interleave(3)).float().mean() >= 0.75
+
+
+def test_queries_in_chunks_give_the_same_probabilities(predictor, task):
+    """The base learner runs over bounded chunks of queries mixed across tasks; the answers do not change."""
+    support, labels, queries = task
+    first = predictor.build_memory(support[:5], labels[:5])
+    second = predictor.build_memory(support[5:25], labels[5:25])
+    top = (predictor.embed_queries(second, queries[5:12]) @ second.keys.T).topk(4)
+    args = (
+        [first.memory, second.memory],
+        [to_tensor(queries[:7]), to_tensor(queries[5:12])],
+        [None, (top.indices, top.values)],
+    )
+    with torch.no_grad():
+        whole = predictor.model.classify_tasks(*args)
+        chunked = predictor.model.classify_tasks(*args, chunk=3)
+    for expected, got in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)

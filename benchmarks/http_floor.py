@@ -1,0 +1,52 @@
+"""The HTTP floor for benchmarks/server_bench.py: a bare FastAPI server with the project's request schema
+and image decoding, classifying by nearest neighbour in pixel space (no model, no worker process, no
+store), run with one uvicorn process:
+
+    python -m uvicorn benchmarks.http_floor:app --port 8001
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
+
+from server.images import ImageDecoder
+
+app = FastAPI(title="pixel nearest neighbour")
+decoder = ImageDecoder(max_side=4096)
+tasks: dict[str, tuple[np.ndarray, list[str]]] = {}  # task id -> (pixels [n, 784] float32, labels)
+
+
+class Example(BaseModel):
+    label: str
+    image: str
+
+
+class SupportBody(BaseModel):
+    examples: list[Example]
+
+
+class ClassifyBody(BaseModel):
+    images: list[str]
+
+
+def _pixels(images: list[str]) -> np.ndarray:
+    return np.stack([decoder.decode(image, "image") for image in images]).reshape(len(images), -1) / 255.0
+
+
+@app.post("/tasks/{task_id}/support")
+async def support(task_id: str, body: SupportBody) -> dict:
+    pixels = await run_in_threadpool(_pixels, [e.image for e in body.examples])
+    old, labels = tasks.get(task_id, (np.zeros((0, pixels.shape[1])), []))
+    tasks[task_id] = (np.concatenate([old, pixels]), labels + [e.label for e in body.examples])
+    return {"num_examples": len(tasks[task_id][1])}
+
+
+@app.post("/tasks/{task_id}/classify")
+async def classify(task_id: str, body: ClassifyBody) -> dict:
+    support_pixels, labels = tasks[task_id]
+    queries = await run_in_threadpool(_pixels, body.images)
+    distances = (support_pixels**2).sum(1) - 2 * queries @ support_pixels.T  # squared, less |query|^2
+    return {"predictions": [{"label": labels[i]} for i in distances.argmin(1)]}
