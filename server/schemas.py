@@ -69,7 +69,11 @@ def request_models(settings: ServerSettings) -> tuple[type[BaseModel], type[Base
             "either way",
         )
         novelty_threshold: float | None = Field(
-            None, ge=0, le=2, description="this call's threshold instead of the server's (the checkpoint's)"
+            None,
+            ge=0,
+            le=2,
+            strict=True,  # a number: JSON true/false is not 1/0 here
+            description="this call's threshold instead of the server's (the checkpoint's)",
         )
 
     return SupportRequest, ClassifyRequest

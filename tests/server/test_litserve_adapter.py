@@ -65,7 +65,9 @@ class Echo(ls.LitAPI):
     def predict(self, items: list[ClassifyWork]):
         self.batches.append(len(items))
         return [
-            TaskNotFound(item.task_id) if item.task_id == "missing" else ClassifyResult(len(item.images), ())
+            TaskNotFound(item.task_id)
+            if item.task_id == "missing"
+            else ClassifyResult(len(item.images), None, ())
             for item in items
         ]
 
@@ -113,7 +115,7 @@ def test_bridge_and_loop_round_trip_through_litserve(wired) -> None:
         return await asyncio.gather(*submitted, return_exceptions=True)
 
     outcomes = run_with_buffer_task(bridge, transport, body)
-    assert outcomes[:3] == [ClassifyResult(1, ()), ClassifyResult(2, ()), ClassifyResult(3, ())]
+    assert outcomes[:3] == [ClassifyResult(n, None, ()) for n in (1, 2, 3)]
     assert isinstance(outcomes[3], TaskNotFound)
     assert api.batches == [4]  # one batch: the loop drained the queue within batch_timeout
     assert bridge.response_buffer == {}

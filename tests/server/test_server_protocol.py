@@ -45,7 +45,7 @@ def test_work_and_results_are_frozen_and_survive_pickling() -> None:
         protocol.SupportWork("tenant", "task", images, ("a", "b")),
         protocol.ClassifyWork("tenant", "task", images, top_k=3),
         protocol.SupportResult(2, 4, ("a", "b")),
-        protocol.ClassifyResult(2, (protocol.Prediction("a", 0.75, (score,)),)),
+        protocol.ClassifyResult(2, 0.3, (protocol.Prediction("a", 0.75, True, 0.1, (score,)),)),
     ]:
         copy = pickle.loads(pickle.dumps(value))
         assert dataclasses.astuple(copy)[:2] == dataclasses.astuple(value)[:2]
