@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from server.images import ImageDecoder
 
 app = FastAPI(title="pixel nearest neighbour")
-decoder = ImageDecoder(max_side=4096)
+decoder = ImageDecoder(max_side=4096, size=28)
 tasks: dict[str, tuple[np.ndarray, list[str]]] = {}  # task id -> (pixels [n, 784] float32, labels)
 
 

@@ -434,7 +434,7 @@ def main() -> None:
     threads = ServerSettings().torch_threads  # as in a server worker
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
-    decoder = ImageDecoder(max_side=4096)
+    decoder = ImageDecoder(max_side=4096, size=28)
     images = np.stack([[decoder.decode(image, "image") for image in row[:20]] for row in chars[:100]])
     onnx_path = default_onnx_path(CHECKPOINT, REPO / ServerSettings().onnx_dir)
     predictors = {
