@@ -4,7 +4,15 @@ the caller. Installed with the project (``pip install -e .``), so every one of t
 
 from testkit.images import b64, decompression_bomb, png, png_chunks, support_body, zero_size_png
 from testkit.omniglot import OMNIGLOT_DIR, omniglot
-from testkit.server import CHECKPOINT, REPO, ServerProcess, ServerStartError, free_port, running_server
+from testkit.server import (
+    CHECKPOINT,
+    REPO,
+    ServerProcess,
+    ServerStartError,
+    assert_acknowledged_kept,
+    free_port,
+    running_server,
+)
 from testkit.threads import in_threads, run_concurrently
 
 __all__ = [
@@ -13,6 +21,7 @@ __all__ = [
     "REPO",
     "ServerProcess",
     "ServerStartError",
+    "assert_acknowledged_kept",
     "b64",
     "decompression_bomb",
     "free_port",

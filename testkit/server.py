@@ -100,3 +100,12 @@ def running_server(data_dir: Path, *args: str, env: dict[str, str] | None = None
         yield server
     finally:
         server.stop()
+
+
+def assert_acknowledged_kept(http: httpx.Client, acknowledged: dict[str, list[str]]) -> None:
+    """Every label a support call acknowledged is stored in its task (``GET /tasks/{id}`` on ``http``),
+    with at most one more: the call in flight when the server died, committed but unanswered."""
+    for task, labels in acknowledged.items():
+        stored = http.get(f"/tasks/{task}").json()["labels"]
+        assert set(labels) <= set(stored), f"{task}: lost {set(labels) - set(stored)}"
+        assert len(stored) - len(labels) <= 1, f"{task}: {len(stored) - len(labels)} unacknowledged"
