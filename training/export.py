@@ -38,9 +38,11 @@ has run it since 1.14.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +164,22 @@ def _export(module: nn.Module, args: tuple, names: list[str], outputs: list[str]
     onnx.checker.check_model(str(path), full_check=True)
 
 
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The dynamo exporter's libraries log every pass at INFO; a server's log needs none of it."""
+    loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
+
+
 @torch.no_grad()
+@_quiet_exporter()
 def export_model(model: MetaNet, out: str | Path) -> dict[str, Path]:
     """Export every graph of ``model`` (see the module docstring); returns their paths."""
     model = model.cpu().eval()

@@ -178,7 +178,8 @@ def test_health_metrics_and_docs(client: httpx.Client) -> None:
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's socket table")
 def test_without_keys_it_listens_on_loopback_only(server: ServerProcess) -> None:
-    assert "no API keys configured: listening on 127.0.0.1 only (not 0.0.0.0)" in server.log()
+    startup = server.log_path.read_text(errors="replace")  # the whole log: the line is an early one
+    assert "no API keys configured: listening on 127.0.0.1 only (not 0.0.0.0)" in startup
     rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
     listening = {row[1] for row in rows if row[3] == "0A"}  # state 0A = LISTEN
     assert f"0100007F:{server.port:04X}" in listening
