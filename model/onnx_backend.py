@@ -80,6 +80,10 @@ class _Session:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No CPU arena: it keeps the largest request's buffers (a 256-image batch's fast weights are
+        # ~150 MB) for the life of the worker, which the memory budget does not count.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False  # nor pre-planned buffers sized by the largest request
         providers = providers_for(device)
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.on_gpu = providers[0] == "CUDAExecutionProvider"
