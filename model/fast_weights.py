@@ -46,26 +46,27 @@ class CoordinateMLP(nn.Module):
 
 def lstm_cell(
     meta: torch.Tensor,
-    h: torch.Tensor,
-    c: torch.Tensor,
+    state: tuple[torch.Tensor, torch.Tensor] | None,
     w_ih: torch.Tensor,
     w_hh: torch.Tensor,
     bias: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One LSTM step on any leading shape: meta [..., 2]; h, c [..., H] -> (h, c).
+    """One LSTM step on any leading shape: meta [..., 2]; state (h, c) [..., H], or None for the
+    zero state (the first step: no hidden product, no forget term) -> (h, c).
 
     Written out (instead of ``nn.LSTMCell``) so that it runs on any batch shape and under
     ``torch.compile``, which fuses the gate arithmetic into one kernel per pass.
     """
-    gates = meta @ w_ih.T + h @ w_hh.T + bias  # [..., 4H]: input, forget, cell, output
-    hidden = h.shape[-1]
+    gates = meta @ w_ih.T + bias  # [..., 4H]: input, forget, cell, output
+    if state is not None:
+        gates = gates + state[0] @ w_hh.T
     if torch.is_grad_enabled():
         i, f, g, o = gates.chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
-    # inference: one sigmoid pass over all gates measured faster (the cell gate is re-read as tanh)
-    i, f, _, o = torch.sigmoid(gates).chunk(4, dim=-1)
-    c = f * c + i * torch.tanh(gates[..., 2 * hidden : 3 * hidden])
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    else:  # inference: one sigmoid pass over all gates measured faster (the cell gate is re-read as tanh)
+        i, f, _, o = torch.sigmoid(gates).chunk(4, dim=-1)
+        g = torch.tanh(gates[..., 2 * w_hh.shape[-1] : 3 * w_hh.shape[-1]])
+    c = i * g if state is None else f * state[1] + i * g
     return o * torch.tanh(c), c
 
 
@@ -79,17 +80,12 @@ class CoordinateLSTM(nn.Module):
         self.head = nn.Linear(hidden, 1)
         init_quiet(self.head)
 
-    def initial_state(self, meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zero state for coordinates shaped like ``meta`` [..., 2]."""
-        zeros = meta.new_zeros(*meta.shape[:-1], self.hidden)
-        return zeros, zeros
-
     def step(
-        self, meta: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+        self, meta: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One gradient per coordinate. meta: [..., 2]; state: ([..., H], [..., H])."""
+        """One gradient per coordinate. meta: [..., 2]; state: ([..., H], [..., H]), None at the start."""
         cell = self.cell
-        return lstm_cell(meta, *state, cell.weight_ih, cell.weight_hh, cell.bias_ih + cell.bias_hh)
+        return lstm_cell(meta, state, cell.weight_ih, cell.weight_hh, cell.bias_ih + cell.bias_hh)
 
     def readout(self, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Fast weights [...] from the hidden state."""
@@ -102,10 +98,10 @@ def flatten(weights: dict[str, torch.Tensor], batch_dims: int = 1) -> torch.Tens
 
 
 def unflatten(flat: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """[*batch, P] -> {name: [*batch, *shape]} with the shapes of ``like`` (unbatched)."""
-    out, start = {}, 0
+    """[*batch, P] -> {name: [*batch, *shape]} with the shapes of ``like`` (unbatched).
+
+    One ``split`` (its backward is one concatenation; slicing would zero-fill a [*batch, P]
+    gradient per layer)."""
     batch = flat.shape[:-1]
-    for name, w in like.items():
-        out[name] = flat[..., start : start + w.numel()].reshape(*batch, *w.shape)
-        start += w.numel()
-    return out
+    parts = flat.split([w.numel() for w in like.values()], dim=-1)
+    return {name: part.reshape(*batch, *w.shape) for (name, w), part in zip(like.items(), parts, strict=True)}

@@ -46,6 +46,7 @@ from model.meta_info import (
 from model.meta_table import PiecewiseLinearM
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [..., P, hidden]
+MTables = tuple[PiecewiseLinearM, PiecewiseLinearM]  # m of the conv layers, m of the fc and output layers
 
 
 @dataclass
@@ -76,15 +77,10 @@ class SparseAttention:
 class MemoryFormat:
     """How inference builds and keeps a task's memory (``MetaNet.memory_format``)."""
 
-    m_conv: PiecewiseLinearM  # m of the conv layers as its exact table (model/meta_table.py)
-    m_fc: PiecewiseLinearM  # m of the fc and output layers
+    m_tables: MTables  # m of the conv layers and of the fc and output layers as exact tables
     layout: RowLayout  # rows of the flattened conv + fc fast weights (int8 scales per row)
     storage: Storage  # how M's rows are kept (model/compact.py)
     chunk_size: int  # support examples per vectorized pass (bounds the peak memory of a build)
-
-    def fast_weights(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """m(g) per coordinate of each layer's gradient, by table."""
-        return {name: (self.m_conv if name.startswith("conv") else self.m_fc)(g) for name, g in grads.items()}
 
 
 class MetaNet(nn.Module):
@@ -116,24 +112,27 @@ class MetaNet(nn.Module):
             self._d = torch.compile(self._d, dynamic=False)
 
     # ---- meta learners -------------------------------------------------------------------
-    def _m(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        k = self.config.grad_clip_k
-        fast = {}
-        for name, g in grads.items():
-            m = self.m_conv if name.startswith("conv") else self.m_fc
-            fast[name] = m(preprocess_gradient(g, k))
-            if self.config.relative_fast_weights:
-                fast[name] = fast[name] - m(preprocess_gradient(g.new_zeros(1), k))
-        return fast
+    def _m(self, grads: dict[str, torch.Tensor], tables: MTables | None = None) -> dict[str, torch.Tensor]:
+        """m(g) per coordinate of each layer's gradient, by the exact table of m (``model/meta_table.py``).
+
+        tables: m's tables, (conv, fc); None builds them from m's current weights, differentiably."""
+        m_conv, m_fc = tables or self.m_tables()
+        return {name: (m_conv if name.startswith("conv") else m_fc)(g) for name, g in grads.items()}
+
+    def m_tables(self) -> MTables:
+        """m of the conv layers and of the fc and output layers as exact piecewise-linear tables
+        (carrying autograd to m's weights when built with gradients enabled)."""
+        k, relative = self.config.grad_clip_k, self.config.relative_fast_weights
+        return PiecewiseLinearM(self.m_conv, k, relative), PiecewiseLinearM(self.m_fc, k, relative)
 
     def memory_format(
         self, storage: Storage, chunk_size: int, device: torch.device | str = "cpu"
     ) -> MemoryFormat:
         """How a served memory is built (``build_memory`` / ``extend_memory`` with ``form``): m as its
         exact table, M kept as ``storage`` rows, ``chunk_size`` support examples per pass."""
-        k, relative = self.config.grad_clip_k, self.config.relative_fast_weights
-        m_conv, m_fc = (PiecewiseLinearM(m, k, relative).to(device) for m in (self.m_conv, self.m_fc))
-        return MemoryFormat(m_conv, m_fc, RowLayout.of(dict(self.base)), storage, chunk_size)
+        with torch.no_grad():
+            tables = tuple(table.to(device) for table in self.m_tables())
+        return MemoryFormat(tables, RowLayout.of(dict(self.base)), storage, chunk_size)
 
     def _zero_gradient_fast_weight(self) -> torch.Tensor:
         """m's output for a zero gradient: every output row other than the example's own
@@ -146,7 +145,8 @@ class MetaNet(nn.Module):
     def _d(
         self, d: CoordinateLSTM, grads: dict[str, torch.Tensor], like: Weights, state: LSTMState | None
     ) -> tuple[dict[str, torch.Tensor], LSTMState]:
-        """d reads grads {name: [..., t, *shape]} one example per step, continuing from ``state``.
+        """d reads grads {name: [..., t, *shape]} one example per step, continuing from ``state``
+        (None: the zero state).
 
         ``like`` gives the unbatched shapes. Returns task-level fast weights {name: [..., *shape]}
         and the LSTM state after the last step.
@@ -154,17 +154,14 @@ class MetaNet(nn.Module):
         batch = next(iter(grads.values())).dim() - next(iter(like.values())).dim()  # leading dims incl. t
         flat = torch.cat([g.flatten(batch) for g in grads.values()], dim=-1)  # [..., t, P]
         meta = preprocess_gradient(flat, self.config.grad_clip_k)  # [..., t, P, 2]
-        steps = meta.unbind(-3)
-        if state is None:
-            state = d.initial_state(steps[0])
-        for step in steps:
+        for step in meta.unbind(-3):
             state = d.step(step, state)
         return unflatten(d.readout(state), like), state
 
     def example_fast_weights(
         self, x: torch.Tensor, slots: torch.Tensor, form: MemoryFormat | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """m(Z, grad_W loss_task(b(W, x_i), y_i)) for every example (m by table with ``form``).
+        """m(Z, grad_W loss_task(b(W, x_i), y_i)) for every example (m by its exact table).
 
         x: [..., n, 1, H, W]; slots: [..., n] codebook rows of the examples' labels.
 
@@ -172,7 +169,7 @@ class MetaNet(nn.Module):
         weights [..., n, C].
         """
         grads = example_gradients(dict(self.base), self.base_codes[slots], x)
-        fast = self._m(grads) if form is None else form.fast_weights(grads)
+        fast = self._m(grads, None if form is None else form.m_tables)
         out = fast.pop("out")
         return flatten(fast, batch_dims=slots.dim()), out
 

@@ -11,7 +11,7 @@ torch server run (no second implementation to drift):
   (``output_logits``), dense attention [q, n].
 - ``<stem>.topk.onnx``: the same with attention over each query's top-k rows (ids and weights).
 - ``<stem>.embed.onnx``: images, Q* -> keys. u(Q, Q*, x): query keys to search a memory with.
-- ``<stem>.m.onnx``: gradients -> fast weights. m (``MetaNet._m``): example-level fast weights.
+- ``<stem>.m.onnx``: gradients -> fast weights. m's MLP: example-level fast weights.
 - ``<stem>.d.onnx``: gradient, LSTM state -> state, fast weights. One step of d (``MetaNet._d``).
 
 The memory tensors are graph inputs, so one graph serves every task: ``labels`` [n] (label slot of
@@ -124,8 +124,15 @@ class MGraph(_Graph):
     """m: fast weights of the conv layers and of the fc / output layers from their loss gradients."""
 
     def forward(self, conv_gradients, fc_gradients):
-        fast = self.model._m({"conv": conv_gradients, "fc": fc_gradients})
-        return fast["conv"], fast["fc"]
+        return self._m(self.model.m_conv, conv_gradients), self._m(self.model.m_fc, fc_gradients)
+
+    def _m(self, mlp: nn.Module, gradients: torch.Tensor) -> torch.Tensor:
+        """m's MLP on preprocessed gradients (``MetaNet._m`` evaluates the same function by table)."""
+        k = self.model.config.grad_clip_k
+        fast = mlp(preprocess_gradient(gradients, k))
+        if self.model.config.relative_fast_weights:
+            fast = fast - mlp(preprocess_gradient(gradients.new_zeros(1), k))
+        return fast
 
 
 class DGraph(_Graph):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -211,13 +212,16 @@ def test_written_out_lstm_step_equals_torch_lstm_cell():
     d = CoordinateLSTM(hidden=20)
     meta, h, c = torch.randn(2, 7, 2), torch.randn(2, 7, 20), torch.randn(2, 7, 20)
     expected_h, expected_c = d.cell(meta.reshape(14, 2), (h.reshape(14, 20), c.reshape(14, 20)))
-    got_h, got_c = d.step(meta, (h, c))  # any leading shape
-    torch.testing.assert_close(got_h.reshape(14, 20), expected_h)
-    torch.testing.assert_close(got_c.reshape(14, 20), expected_c)
-    with torch.no_grad():  # the inference form of the step
-        got_h, got_c = d.step(meta, (h, c))
-    torch.testing.assert_close(got_h.reshape(14, 20), expected_h)
-    torch.testing.assert_close(got_c.reshape(14, 20), expected_c)
+    zero_h, zero_c = d.cell(meta.reshape(14, 2))
+
+    def step(state):  # any leading shape
+        return tuple(t.reshape(14, 20) for t in d.step(meta, state))
+
+    for grad_enabled in (True, False):  # training and the inference form of the step
+        with torch.set_grad_enabled(grad_enabled):
+            for got, expected in [(step((h, c)), (expected_h, expected_c)), (step(None), (zero_h, zero_c))]:
+                torch.testing.assert_close(got[0], expected[0])
+                torch.testing.assert_close(got[1], expected[1])
 
 
 def test_relative_fast_weights_are_zero_for_a_zero_gradient():
@@ -229,3 +233,30 @@ def test_relative_fast_weights_are_zero_for_a_zero_gradient():
     fast = net._m(grads)
     assert fast["fc"].abs().max() == 0 and fast["out"].abs().max() > 0
     assert net._zero_gradient_fast_weight() == 0
+
+
+def test_m_by_table_trains_m_as_its_mlp_would():
+    """Training evaluates m by its exact table: same fast weights and same gradients for m's
+    weights as the MLP itself (compared in float64, where the MLP's own float32 sums over
+    ~10^5 coordinates are the less exact of the two)."""
+    torch.manual_seed(0)
+    net = MetaNet(MetaNetConfig(relative_fast_weights=True))
+    for layer in net.m_conv.net:  # a non-trivial m: every unit active somewhere
+        if isinstance(layer, torch.nn.Linear):
+            torch.nn.init.normal_(layer.weight, std=1.0)
+    grads = {"conv2": torch.randn(3, 64, 64, 3, 3) * 1e-3, "conv3": torch.randn(3, 64, 64, 3, 3) * 1e-5}
+    upstream = {name: torch.randn_like(g) for name, g in grads.items()}
+    fast = net._m(grads)
+    table_grads = torch.autograd.grad(
+        sum((fast[n] * upstream[n]).sum() for n in grads), list(net.m_conv.parameters())
+    )
+    mlp = copy.deepcopy(net.m_conv).double()
+    k, zero = net.config.grad_clip_k, torch.zeros(1, dtype=torch.float64)
+    loss = 0
+    for name, g in grads.items():
+        expected = mlp(preprocess_gradient(g.double(), k)) - mlp(preprocess_gradient(zero, k))
+        scale = expected.abs().max().item()  # float32 rounding of slope * key + intercept
+        torch.testing.assert_close(fast[name].double(), expected, atol=1e-6 * scale, rtol=1e-5)
+        loss = loss + (expected * upstream[name].double()).sum()
+    for got, want in zip(table_grads, torch.autograd.grad(loss, list(mlp.parameters())), strict=True):
+        torch.testing.assert_close(got.double(), want, atol=1e-4 * want.abs().max().item(), rtol=1e-4)
