@@ -1,13 +1,16 @@
 """Training and evaluation speed of MetaNet episodes, beside the floor set by their arithmetic.
 
     python -m benchmarks.train_speed                                  # 5-way 1-shot, CPU
+    python -m benchmarks.train_speed --processes 2                    # two gloo ranks, 1 thread each
     python -m benchmarks.train_speed --device cuda --way 20 --batch 16
 
 Runs the training engine itself (training.train.train_step on a DeviceEpisodeSampler meta-batch,
 compiled as training compiles it) and the evaluation loop (training.evaluate), and prints and
 saves (``--json``, default docs/results/train_speed_<device>_<way>way.json):
 - training episodes per second over ``--steps`` steps after a warm-up (compilation included
-  in the warm-up, not in the figure);
+  in the warm-up, not in the figure); with ``--processes N`` (CPU), N data-parallel ranks
+  (DistributedDataParallel over gloo, one thread each, as ``torchrun`` trains) each draw their
+  own episodes and the figure is all ranks' episodes over the wall time;
 - floating-point operations of one episode (forward, meta-gradients, backward), counted by
   torch.utils.flop_counter (with grouped-convolution backward counted per group);
 - the device's measured rate on a large float32 matrix product (TF32 on CUDA, as training uses),
@@ -21,10 +24,14 @@ import argparse
 import json
 import math
 import platform
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 
 from model import MetaNet, MetaNetConfig
@@ -72,6 +79,61 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def training_speed(
+    args: argparse.Namespace, device: torch.device, batch: int, steps: int, compile_mode: str, rank: int = 0
+) -> tuple[float, float]:
+    """(episodes per second of this process, warm-up seconds): the training engine itself,
+    ``args.warmup`` steps, then ``steps`` timed ones (under DistributedDataParallel when a process
+    group is up, each rank drawing its own episodes)."""
+    torch.manual_seed(0)
+    config = MetaNetConfig(max_task_examples=args.task_examples)
+    model = MetaNet(config).to(device)
+    model.compile_meta_learners(compile_mode)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")
+    pool = load_split("vinyals", "train", args.data)
+    sampler = DeviceEpisodeSampler(
+        pool, args.way, args.shot, args.queries, batch, device, rank, config.max_labels
+    )
+    net = EpisodeModel(model)
+    if dist.is_initialized():
+        net = DistributedDataParallel(net)
+
+    def clock() -> float:
+        sync(device)
+        if dist.is_initialized():
+            dist.barrier()
+        return time.perf_counter()
+
+    began = time.perf_counter()
+    for _ in range(args.warmup):
+        train_step(net, optimizer, sampler.sample(), 10.0)
+    warmed = clock()
+    for _ in range(steps):
+        train_step(net, optimizer, sampler.sample(), 10.0)
+    return steps * batch / (clock() - warmed), warmed - began
+
+
+def _rank(rank: int, world: int, init_file: str, args: argparse.Namespace, batch, steps, compile_mode, out):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    rate, warmup_s = training_speed(args, torch.device("cpu"), batch, steps, compile_mode, rank)
+    if rank == 0:
+        Path(out).write_text(json.dumps([rate * world, warmup_s]))
+    dist.destroy_process_group()
+
+
+def data_parallel_speed(
+    args: argparse.Namespace, batch: int, steps: int, compile_mode: str
+) -> tuple[float, float]:
+    """(episodes per second of all ranks together, warm-up seconds) of ``args.processes`` gloo ranks."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "speed.json"
+        config = (args.processes, str(Path(scratch) / "init"), args, batch, steps, compile_mode, str(out))
+        mp.spawn(_rank, args=config, nprocs=args.processes, join=True)
+        rate, warmup_s = json.loads(out.read_text())
+    return rate, warmup_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -86,6 +148,9 @@ def main() -> None:
     parser.add_argument("--compile", choices=["none", "d", "all"], default=None, help="cpu: d, cuda: all")
     parser.add_argument("--eval-tasks", type=int, default=None, help="evaluation tasks to time")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="data-parallel gloo ranks on the CPU, 1 thread each"
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Omniglot zips and splits/")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -97,27 +162,18 @@ def main() -> None:
     batch = args.batch or (16 if device.type == "cuda" else 1)
     steps = args.steps or max(3, math.ceil(30 / batch))
     compile_mode = args.compile or ("all" if device.type == "cuda" else "d")
+    if args.processes > 1:
+        measured, warmup_s = data_parallel_speed(args, batch, steps, compile_mode)
+    else:
+        measured, warmup_s = training_speed(args, device, batch, steps, compile_mode)
     torch.manual_seed(0)
     config = MetaNetConfig(max_task_examples=args.task_examples)
     model = MetaNet(config).to(device)
     model.compile_meta_learners(compile_mode)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")
     pool = load_split("vinyals", "train", args.data)
     sampler = DeviceEpisodeSampler(
         pool, args.way, args.shot, args.queries, batch, device, 0, config.max_labels
     )
-    net = EpisodeModel(model)
-
-    began = time.perf_counter()
-    for _ in range(args.warmup):
-        train_step(net, optimizer, sampler.sample(), 10.0)
-    sync(device)
-    warmup_s = time.perf_counter() - began
-    began = time.perf_counter()
-    for _ in range(steps):
-        train_step(net, optimizer, sampler.sample(), 10.0)
-    sync(device)
-    measured = steps * batch / (time.perf_counter() - began)
 
     eval_batch = default_batch(device)
     eval_tasks = args.eval_tasks or 8 * eval_batch
@@ -137,7 +193,8 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads() if args.processes == 1 else 1,
+        "processes": args.processes,
         "episodes_per_step": batch,
         "compile": compile_mode,
         "warmup_s": round(warmup_s, 1),
