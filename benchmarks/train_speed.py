@@ -15,7 +15,9 @@ saves (``--json``, default docs/results/train_speed_<device>_<way>way.json):
   torch.utils.flop_counter (with grouped-convolution backward counted per group);
 - the device's measured rate on a large float32 matrix product (TF32 on CUDA, as training uses),
   and the floor: episodes per second if every operation ran at that rate;
-- evaluation tasks per second (``--way``-way, 5 queries per class).
+- evaluation tasks per second (``--way``-way, 5 queries per class);
+- with ``--profile PATH``, where a training step's time goes: the profiler's table of the
+  operators (and GPU kernels) with the most self time over three more steps, written to PATH.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from model import MetaNet, MetaNetConfig
@@ -77,6 +80,26 @@ def matmul_rate(device: torch.device, size: int = 4096, repeats: int = 10) -> fl
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def profile_steps(model: MetaNet, sampler: DeviceEpisodeSampler, device: torch.device, path: Path) -> None:
+    """Profile three training steps (after one untimed one) and write the top operators by self time."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    net = EpisodeModel(model)
+    train_step(net, optimizer, sampler.sample(), 10.0)
+    sync(device)
+    with profile(activities=activities, record_shapes=True) as profiler:
+        for _ in range(3):
+            train_step(net, optimizer, sampler.sample(), 10.0)
+        sync(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = profiler.key_averages(group_by_input_shape=True).table(
+        sort_by=sort, row_limit=40, max_name_column_width=60
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table + "\n")
+    print(f"profile of 3 steps: {path}")
 
 
 def training_speed(
@@ -153,6 +176,7 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Omniglot zips and splits/")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--profile", type=Path, default=None, help="write a profile of 3 training steps here")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -174,6 +198,9 @@ def main() -> None:
     sampler = DeviceEpisodeSampler(
         pool, args.way, args.shot, args.queries, batch, device, 0, config.max_labels
     )
+
+    if args.profile:
+        profile_steps(model, sampler, device, args.profile)
 
     eval_batch = default_batch(device)
     eval_tasks = args.eval_tasks or 8 * eval_batch

@@ -42,7 +42,8 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_av
 log "1. benchmark: 20-way 1-shot, 10 queries per class (the issue's episode), T=5"
 if ! timeout 110 $PY -m benchmarks.train_speed --device "$DEVICE" --data "$DATA" --way 20 --queries 10 \
     --task-examples 5 --batch "${BENCH_BATCH:-16}" \
-    --steps "$BENCH_STEPS" --compile "$COMPILE" --json runs/train_speed_"$DEVICE"_20way.json 2>&1 \
+    --steps "$BENCH_STEPS" --compile "$COMPILE" --json runs/train_speed_"$DEVICE"_20way.json \
+    --profile runs/profile_"$DEVICE"_20way.txt 2>&1 \
     | grep -v Warning | tee runs/bench.log; then
   log "compiled benchmark failed: training without torch.compile"
   COMPILE=none
