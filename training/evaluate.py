@@ -184,6 +184,7 @@ def evaluate_open_set(args: argparse.Namespace, model: MetaNet, pool: ClassPool)
             raise SystemExit("--record needs a calibrated checkpoint (python -m training.open_set)")
         if args.part != "test":
             raise SystemExit("--record stores test results; this run is on " + args.part)
+        metadata = read_metadata(args.checkpoint)  # again: another run may have recorded meanwhile
         metadata["open_set"].setdefault("test", {})[test_result_key(args.split, args.way)] = result
         metadata_path(args.checkpoint).write_text(json.dumps(metadata, indent=2) + "\n")
     if args.json:

@@ -2,16 +2,19 @@
 not hold, the novelty scores that tell them apart, and the calibration of the rejection threshold.
 
     python -m training.open_set --checkpoint checkpoints/omniglot-standard.safetensors \
-        --split standard --false-rejection 0.05            # (re)calibrate on validation classes
+        --split standard --false-rejection 0.05 --test-tasks 1000   # calibrate, then test tasks
     python -m training.evaluate --checkpoint checkpoints/omniglot-standard.safetensors \
-        --split standard --way 20 --tasks 1000 --open-set --json   # AUROC, FRR / FAR on test tasks
+        --split standard --way 20 --tasks 1000 --open-set --json     # AUROC, FRR / FAR on test tasks
 
 An open-set task is the closed-set task ``EpisodeSampler`` draws under the same seed (so its
 closed-set accuracy is the ordinary evaluation's), plus ``queries`` drawings of each of
 ``unknown`` other classes of the same pool (by default as many as the task has), drawn from a
 second random stream. Calibration reads the threshold from the known queries of tasks drawn
 from the split's validation classes only: for the standard split, the background alphabets held
-out of training (``STANDARD_VALIDATION_ALPHABETS``), never images_evaluation.
+out of training (``STANDARD_VALIDATION_ALPHABETS``), never images_evaluation. By default it
+targets the mean of the validation alphabets' false-rejection rates (``balanced_threshold``),
+and reports how far a threshold read without one alphabet misses on it
+(``leave_one_alphabet_out``).
 
 Every candidate novelty score is measured on the same queries (higher = more novel; the last two
 need the full model's logits, so ``--keys-only`` runs skip them):
