@@ -152,3 +152,22 @@ def test_novelty_is_one_minus_the_nearest_cosine() -> None:
     torch.testing.assert_close(
         novelty(queries, keys), torch.tensor([0.0, 1 - 2**-0.5, 1.0]), atol=1e-3, rtol=0
     )
+
+
+def test_evaluate_open_set_records_the_test_result_and_saves_scores(model, tmp_path, capsys) -> None:
+    from training import evaluate
+
+    path, scores = tmp_path / "model.safetensors", tmp_path / "scores.npz"
+    save_checkpoint(model, path, {"split": "standard"})
+    open_set.main(["--checkpoint", str(path), "--split", "standard", "--tasks", "2", "--ways", "5"])
+    capsys.readouterr()
+    common = ["--checkpoint", str(path), "--split", "standard", "--way", "5", "--tasks", "2", "--open-set"]
+    evaluate.main([*common, "--keys-only", "--json", "--record", "--scores", str(scores)])
+    printed = json.loads(capsys.readouterr().out)
+    stored = json.loads(path.with_suffix(".json").read_text())["open_set"]["test"]
+    assert stored["standard/test 5-way 1-shot open-set"] == printed and printed["tasks"] == 2
+    saved = np.load(scores)
+    assert saved["labels"].shape == saved["alphabets"].shape == saved["nearest_key_distance"].shape == (2, 50)
+    assert ((saved["labels"] == open_set.UNKNOWN) == (saved["alphabets"] == open_set.UNKNOWN)).all()
+    with pytest.raises(SystemExit):  # validation results are not test results
+        evaluate.main([*common, "--part", "val", "--keys-only", "--json", "--record"])
