@@ -87,8 +87,8 @@ class OpenSetSampler:
                 for c, d in zip(classes, drawings, strict=True)
             ]
         ).reshape(-1, 28, 28)  # [U*L, 28, 28]
-        groups = self.pool.groups
-        alphabets = np.zeros(len(chosen), dtype=np.int64) if groups is None else groups[chosen] // 4
+        pool_groups = self.pool.groups  # alphabet * 4 + rotation of each class
+        alphabets = np.zeros(len(chosen), dtype=np.int64) if pool_groups is None else pool_groups[chosen] // 4
         groups = np.concatenate([alphabets[episode.query_labels.numpy()], np.full(len(images), UNKNOWN)])
         return (
             Episode(
