@@ -41,7 +41,7 @@ from model.metanet import MetaNet
 from model.novelty import OpenSetCalibration
 from training.data import DEFAULT_DATA
 from training.episodes import ClassPool, Episode, EpisodeSampler, load_split, within_alphabet_episodes
-from training.open_set import open_set_episodes, open_set_outputs, summarize_open_set
+from training.open_set import open_set_report, test_result_key
 
 PROTOCOLS = ("random", "within-alphabet")
 
@@ -160,34 +160,32 @@ def evaluate_open_set(args: argparse.Namespace, model: MetaNet, pool: ClassPool)
         raise SystemExit("--open-set runs one-shot tasks of the random protocol")
     metadata = read_metadata(args.checkpoint)
     calibration = OpenSetCalibration.from_metadata(metadata)
-    outputs = open_set_outputs(
+    result = open_set_report(
         model,
-        open_set_episodes(pool, args.way, args.shot, args.queries, args.unknown, args.seed),
+        pool,
+        args.way,
         args.tasks,
-        args.batch or default_batch(args.device),
+        args.seed,
         args.device,
+        args.batch or default_batch(args.device),
+        metadata,
+        args.queries,
+        args.unknown,
         full_model=not args.keys_only,
+        scores_path=args.scores,
         progress=not args.json,
-        desc=f"{args.way}-way open set",
-    )
-    thresholds = metadata.get("open_set", {}).get("candidate_thresholds")
-    result = summarize_open_set(outputs, calibration, thresholds) | {
-        "way": args.way,
-        "shot": args.shot,
-        "tasks": args.tasks,
-        "unknown_classes": args.way if args.unknown is None else args.unknown,
-        "full_model": not args.keys_only,
-        "queries_per_class": args.queries,
+    ) | {
         "split": args.split,
         "part": args.part,
-        "seed": args.seed,
         "command": "python -m training.evaluate " + " ".join(sys.argv[1:]),
     }
     if args.record:
         if "open_set" not in metadata:
             raise SystemExit("--record needs a calibrated checkpoint (python -m training.open_set)")
-        key = result_key(args.split, args.part, args.way, args.shot, "open-set")
-        metadata["open_set"].setdefault("test", {})[key] = result
+        if args.part != "test":
+            raise SystemExit("--record stores test results; this run is on " + args.part)
+        metadata = read_metadata(args.checkpoint)  # again: another run may have recorded meanwhile
+        metadata["open_set"].setdefault("test", {})[test_result_key(args.split, args.way)] = result
         metadata_path(args.checkpoint).write_text(json.dumps(metadata, indent=2) + "\n")
     if args.json:
         print(json.dumps(result))
@@ -237,6 +235,9 @@ def main(argv: list[str] | None = None) -> None:
         "--keys-only",
         action="store_true",
         help="open set: run u and d only (key-based scores, attention-only accuracy), several times faster",
+    )
+    parser.add_argument(
+        "--scores", type=Path, default=None, help="open set: save every query's label and scores (.npz)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     parser.add_argument(

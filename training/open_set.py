@@ -2,16 +2,19 @@
 not hold, the novelty scores that tell them apart, and the calibration of the rejection threshold.
 
     python -m training.open_set --checkpoint checkpoints/omniglot-standard.safetensors \
-        --split standard --false-rejection 0.05            # (re)calibrate on validation classes
+        --split standard --false-rejection 0.05 --test-tasks 1000   # calibrate, then test tasks
     python -m training.evaluate --checkpoint checkpoints/omniglot-standard.safetensors \
-        --split standard --way 20 --tasks 1000 --open-set --json   # AUROC, FRR / FAR on test tasks
+        --split standard --way 20 --tasks 1000 --open-set --json     # AUROC, FRR / FAR on test tasks
 
 An open-set task is the closed-set task ``EpisodeSampler`` draws under the same seed (so its
 closed-set accuracy is the ordinary evaluation's), plus ``queries`` drawings of each of
 ``unknown`` other classes of the same pool (by default as many as the task has), drawn from a
 second random stream. Calibration reads the threshold from the known queries of tasks drawn
 from the split's validation classes only: for the standard split, the background alphabets held
-out of training (``STANDARD_VALIDATION_ALPHABETS``), never images_evaluation.
+out of training (``STANDARD_VALIDATION_ALPHABETS``), never images_evaluation. By default it
+targets the mean of the validation alphabets' false-rejection rates (``balanced_threshold``),
+and reports how far a threshold read without one alphabet misses on it
+(``leave_one_alphabet_out``).
 
 Every candidate novelty score is measured on the same queries (higher = more novel; the last two
 need the full model's logits, so ``--keys-only`` runs skip them):
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +56,7 @@ CANDIDATES = (
     "task_normalized_distance",
 )
 UNKNOWN = -1  # query label of a drawing of a class the task does not hold
+WEIGHTINGS = ("alphabet", "query")  # how calibration weighs the known queries (see calibrate)
 
 
 class OpenSetSampler:
@@ -68,6 +73,10 @@ class OpenSetSampler:
         self.rng = np.random.default_rng([seed, 1])
 
     def sample(self) -> Episode:
+        return self.sample_with_groups()[0]
+
+    def sample_with_groups(self) -> tuple[Episode, np.ndarray]:
+        """An episode and the alphabet of each query's class [q] (-1 for the unknown queries)."""
         episode, chosen = self.known.sample_with_classes()
         others = np.setdiff1d(np.arange(len(self.pool)), chosen)
         classes = self.rng.choice(others, size=self.unknown, replace=False)
@@ -78,22 +87,29 @@ class OpenSetSampler:
                 for c, d in zip(classes, drawings, strict=True)
             ]
         ).reshape(-1, 28, 28)  # [U*L, 28, 28]
-        return Episode(
-            support=episode.support,
-            support_labels=episode.support_labels,
-            query=torch.cat([episode.query, to_tensor(images)]),
-            query_labels=torch.cat([episode.query_labels, torch.full((len(images),), UNKNOWN)]),
-            label_codes=episode.label_codes,
+        pool_groups = self.pool.groups  # alphabet * 4 + rotation of each class
+        alphabets = np.zeros(len(chosen), dtype=np.int64) if pool_groups is None else pool_groups[chosen] // 4
+        groups = np.concatenate([alphabets[episode.query_labels.numpy()], np.full(len(images), UNKNOWN)])
+        return (
+            Episode(
+                support=episode.support,
+                support_labels=episode.support_labels,
+                query=torch.cat([episode.query, to_tensor(images)]),
+                query_labels=torch.cat([episode.query_labels, torch.full((len(images),), UNKNOWN)]),
+                label_codes=episode.label_codes,
+            ),
+            groups,
         )
 
 
 @dataclass
 class OpenSetOutputs:
-    """Per query of every task: label [tasks, q] (-1 unknown), predictions of attention alone and
-    (with the base learner run) of the full model [tasks, q], and every candidate novelty score
-    {name: [tasks, q]}."""
+    """Per query of every task: label [tasks, q] (-1 unknown), the alphabet of its class [tasks, q]
+    (-1 unknown), predictions of attention alone and (with the base learner run) of the full model
+    [tasks, q], and every candidate novelty score {name: [tasks, q]}."""
 
     labels: np.ndarray
+    alphabets: np.ndarray
     attention_predicted: np.ndarray
     predicted: np.ndarray | None
     scores: dict[str, np.ndarray]
@@ -145,7 +161,7 @@ def candidate_scores(
 @torch.no_grad()
 def open_set_outputs(
     model: MetaNet,
-    episodes: Iterator[Episode],
+    episodes: Iterator[tuple[Episode, np.ndarray]],
     tasks: int,
     batch: int,
     device: torch.device | str,
@@ -153,14 +169,16 @@ def open_set_outputs(
     progress: bool = False,
     desc: str = "",
 ) -> OpenSetOutputs:
-    """Run ``tasks`` open-set episodes ``batch`` at a time."""
+    """Run ``tasks`` open-set episodes (each with its queries' alphabets) ``batch`` at a time."""
     model.eval()
-    labels, predicted, attention_predicted = [], [], []
+    labels, alphabets, predicted, attention_predicted = [], [], [], []
     scores: dict[str, list[np.ndarray]] = {}
     with tqdm(total=tasks, desc=desc, unit="task", disable=not progress) as bar:
         for start in range(0, tasks, batch):
             size = min(batch, tasks - start)
-            episode = Episode.stack([next(episodes) for _ in range(size)]).to(device)
+            drawn = [next(episodes) for _ in range(size)]
+            episode = Episode.stack([e for e, _ in drawn]).to(device)
+            alphabets.append(np.stack([g for _, g in drawn]))
             logits, votes, batch_scores = candidate_scores(model, episode, full_model)
             labels.append(episode.query_labels.cpu().numpy())
             attention_predicted.append(votes.argmax(-1).cpu().numpy())
@@ -171,6 +189,7 @@ def open_set_outputs(
             bar.update(size)
     return OpenSetOutputs(
         np.concatenate(labels),
+        np.concatenate(alphabets),
         np.concatenate(attention_predicted),
         np.concatenate(predicted) if predicted else None,
         {name: np.concatenate(value) for name, value in scores.items()},
@@ -219,6 +238,11 @@ def summarize_open_set(
             "threshold": calibration.threshold,
             "false_rejection_target": 100 * calibration.false_rejection_target,
             "false_rejection_rate": 100 * float((~accepted[known]).mean()),
+            # each alphabet's own rate (index: the pool's sorted alphabets): how much style moves it
+            "false_rejection_by_alphabet": {
+                int(a): 100 * float((~accepted[known & (outputs.alphabets == a)]).mean())
+                for a in np.unique(outputs.alphabets[known])
+            },
             "false_acceptance_rate": 100 * float(accepted[~known].mean()),
             # right label (of the full model, else of attention) and accepted, or unknown and rejected
             "open_set_accuracy": 100 * float(np.where(known, hits & accepted, ~accepted).mean()),
@@ -237,9 +261,34 @@ def summarize_open_set(
 
 def open_set_episodes(
     pool: ClassPool, way: int, shot: int, queries: int, unknown: int | None, seed: int
-) -> Iterator[Episode]:
+) -> Iterator[tuple[Episode, np.ndarray]]:
+    """Open-set episodes, each with the alphabet of every query's class (-1: unknown)."""
     sampler = OpenSetSampler(pool, way, shot, queries, way if unknown is None else unknown, seed)
-    return iter(sampler.sample, None)
+    return iter(sampler.sample_with_groups, None)
+
+
+def balanced_threshold(scores: np.ndarray, alphabets: np.ndarray, false_rejection: float) -> float:
+    """The lowest threshold at which the mean over alphabets of the share of known-query scores
+    above it is at most ``false_rejection`` (scores, alphabets: [n] of known queries).
+
+    Every alphabet weighs the same whatever its number of characters: a new set of alphabets is a
+    new draw of drawing styles, and one validation alphabet is one sample of them."""
+    groups = [np.sort(scores[alphabets == a]) for a in np.unique(alphabets)]
+    candidates = np.sort(scores)
+    rejected = np.mean([1 - np.searchsorted(g, candidates, side="right") / len(g) for g in groups], axis=0)
+    return float(candidates[np.argmax(rejected <= false_rejection)])  # rejected falls as t grows
+
+
+def leave_one_alphabet_out(scores: np.ndarray, alphabets: np.ndarray, false_rejection: float) -> list[dict]:
+    """For each alphabet: the balanced threshold of the other alphabets and the share of this
+    alphabet's known queries it rejects (percent), i.e. how far a calibration misses on a style it
+    has not seen. Empty for a single alphabet."""
+    held_out = []
+    for a in np.unique(alphabets) if len(np.unique(alphabets)) > 1 else []:
+        threshold = balanced_threshold(scores[alphabets != a], alphabets[alphabets != a], false_rejection)
+        rate = 100 * float((scores[alphabets == a] > threshold).mean())
+        held_out.append({"alphabet": int(a), "threshold": threshold, "false_rejection_rate": rate})
+    return held_out
 
 
 def calibrate(
@@ -253,10 +302,15 @@ def calibrate(
     device: torch.device | str,
     batch: int,
     progress: bool = False,
+    weighting: str = "alphabet",
 ) -> tuple[dict[str, float], dict]:
     """Thresholds that reject a share ``false_rejection`` of the known queries of ``tasks`` one-shot
-    tasks at each way in ``ways``, one per key-based candidate score. Returns (thresholds, the
-    open-set summary of each way at them)."""
+    tasks at each way in ``ways``, one per key-based candidate score: with ``weighting`` "alphabet"
+    the mean of the alphabets' rates (``balanced_threshold``), with "query" the pooled rate.
+    Returns (thresholds, the open-set summary of each way at them, with the served score's
+    leave-one-alphabet-out rates under "leave_one_alphabet_out")."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}")
     outputs = {
         way: open_set_outputs(
             model,
@@ -270,17 +324,68 @@ def calibrate(
         )
         for way in ways
     }
-    thresholds = {
-        name: float(
-            np.quantile(
-                np.concatenate([o.scores[name][o.labels != UNKNOWN] for o in outputs.values()]),
-                1 - false_rejection,
-            )
-        )
-        for name in next(iter(outputs.values())).scores
-    }
+    alphabets = np.concatenate([o.alphabets[o.labels != UNKNOWN] for o in outputs.values()])
+    if weighting == "query":
+        alphabets = np.zeros_like(alphabets)
+    thresholds = {}
+    for name in next(iter(outputs.values())).scores:
+        known = np.concatenate([o.scores[name][o.labels != UNKNOWN] for o in outputs.values()])
+        thresholds[name] = balanced_threshold(known, alphabets, false_rejection)
     at = OpenSetCalibration(thresholds[SCORE], false_rejection)
-    return thresholds, {f"{way}-way": summarize_open_set(o, at) for way, o in outputs.items()}
+    summary = {f"{way}-way": summarize_open_set(o, at) for way, o in outputs.items()}
+    known = np.concatenate([o.scores[SCORE][o.labels != UNKNOWN] for o in outputs.values()])
+    alphabets = np.concatenate([o.alphabets[o.labels != UNKNOWN] for o in outputs.values()])
+    summary["leave_one_alphabet_out"] = leave_one_alphabet_out(known, alphabets, false_rejection)
+    return thresholds, summary
+
+
+def test_result_key(split: str, way: int) -> str:
+    """Where a split's open-set test result is kept in the checkpoint's ``open_set.test``."""
+    return f"{split}/test {way}-way 1-shot open-set"
+
+
+def open_set_report(
+    model: MetaNet,
+    pool: ClassPool,
+    way: int,
+    tasks: int,
+    seed: int,
+    device: torch.device | str,
+    batch: int,
+    metadata: dict,
+    queries: int = 5,
+    unknown: int | None = None,
+    full_model: bool = False,
+    scores_path: Path | None = None,
+    progress: bool = False,
+) -> dict:
+    """The open-set summary of ``tasks`` one-shot tasks of ``pool`` at the calibration stored in
+    ``metadata`` (the checkpoint's), with how they were drawn and how long they took."""
+    started = time.perf_counter()
+    outputs = open_set_outputs(
+        model,
+        open_set_episodes(pool, way, 1, queries, unknown, seed),
+        tasks,
+        batch,
+        device,
+        full_model=full_model,
+        progress=progress,
+        desc=f"{way}-way open set",
+    )
+    if scores_path is not None:  # every query's label, alphabet and scores, to re-read later
+        np.savez_compressed(scores_path, labels=outputs.labels, alphabets=outputs.alphabets, **outputs.scores)
+    thresholds = metadata.get("open_set", {}).get("candidate_thresholds")
+    return summarize_open_set(outputs, OpenSetCalibration.from_metadata(metadata), thresholds) | {
+        "way": way,
+        "shot": 1,
+        "tasks": tasks,
+        "unknown_classes": way if unknown is None else unknown,
+        "full_model": full_model,
+        "queries_per_class": queries,
+        "seed": seed,
+        "device": torch.cuda.get_device_name() if torch.device(device).type == "cuda" else "cpu",
+        "wall_time_s": round(time.perf_counter() - started, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -293,8 +398,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--false-rejection", type=float, default=0.05, help="share of known queries to reject (0..1)"
     )
+    parser.add_argument(
+        "--weighting",
+        choices=WEIGHTINGS,
+        default="alphabet",
+        help="the rate to hit: the mean of the validation alphabets' rates, or the pooled queries' rate",
+    )
     parser.add_argument("--ways", type=int, nargs="+", default=[5, 20])
     parser.add_argument("--tasks", type=int, default=500, help="validation tasks per way")
+    parser.add_argument(
+        "--test-tasks",
+        type=int,
+        default=0,
+        help="then evaluate this many test tasks per way at the new threshold and store the results",
+    )
     parser.add_argument("--queries", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -302,7 +419,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="compile d with torch.compile")
     parser.add_argument("--dry-run", action="store_true", help="print the threshold, do not store it")
     args = parser.parse_args(argv)
+    if args.dry_run and args.test_tasks:
+        parser.error("--test-tasks evaluates at the stored threshold: leave out --dry-run")
 
+    started = time.perf_counter()
     torch.manual_seed(args.seed)
     model, _ = load_checkpoint(args.checkpoint, args.device)
     if args.compile:
@@ -319,26 +439,44 @@ def main(argv: list[str] | None = None) -> None:
         args.device,
         args.batch,
         progress=True,
+        weighting=args.weighting,
     )
+    weighing = "the mean of the alphabets' rates" if args.weighting == "alphabet" else "pooled"
     calibration = OpenSetCalibration(
         threshold=thresholds[SCORE],
         false_rejection_target=args.false_rejection,
         calibrated_on=(
             f"{args.split}/val: known queries of {args.tasks} one-shot tasks at each of "
-            f"{', '.join(f'{w}-way' for w in args.ways)}, {args.queries} queries per class, seed {args.seed}"
+            f"{', '.join(f'{w}-way' for w in args.ways)}, {args.queries} queries per class, "
+            f"seed {args.seed}; rate: {weighing}"
         ),
         command="python -m training.open_set " + " ".join(sys.argv[1:] if argv is None else argv),
     )
     found = {"open_set": calibration.to_dict(), "candidate_thresholds": thresholds}
     found["validation"] = at_threshold
-    print(json.dumps(found, indent=2))
-    if not args.dry_run:
-        metadata = read_metadata(args.checkpoint)
-        metadata["open_set"] = calibration.to_dict() | {
-            "validation": at_threshold,
-            "candidate_thresholds": thresholds,  # each score's own, for the evaluation's comparison
+    found["calibration_wall_time_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(found, indent=2), flush=True)
+    if args.dry_run:
+        return
+    metadata = read_metadata(args.checkpoint)
+    metadata["open_set"] = calibration.to_dict() | {
+        "validation": at_threshold,
+        "candidate_thresholds": thresholds,  # each score's own, for the evaluation's comparison
+    }
+    metadata_path(args.checkpoint).write_text(json.dumps(metadata, indent=2) + "\n")
+    if not args.test_tasks:
+        return
+    test = load_split(args.split, "test", args.data)
+    for way in args.ways:
+        result = open_set_report(
+            model, test, way, args.test_tasks, args.seed, args.device, args.batch, metadata, args.queries
+        )
+        metadata["open_set"].setdefault("test", {})[test_result_key(args.split, way)] = result | {
+            "command": calibration.command
         }
         metadata_path(args.checkpoint).write_text(json.dumps(metadata, indent=2) + "\n")
+        print(json.dumps({test_result_key(args.split, way): result}), flush=True)
+    print(json.dumps({"total_wall_time_s": round(time.perf_counter() - started, 1)}))
 
 
 if __name__ == "__main__":

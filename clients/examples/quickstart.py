@@ -13,4 +13,6 @@ def drawing(char, drawer):  # one person's drawing (1-20) of a Tibetan character
 
 task = Client("http://127.0.0.1:8000").task("quickstart")
 task.add_examples([(f"char{c}", drawing(c, drawer=1)) for c in range(1, 6)])  # one drawing of each
-print(task.classify([drawing(c, drawer=2) for c in range(1, 6)]).labels)  # others' drawings of them
+result = task.classify([drawing(c, drawer=13) for c in range(1, 7)])  # another person's; char6 is new
+print(result.labels)
+print([(p.known, round(p.novelty, 2)) for p in result.predictions])

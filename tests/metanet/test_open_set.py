@@ -42,6 +42,36 @@ def test_open_set_tasks_are_the_closed_set_tasks_plus_unknown_queries(pool: Clas
         assert not (unknown[:, None, None] == task_images[None]).flatten(-2).all(-1).any()
 
 
+def test_each_query_carries_the_alphabet_of_its_class(evaluation_characters) -> None:
+    groups = np.arange(40) // 10 * 4  # four alphabets of ten characters, upright
+    pool = ClassPool(evaluation_characters.images[:40], [(i, 0) for i in range(40)], groups=groups)
+    closed = EpisodeSampler(pool, way=5, shot=1, queries=2, seed=3)
+    sampler = open_set.OpenSetSampler(pool, way=5, shot=1, queries=2, unknown=5, seed=3)
+    for _ in range(3):
+        _, chosen = closed.sample_with_classes()
+        episode, alphabets = sampler.sample_with_groups()
+        known = episode.query_labels != open_set.UNKNOWN
+        assert (alphabets[~known.numpy()] == open_set.UNKNOWN).all()
+        np.testing.assert_array_equal(alphabets[known.numpy()], chosen[episode.query_labels[known]] // 10)
+
+
+def test_balanced_threshold_weighs_every_alphabet_alike() -> None:
+    rng = np.random.default_rng(0)
+    tight, loose = rng.uniform(0, 1, 900), rng.uniform(0, 2, 100)  # a big easy and a small hard alphabet
+    scores, alphabets = np.concatenate([tight, loose]), np.repeat([0, 1], [900, 100])
+    threshold = open_set.balanced_threshold(scores, alphabets, 0.1)
+    rates = [(tight > threshold).mean(), (loose > threshold).mean()]
+    assert np.mean(rates) <= 0.1 and rates[1] > 0.1  # the pooled rate would be lower still
+    below = scores[scores < threshold].max()  # the next lower candidate misses the target
+    assert np.mean([(tight > below).mean(), (loose > below).mean()]) > 0.1
+    pooled = open_set.balanced_threshold(scores, np.zeros_like(alphabets), 0.1)
+    assert pooled == pytest.approx(np.quantile(scores, 0.9), abs=0.01) and pooled < threshold
+    held_out = open_set.leave_one_alphabet_out(scores, alphabets, 0.1)
+    assert [h["alphabet"] for h in held_out] == [0, 1]
+    assert held_out[0]["false_rejection_rate"] == 0.0  # calibrated on the loose one alone
+    assert held_out[1]["false_rejection_rate"] > 10.0
+
+
 def test_auroc_counts_ordered_pairs_with_ties_as_half() -> None:
     rng = np.random.default_rng(0)
     known, unknown = rng.integers(0, 5, 40).astype(float), rng.integers(2, 8, 30).astype(float)
@@ -91,9 +121,53 @@ def test_calibration_rejects_the_target_share_and_round_trips(model, pool, tmp_p
     assert OpenSetCalibration.from_metadata(load_checkpoint(path)[1]) == stored
 
 
+def test_one_command_calibrates_then_records_test_tasks(model, tmp_path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(model, path, {"split": "standard"})
+    args = [
+        "--checkpoint",
+        str(path),
+        "--split",
+        "standard",
+        "--tasks",
+        "2",
+        "--ways",
+        "5",
+        "--test-tasks",
+        "3",
+    ]
+    open_set.main(args)
+    stored = json.loads(path.with_suffix(".json").read_text())["open_set"]
+    assert "mean of the alphabets" in stored["calibrated_on"]
+    assert len(stored["validation"]["leave_one_alphabet_out"]) == 3  # the three held-out alphabets
+    result = stored["test"]["standard/test 5-way 1-shot open-set"]
+    assert result["tasks"] == 3 and result["threshold"] == stored["threshold"]
+    assert result["known_queries"] == result["unknown_queries"] == 3 * 25
+    assert len(result["false_rejection_by_alphabet"]) > 1 and result["wall_time_s"] > 0
+
+
 def test_novelty_is_one_minus_the_nearest_cosine() -> None:
     keys = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
     queries = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0]]), dim=-1)
     torch.testing.assert_close(
         novelty(queries, keys), torch.tensor([0.0, 1 - 2**-0.5, 1.0]), atol=1e-3, rtol=0
     )
+
+
+def test_evaluate_open_set_records_the_test_result_and_saves_scores(model, tmp_path, capsys) -> None:
+    from training import evaluate
+
+    path, scores = tmp_path / "model.safetensors", tmp_path / "scores.npz"
+    save_checkpoint(model, path, {"split": "standard"})
+    open_set.main(["--checkpoint", str(path), "--split", "standard", "--tasks", "2", "--ways", "5"])
+    capsys.readouterr()
+    common = ["--checkpoint", str(path), "--split", "standard", "--way", "5", "--tasks", "2", "--open-set"]
+    evaluate.main([*common, "--keys-only", "--json", "--record", "--scores", str(scores)])
+    printed = json.loads(capsys.readouterr().out)
+    stored = json.loads(path.with_suffix(".json").read_text())["open_set"]["test"]
+    assert stored["standard/test 5-way 1-shot open-set"] == printed and printed["tasks"] == 2
+    saved = np.load(scores)
+    assert saved["labels"].shape == saved["alphabets"].shape == saved["nearest_key_distance"].shape == (2, 50)
+    assert ((saved["labels"] == open_set.UNKNOWN) == (saved["alphabets"] == open_set.UNKNOWN)).all()
+    with pytest.raises(SystemExit):  # validation results are not test results
+        evaluate.main([*common, "--part", "val", "--keys-only", "--json", "--record"])
