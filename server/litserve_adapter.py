@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 import time
 import uuid
 from queue import Empty
@@ -152,6 +153,9 @@ class PipeTransport(MessageTransport):
         reader = self._pipes[consumer_id][0]
         while not reader.poll():
             await _readable(reader.fileno())
+        # uvloop leaves a watched descriptor non-blocking; an answer longer than the pipe's buffer is
+        # then read in pieces as the worker writes them.
+        os.set_blocking(reader.fileno(), True)
         return reader.recv()
 
     def close(self, send_sentinel: bool = True) -> None:

@@ -156,5 +156,14 @@ def test_the_server_queues_go_straight_between_processes() -> None:
         assert isinstance(server._transport, PipeTransport) and len(server._transport._pipes) == 2
         server._transport.send(("uid", ("answer",)), consumer_id=1)
         assert asyncio.run(server._transport.areceive(1)) == ("uid", ("answer",))
+        # An answer far longer than a pipe's buffer, written while uvicorn's event loop (uvloop, which
+        # uvicorn uses where it is installed) waits for it, arrives whole.
+        uvloop = pytest.importorskip("uvloop")
+        long = ("uid", (np.arange(500_000),))
+        writer = threading.Timer(0.2, server._transport.send, (long, 0))
+        writer.start()
+        received = uvloop.run(server._transport.areceive(0))
+        writer.join()
+        assert received[0] == "uid" and np.array_equal(received[1][0], long[1][0])
     finally:
         manager.shutdown()
