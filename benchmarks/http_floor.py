@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 from fastapi import FastAPI
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from server.images import ImageDecoder
+from server.images import ImageDecoder, decode_images
 
 app = FastAPI(title="pixel nearest neighbour")
 decoder = ImageDecoder(max_side=4096, size=28)
@@ -32,13 +31,15 @@ class ClassifyBody(BaseModel):
     images: list[str]
 
 
-def _pixels(images: list[str]) -> np.ndarray:
-    return np.stack([decoder.decode(image, "image") for image in images]).reshape(len(images), -1) / 255.0
+async def _pixels(images: list[str]) -> np.ndarray:
+    """Decoded as the server decodes them (small requests inline, large ones in the thread pool)."""
+    decoded = await decode_images(decoder, images, "images[{}]".format)
+    return decoded.reshape(len(images), -1) / 255.0
 
 
 @app.post("/tasks/{task_id}/support")
 async def support(task_id: str, body: SupportBody) -> dict:
-    pixels = await run_in_threadpool(_pixels, [e.image for e in body.examples])
+    pixels = await _pixels([e.image for e in body.examples])
     old, labels = tasks.get(task_id, (np.zeros((0, pixels.shape[1])), []))
     tasks[task_id] = (np.concatenate([old, pixels]), labels + [e.label for e in body.examples])
     return {"num_examples": len(tasks[task_id][1])}
@@ -47,6 +48,6 @@ async def support(task_id: str, body: SupportBody) -> dict:
 @app.post("/tasks/{task_id}/classify")
 async def classify(task_id: str, body: ClassifyBody) -> dict:
     support_pixels, labels = tasks[task_id]
-    queries = await run_in_threadpool(_pixels, body.images)
+    queries = await _pixels(body.images)
     distances = (support_pixels**2).sum(1) - 2 * queries @ support_pixels.T  # squared, less |query|^2
     return {"predictions": [{"label": labels[i]} for i in distances.argmin(1)]}

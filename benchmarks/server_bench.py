@@ -202,7 +202,7 @@ def accuracy(tasks: TaskMemories, entry: CachedTask, queries: np.ndarray) -> flo
     """Share of queries (query i shows label i) classified correctly."""
     hits = 0
     for start in range(0, len(queries), 32):
-        probs = tasks.classify([(entry, queries[start : start + 32])])[0]
+        probs = tasks.classify([(entry, queries[start : start + 32])])[0].probabilities
         hits += int((probs.argmax(dim=1) == torch.arange(start, start + len(probs))).sum())
     return hits / len(queries)
 
@@ -437,8 +437,9 @@ def main() -> None:
     decoder = ImageDecoder(max_side=4096, size=28)
     images = np.stack([[decoder.decode(image, "image") for image in row[:20]] for row in chars[:100]])
     onnx_path = default_onnx_path(CHECKPOINT, REPO / ServerSettings().onnx_dir)
+    storage = ServerSettings().storage_policy  # as in a server worker
     predictors = {
-        b: MetaNetPredictor.load(CHECKPOINT, args.device, backend=b, onnx_path=onnx_path)
+        b: MetaNetPredictor.load(CHECKPOINT, args.device, storage, backend=b, onnx_path=onnx_path)
         for b in args.backends
     }
     big_images = np.stack([decoder.decode(image, "image") for _, image in big])

@@ -30,6 +30,28 @@ GROWTH = 1.25  # capacity factor when appending outgrows the buffer
 
 
 @dataclass(frozen=True)
+class StoragePolicy:
+    """How a task's rows are stored, by its size: ``small`` below ``large_from`` examples, ``large`` from
+    there on (a task that grows past ``large_from`` has its rows re-stored once)."""
+
+    large: Storage = "int8"
+    small: Storage = "int8"
+    large_from: int = 1
+
+    def __post_init__(self) -> None:
+        for storage in (self.large, self.small):
+            if storage not in _DTYPES:
+                raise ValueError(f"unknown fast-weight storage {storage!r}; one of {STORAGES}")
+
+    @classmethod
+    def uniform(cls, storage: Storage) -> StoragePolicy:
+        return cls(storage, storage, 1)
+
+    def for_examples(self, n: int) -> Storage:
+        return self.small if n < self.large_from else self.large
+
+
+@dataclass(frozen=True)
 class RowLayout:
     """How the P coordinates of a flattened weight set split into layers of output rows."""
 
@@ -143,6 +165,15 @@ class FastWeightRows:
             buffer.scales[start:end, row : row + count] = scale
             offset += count * length
             row += count
+
+    def restored(self, storage: Storage, chunk: int = 64) -> FastWeightRows:
+        """These rows stored as ``storage``, in a new buffer (``chunk`` rows at a time); self is unchanged."""
+        device = self._buffer.data.device
+        rows = FastWeightRows.empty(self.layout, storage, self.length, device)
+        eye = torch.eye(self.length, device=device)
+        for start in range(0, self.length, chunk):
+            rows = rows.appended(self.read(eye[start : start + chunk]))
+        return rows
 
     def dense(self) -> torch.Tensor:
         """All rows as float32 [n, P] (tests and tools; classification reads with ``read``)."""

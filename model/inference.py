@@ -11,13 +11,15 @@ The model computes (``MetaNet.build_memory`` / ``extend_memory`` / ``classify_ta
 passes training runs); this module keeps labels and images beside each memory. Memories are built
 in the model's inference format (``MetaNet.memory_format``): chunks of ``chunk_size`` examples (bounded
 peak memory, no per-example Python loop), m evaluated as its exact piecewise-linear table
-(model/meta_table.py), the example-level fast weights M kept as compact rows of ``storage``
-(model/compact.py: int8 by default). The query side runs on a backend: the model itself ("torch") or
-its ONNX export on ONNX Runtime ("onnxruntime", ``model/onnx_backend.py``).
+(model/meta_table.py), the example-level fast weights M kept as compact rows of a storage chosen
+by the task's size (``model.compact.StoragePolicy``: int8 for every task by default). The query
+side runs on a backend: the model itself ("torch") or its ONNX export on ONNX Runtime
+("onnxruntime", ``model/onnx_backend.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -26,9 +28,9 @@ import numpy as np
 import torch
 
 from model.checkpoint import load_checkpoint
-from model.compact import FastWeightRows, RowLayout, Storage
-from model.metanet import Memory, MetaNet
-from model.novelty import novelty
+from model.compact import FastWeightRows, RowLayout, Storage, StoragePolicy
+from model.metanet import Memory, MemoryFormat, MetaNet, QueryAnswer
+from model.novelty import novelty_from_similarity
 from model.preprocess import to_tensor
 
 Backend = Literal["torch", "onnxruntime"]
@@ -44,7 +46,15 @@ class QueryPath(Protocol):
 
     def classify_tasks(
         self, memories: list[Memory], queries: list[torch.Tensor], neighbors: list[Neighbors | None]
-    ) -> list[torch.Tensor]: ...
+    ) -> list[QueryAnswer]: ...
+
+
+@dataclass(frozen=True)
+class Classified:
+    """The answer for one task's query images: both from one pass of the query side."""
+
+    probabilities: torch.Tensor  # [q, K] float32 over the task's labels
+    novelty: torch.Tensor  # [q] float32 on the CPU (model/novelty.py)
 
 
 @dataclass
@@ -79,7 +89,8 @@ class TaskMemory:
 class MetaNetPredictor:
     """A trained MetaNet on a device, answering the server's questions.
 
-    storage, chunk_size: how memories are kept and built (see the module docstring). backend:
+    storage, chunk_size: how memories are kept and built (see the module docstring); ``storage`` is one
+    storage for every task or a ``StoragePolicy`` by task size. backend:
     "torch" runs the query side in the model; "onnxruntime" runs its ONNX export (``onnx_path``,
     exported there first if missing) on ONNX Runtime. The support side (fast weights from
     gradients) always runs in torch.
@@ -89,14 +100,15 @@ class MetaNetPredictor:
         self,
         model: MetaNet,
         device: str | torch.device = "cpu",
-        storage: Storage = DEFAULT_STORAGE,
+        storage: Storage | StoragePolicy = DEFAULT_STORAGE,
         chunk_size: int = DEFAULT_CHUNK,
         backend: Backend = "torch",
         onnx_path: str | Path | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.form = self.model.memory_format(storage, chunk_size, self.device)
+        self.policy = storage if isinstance(storage, StoragePolicy) else StoragePolicy.uniform(storage)
+        self.form = self.model.memory_format(self.policy.large, chunk_size, self.device)
         self.backend = backend
         if backend == "torch":
             self.queries: QueryPath = self.model
@@ -114,7 +126,7 @@ class MetaNetPredictor:
         cls,
         checkpoint: str | Path,
         device: str | torch.device = "cpu",
-        storage: Storage = DEFAULT_STORAGE,
+        storage: Storage | StoragePolicy = DEFAULT_STORAGE,
         chunk_size: int = DEFAULT_CHUNK,
         backend: Backend = "torch",
         onnx_path: str | Path | None = None,
@@ -124,7 +136,15 @@ class MetaNetPredictor:
 
     @property
     def storage(self) -> Storage:
-        return self.form.storage
+        """The storage of large tasks (``storage_for`` gives any task's)."""
+        return self.policy.large
+
+    def storage_for(self, examples: int) -> Storage:
+        """How the rows of a task of ``examples`` examples are stored."""
+        return self.policy.for_examples(examples)
+
+    def _form(self, examples: int) -> MemoryFormat:
+        return dataclasses.replace(self.form, storage=self.storage_for(examples))
 
     @property
     def layout(self) -> RowLayout:
@@ -171,7 +191,7 @@ class MetaNetPredictor:
     def build_memory(self, images: np.ndarray | torch.Tensor, labels: list[str]) -> TaskMemory:
         """Memory of a task from its support images [n, 28, 28] and their labels (n >= 1)."""
         all_labels, ids, codes = self._labels(images, labels, [])
-        memory = self.model.build_memory(self._inputs(images), ids, codes, self.form)
+        memory = self.model.build_memory(self._inputs(images), ids, codes, self._form(len(labels)))
         return TaskMemory(all_labels, self._stored(images), memory)
 
     @torch.no_grad()
@@ -181,25 +201,22 @@ class MetaNetPredictor:
         """A new memory with examples appended; ``task`` is left untouched.
 
         Only the new examples' fast weights are computed. Q* and all keys are refreshed only
-        while the task had fewer than T examples.
+        while the task had fewer than T examples. A task that grows into another storage tier has
+        its rows re-stored first.
         """
         all_labels, new_ids, codes = self._labels(images, labels, task.labels)
         refresh = task.num_examples < self.model.config.max_task_examples
         support = self._inputs(task.images) if refresh else None
-        memory = self.model.extend_memory(
-            task.memory, self._inputs(images), new_ids, codes, support, self.form
-        )
+        form, memory = self._form(task.num_examples + len(labels)), task.memory
+        if memory.fast_weights.storage != form.storage:
+            memory = dataclasses.replace(memory, fast_weights=memory.fast_weights.restored(form.storage))
+        memory = self.model.extend_memory(memory, self._inputs(images), new_ids, codes, support, form)
         return TaskMemory(all_labels, torch.cat([task.images, self._stored(images)]), memory)
 
     @torch.no_grad()
     def embed_queries(self, task: TaskMemory, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """[q, C] L2-normalized query keys in the task's space (use against ``task.keys``)."""
         return self.queries.embed(self._inputs(images), task.memory.rep_task_weights)
-
-    @torch.no_grad()
-    def novelty(self, task: TaskMemory, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """[q] novelty of query images against the task's memory (model/novelty.py), on the CPU."""
-        return novelty(self.embed_queries(task, images), task.keys).float().cpu()
 
     def _neighbors(self, ids: torch.Tensor | np.ndarray, cosines: torch.Tensor | np.ndarray) -> Neighbors:
         return torch.as_tensor(ids).to(self.device).long(), torch.as_tensor(cosines).to(self.device).float()
@@ -213,17 +230,23 @@ class MetaNetPredictor:
         neighbors: optional (ids [q, k], cosine similarities [q, k]) of each query's nearest
         memory keys (e.g. from FAISS): attention then reads only those rows.
         """
-        return self.classify_batch([(task, images)], [neighbors])[0]
+        return self.classify_batch([(task, images)], [neighbors])[0].probabilities
 
     @torch.no_grad()
     def classify_batch(
         self,
         items: list[tuple[TaskMemory, np.ndarray | torch.Tensor]],
         neighbors: list[Neighbors | None] | None = None,
-    ) -> list[torch.Tensor]:
-        """Classify queries of several tasks in one base-learner pass. Returns [q_i, K_i] per item."""
+    ) -> list[Classified]:
+        """Classify queries of several tasks in one base-learner pass: probabilities [q_i, K_i] and
+        novelty [q_i] per item (novelty from the same query keys, or neighbours, as the attention)."""
         near = [None if n is None else self._neighbors(*n) for n in (neighbors or [None] * len(items))]
-        logits = self.queries.classify_tasks(
+        answers = self.queries.classify_tasks(
             [task.memory for task, _ in items], [self._inputs(images) for _, images in items], near
         )
-        return [torch.softmax(z, dim=-1).float() for z in logits]
+        return [
+            Classified(
+                torch.softmax(a.logits, dim=-1).float(), novelty_from_similarity(a.nearest).float().cpu()
+            )
+            for a in answers
+        ]

@@ -44,6 +44,7 @@ from model.meta_info import (
     preprocess_gradient,
 )
 from model.meta_table import PiecewiseLinearM
+from model.novelty import nearest_key_similarity
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [..., P, hidden]
 MTables = tuple[PiecewiseLinearM, PiecewiseLinearM]  # m of the conv layers, m of the fc and output layers
@@ -71,6 +72,14 @@ class SparseAttention:
 
     ids: torch.Tensor  # [q, k] memory rows, int64
     weights: torch.Tensor  # [q, k] softmax weights, rows sum to 1
+
+
+@dataclass
+class QueryAnswer:
+    """The query side's answer for one task's queries (``MetaNet.classify_tasks``)."""
+
+    logits: torch.Tensor  # [q, K]
+    nearest: torch.Tensor  # [q] cosine of each query's key to its nearest memory key (model/novelty.py)
 
 
 @dataclass(frozen=True)
@@ -455,17 +464,21 @@ class MetaNet(nn.Module):
         queries: list[torch.Tensor],
         neighbors: list[tuple[torch.Tensor, torch.Tensor] | None],
         chunk: int = 256,
-    ) -> list[torch.Tensor]:
+    ) -> list[QueryAnswer]:
         """``query_logits`` for queries of several tasks (each a single task), batched across tasks.
 
         queries[i]: [q_i, 1, H, W] against memories[i]; neighbors[i]: None (dense attention) or its
         queries' top-k rows (see ``read_attention``). The base learner runs over up to ``chunk``
         queries of any tasks at a time (each query has its own fast weights W* [P] anyway, ~0.6 MB:
-        the chunk bounds their memory). Returns logits [q_i, K_i] per task.
+        the chunk bounds their memory). Returns per task its logits [q_i, K_i] and, from the same query
+        keys (or neighbours), each query's cosine to its nearest memory key.
         """
-        attentions = [
-            self.read_attention(m, None if near is not None else self.embed(x, m.rep_task_weights), near)
+        keys = [
+            None if near is not None else self.embed(x, m.rep_task_weights)
             for m, x, near in zip(memories, queries, neighbors, strict=True)
+        ]
+        attentions = [
+            self.read_attention(m, k, near) for m, k, near in zip(memories, keys, neighbors, strict=True)
         ]
         features: list[list[torch.Tensor]] = [[] for _ in memories]
         pending: list[tuple[int, slice]] = []  # (task, rows) of the next base-learner pass
@@ -493,8 +506,8 @@ class MetaNet(nn.Module):
         if pending:
             run()
         return [
-            self.output_logits(torch.cat(h), m, a)
-            for h, m, a in zip(features, memories, attentions, strict=True)
+            QueryAnswer(self.output_logits(torch.cat(h), m, a), nearest_similarity(m, k, near))
+            for h, m, a, k, near in zip(features, memories, attentions, keys, neighbors, strict=True)
         ]
 
     def forward_with_attention(
@@ -513,6 +526,16 @@ class MetaNet(nn.Module):
     ) -> torch.Tensor:
         """Logits [..., q, K] of episodes (see ``forward_with_attention``)."""
         return self.forward_with_attention(support, labels, query, label_codes)[0]
+
+
+def nearest_similarity(
+    memory: Memory, query_keys: torch.Tensor | None, neighbors: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor:
+    """[q] cosine of each query's key to its nearest memory key: over every key (query_keys [q, C]), or
+    the best of its ``neighbors`` (ids, cosines [q, k]): exact when they come from an exact search."""
+    if neighbors is None:
+        return nearest_key_similarity(query_keys, memory.keys)
+    return neighbors[1].amax(-1)
 
 
 def attention_rows(attention: torch.Tensor | SparseAttention, rows: slice) -> torch.Tensor | SparseAttention:

@@ -34,9 +34,14 @@ def nearest_key_similarity(query_keys: torch.Tensor, keys: torch.Tensor) -> torc
     return (query_keys @ keys.transpose(-1, -2)).amax(-1)
 
 
+def novelty_from_similarity(nearest: torch.Tensor) -> torch.Tensor:
+    """Novelty in [0, 2] from the cosine similarity to the nearest memory key."""
+    return (1.0 - nearest).clamp_min(0.0)
+
+
 def novelty(query_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """[..., q] novelty in [0, 2]: one minus the cosine similarity to the nearest memory key."""
-    return (1.0 - nearest_key_similarity(query_keys, keys)).clamp_min(0.0)
+    return novelty_from_similarity(nearest_key_similarity(query_keys, keys))
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import onnxruntime as ort
 import torch
 
 from model.checkpoint import load_checkpoint
-from model.metanet import Memory, MetaNet, attention_rows
+from model.metanet import Memory, MetaNet, QueryAnswer, attention_rows, nearest_similarity
 
 logger = logging.getLogger("metanet.onnx")
 Neighbors = tuple[torch.Tensor, torch.Tensor]
@@ -151,10 +151,10 @@ class OnnxQueryPath:
         queries: list[torch.Tensor],
         neighbors: list[Neighbors | None],
         chunk: int = 256,
-    ) -> list[torch.Tensor]:
-        """Logits [q_i, K_i] per task: ``MetaNet.classify_tasks`` with graph runs per task of at most
-        ``chunk`` queries (bounds the per-query fast weights W*, ~0.6 MB each)."""
-        logits = []
+    ) -> list[QueryAnswer]:
+        """``MetaNet.classify_tasks`` with graph runs per task of at most ``chunk`` queries (bounds the
+        per-query fast weights W*, ~0.6 MB each)."""
+        answers = []
         for memory, x, near in zip(memories, queries, neighbors, strict=True):
             keys = None if near is not None else self.embed(x, memory.rep_task_weights)
             attention = self.model.read_attention(memory, keys, near)
@@ -171,5 +171,5 @@ class OnnxQueryPath:
                     read |= {"ids": part.ids, "weights": part.weights}
                 shape = (len(x[rows]), memory.label_codes.shape[0])
                 parts.append(session.run(feeds | read, [shape])[0])
-            logits.append(torch.cat(parts).to(x.device))
-        return logits
+            answers.append(QueryAnswer(torch.cat(parts).to(x.device), nearest_similarity(memory, keys, near)))
+        return answers

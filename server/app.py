@@ -14,7 +14,7 @@ from model.config import MetaNetConfig
 from server.auth import KeyRing
 from server.config import ConfigError, ServerSettings
 from server.errors import install_error_handlers
-from server.litserve_adapter import remove_builtin_routes, workers_ready
+from server.litserve_adapter import DirectQueueServer, remove_builtin_routes, workers_ready
 from server.middleware import GuardMiddleware, ObservabilityMiddleware
 from server.routes import mount_ui, service_router, task_router
 from server.schemas import Index, Limits, ModelInfo, ServerInfo
@@ -54,7 +54,7 @@ def model_info(settings: ServerSettings) -> ModelInfo:
 def build_server(settings: ServerSettings, keys: KeyRing) -> ls.LitServer:
     model = model_info(settings)
     api = MetaNetAPI(settings, model.image_size)
-    server = ls.LitServer(
+    server = DirectQueueServer(
         api,
         accelerator=accelerator(settings.device),
         devices=1,

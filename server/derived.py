@@ -126,7 +126,9 @@ class DerivedMemoryFiles:
                 header = json.loads(f.read(length))
                 if (header["tenant"], header["task_id"]) != (tenant, task_id):
                     return None
-                if header["checkpoint"] != checkpoint or header["storage"] != predictor.storage:
+                examples = next(e["shape"][0] for e in header["tensors"] if e["name"] == "rows")
+                storage = predictor.storage_for(examples)
+                if header["checkpoint"] != checkpoint or header["storage"] != storage:
                     return None
                 start = f.tell()
                 tensors = {}
@@ -141,9 +143,7 @@ class DerivedMemoryFiles:
         except (OSError, ValueError, KeyError, struct.error) as exc:
             logger.warning("ignoring unreadable derived memory %s: %s", path.name, exc)
             return None
-        rows = FastWeightRows.stored_as(
-            predictor.layout, predictor.storage, tensors["rows"], tensors.get("scales")
-        )
+        rows = FastWeightRows.stored_as(predictor.layout, storage, tensors["rows"], tensors.get("scales"))
         memory = Memory(
             fast_weights=rows,
             fast_out=tensors["fast_out"],

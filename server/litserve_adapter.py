@@ -12,20 +12,29 @@ that an upgrade that changes one fails there, loudly, instead of somewhere in a 
   ``_SENTINEL_VALUE`` on the queue asks the loop to stop by raising ``_StopLoopError``, and a loop
   acknowledges each request it takes with ``LitAPIStatus.START``;
 - ``LitServer`` registers ``/``, ``healthcheck_path`` and ``info_path`` on its FastAPI app, and keeps
-  each worker's ``WorkerSetupStatus`` in ``workers_setup_status``.
+  each worker's ``WorkerSetupStatus`` in ``workers_setup_status``;
+- ``LitServer._init_manager(num_api_servers)`` creates the request queue of each API path in
+  ``litapi_request_queues`` and the answers' ``MessageTransport`` in ``_transport`` (``send(item,
+  consumer_id)`` in the workers, ``areceive(consumer_id)`` in HTTP process ``consumer_id``) before any
+  worker or HTTP process starts, and those get them from there; LitServe's answer task drops ``None``
+  and stops for good if ``areceive`` raises.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing as mp
+import os
 import time
 import uuid
 from queue import Empty
+from typing import Any
 
 import litserve as ls
 from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
 from litserve.loops.simple_loops import BatchedLoop
 from litserve.specs.base import LitSpec
+from litserve.transport.base import MessageTransport
 from litserve.utils import LitAPIStatus, LoopResponseType, ResponseBufferItem, WorkerSetupStatus
 
 from server.protocol import Outcome, Result, ServiceError, TaskBuilding, Work, WorkerFailed, WorkerTimeout
@@ -120,6 +129,67 @@ class DrainingBatchedLoop(BatchedLoop):
             if deadline is None:
                 deadline = time.monotonic() + lit_api.batch_timeout
         return batch, timed_out
+
+
+class PipeTransport(MessageTransport):
+    """Answers from the workers to each HTTP process on a pipe of its own, read by the HTTP process's
+    event loop when the pipe is readable.
+
+    A worker writes an answer straight into the pipe (a lock per pipe keeps the answers of several
+    workers whole; a full pipe makes the worker wait for the reader). Unlike LitServe's transport, no
+    thread sits between the pipe and the event loop.
+    """
+
+    def __init__(self, consumers: int) -> None:
+        spawn = mp.get_context("spawn")  # workers are spawned; HTTP processes fork and inherit the pipes
+        self._pipes = [spawn.Pipe(duplex=False) for _ in range(consumers)]  # (reader, writer) each
+        self._locks = [spawn.Lock() for _ in range(consumers)]
+
+    def send(self, item: Any, consumer_id: int) -> None:
+        with self._locks[consumer_id]:
+            self._pipes[consumer_id][1].send(item)
+
+    async def areceive(self, consumer_id: int, timeout: float | None = None, block: bool = True) -> Any:
+        reader = self._pipes[consumer_id][0]
+        while not reader.poll():
+            await _readable(reader.fileno())
+        # uvloop leaves a watched descriptor non-blocking; an answer longer than the pipe's buffer is
+        # then read in pieces as the worker writes them.
+        os.set_blocking(reader.fileno(), True)
+        return reader.recv()
+
+    def close(self, send_sentinel: bool = True) -> None:
+        """Nothing to release: the pipes close with the processes (the HTTP processes' reading tasks
+        are cancelled at shutdown)."""
+
+
+async def _readable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+class DirectQueueServer(ls.LitServer):
+    """A LitServer whose requests and answers go straight between the HTTP processes and the workers.
+
+    LitServe's own queues are proxies to a ``multiprocessing.Manager`` process: every put and get is a
+    round trip to that third process (and a get of an empty queue is one too), and each answer then
+    crosses a thread into the event loop. Here requests travel on a pipe-backed ``multiprocessing``
+    queue (a feeder thread writes it, so a put never blocks the HTTP event loop) and answers on a
+    ``PipeTransport``. The Manager still holds LitServe's shared status dictionary and events.
+    """
+
+    def _init_manager(self, num_api_servers: int):
+        manager = super()._init_manager(num_api_servers)
+        spawn = mp.get_context("spawn")
+        for path in self.litapi_request_queues:
+            self.litapi_request_queues[path] = spawn.Queue()
+        self._transport = PipeTransport(num_api_servers)
+        return manager
 
 
 def remove_builtin_routes(server: ls.LitServer) -> None:

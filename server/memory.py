@@ -24,7 +24,7 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-from model.inference import TaskMemory
+from model.inference import Classified, TaskMemory
 from server import metrics
 from server.derived import DerivedMemoryFiles
 from server.neighbors import KeyIndex, key_index
@@ -58,7 +58,7 @@ class Predictor(Protocol):
 
     def embed_queries(self, task: TaskMemory, images: np.ndarray) -> torch.Tensor: ...
 
-    def classify_batch(self, items: list, neighbors: list) -> list[torch.Tensor]: ...
+    def classify_batch(self, items: list, neighbors: list) -> list[Classified]: ...
 
 
 @dataclass(frozen=True)
@@ -387,17 +387,13 @@ class TaskMemories:
             return None
         return key_index(memory.keys)
 
-    def classify(self, items: list[tuple[CachedTask, np.ndarray]]) -> list[torch.Tensor]:
-        """Probabilities [q, K] per item, all in one batch: dense attention for small tasks, top-k
-        attention over FAISS neighbours for large ones."""
+    def classify(self, items: list[tuple[CachedTask, np.ndarray]]) -> list[Classified]:
+        """Probabilities [q, K] and novelty [q] per item, all in one batch: dense attention for small
+        tasks, top-k attention over FAISS neighbours for large ones."""
         neighbors = [
             self._neighbors(task, images) if task.index is not None else None for task, images in items
         ]
         return self.predictor.classify_batch([(task.memory, images) for task, images in items], neighbors)
-
-    def novelty(self, items: list[tuple[CachedTask, np.ndarray]]) -> list[torch.Tensor]:
-        """Novelty [q] of each item's queries against its task (model/novelty.py)."""
-        return [self.predictor.novelty(task.memory, images) for task, images in items]
 
     def _neighbors(self, task: CachedTask, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return task.index.search(self.predictor.embed_queries(task.memory, images), self.topk_neighbors)

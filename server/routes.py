@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from server.config import NAME_PATTERN, ServerSettings
 from server.derived import DerivedMemoryFiles
 from server.errors import error_responses, service_error_response
-from server.images import ImageDecoder
+from server.images import ImageDecoder, decode_images
 from server.litserve_adapter import WorkerBridge
 from server.metrics import exposition
 from server.protocol import (
@@ -58,7 +58,7 @@ from server.schemas import (
 from server.store import TaskState, TaskStore
 
 
-def _tenant(request: Request) -> str:
+async def _tenant(request: Request) -> str:  # async: FastAPI runs a plain def in the thread pool
     return request.state.tenant  # set by GuardMiddleware
 
 
@@ -94,9 +94,6 @@ def task_router(
         if n > settings.max_images_per_request:
             raise TooManyImages(f"{n} images in one request; the limit is {settings.max_images_per_request}")
 
-    def decode_all(images: list[str], where: Callable[[int], str]) -> np.ndarray:
-        return np.stack([decoder.decode(image, where(i)) for i, image in enumerate(images)])
-
     @router.post(
         "/{task_id}/support",
         summary="Teach a task labeled examples",
@@ -107,9 +104,7 @@ def task_router(
         A label the task has not seen becomes a new concept at once."""
         check_count(len(body.examples))
         labels = tuple(e.label for e in body.examples)
-        images = await run_in_threadpool(
-            decode_all, [e.image for e in body.examples], "examples[{}].image".format
-        )
+        images = await decode_images(decoder, [e.image for e in body.examples], "examples[{}].image".format)
         result = await bridge.submit(SupportWork(tenant, task_id, images, labels))
         return SupportResponse(task_id=task_id, **asdict(result))
 
@@ -123,7 +118,7 @@ def task_router(
         memory is being built the call waits for it, up to ``METANET_BUILD_WAIT`` seconds, then answers
         503 ``task_building`` with a Retry-After header."""
         check_count(len(body.images))
-        images = await run_in_threadpool(decode_all, body.images, "images[{}]".format)
+        images = await decode_images(decoder, body.images, "images[{}]".format)
         work = ClassifyWork(
             tenant, task_id, images, body.top_k, body.reject == "on", body.novelty_threshold
         )

@@ -18,7 +18,7 @@ import litserve as ls
 import torch
 
 from model.checkpoint import read_metadata
-from model.inference import MetaNetPredictor
+from model.inference import Classified, MetaNetPredictor
 from model.novelty import OpenSetCalibration
 from server import metrics
 from server.config import ServerSettings
@@ -77,7 +77,7 @@ class MetaNetAPI(ls.LitAPI):
         # The main process migrated the schema.
         self.store = open_store(s.store_url, (self.image_size, self.image_size), migrate=False)
         predictor = MetaNetPredictor.load(
-            s.checkpoint, device, s.memory_storage, s.build_chunk, s.backend, s.onnx_path
+            s.checkpoint, device, s.storage_policy, s.build_chunk, s.backend, s.onnx_path
         )
         predictor.warm_up()
         self.memories = TaskMemories(
@@ -177,14 +177,12 @@ class MetaNetAPI(ls.LitAPI):
     def _predict(self, batch: list[tuple[CachedTask, ClassifyWork]]) -> list[ClassifyResult]:
         if not batch:
             return []
-        queries = [(task, item.images) for task, item in batch]
-        probabilities = self.memories.classify(queries)
-        novelties = self.memories.novelty(queries)
+        classified = self.memories.classify([(task, item.images) for task, item in batch])
         answers = []
-        for (task, item), probs, novelty in zip(batch, probabilities, novelties, strict=True):
+        for (task, item), found in zip(batch, classified, strict=True):
             threshold = self.novelty_threshold if item.novelty_threshold is None else item.novelty_threshold
-            answers.append(_predictions(task, probs, novelty, item.top_k, threshold, item.reject))
-            metrics.ATTENTION.labels("dense" if task.index is None else "topk").inc(len(probs))
+            answers.append(_predictions(task, found, item.top_k, threshold, item.reject))
+            metrics.ATTENTION.labels("dense" if task.index is None else "topk").inc(len(found.novelty))
         return answers
 
     def _predict_one(self, task: CachedTask, item: ClassifyWork) -> ClassifyResult:
@@ -210,20 +208,15 @@ def _describe(item: Work) -> str:
 
 
 def _predictions(
-    task: CachedTask,
-    probs: torch.Tensor,
-    novelty: torch.Tensor,
-    top_k: int,
-    threshold: float | None,
-    reject: bool,
+    task: CachedTask, found: Classified, top_k: int, threshold: float | None, reject: bool
 ) -> ClassifyResult:
     """The result of one classify item. ``known``: novelty at most ``threshold`` (every query when
     there is none); with ``reject`` an unknown query's label is None ("none of these")."""
     labels = task.memory.labels
     k = min(top_k, len(labels))
-    scores, indices = probs.float().topk(k, dim=-1)
+    scores, indices = found.probabilities.float().topk(k, dim=-1)
     predictions = []
-    rows = zip(scores.tolist(), indices.tolist(), novelty.tolist(), strict=True)
+    rows = zip(scores.tolist(), indices.tolist(), found.novelty.tolist(), strict=True)
     for row_scores, row_indices, value in rows:
         ranked = tuple(LabelScore(labels[j], s) for s, j in zip(row_scores, row_indices, strict=True))
         known = threshold is None or value <= threshold

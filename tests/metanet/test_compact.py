@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint
-from model.compact import STORAGES, FastWeightRows, RowLayout
+from model.compact import STORAGES, FastWeightRows, RowLayout, StoragePolicy
 from model.inference import MetaNetPredictor
 from model.meta_info import example_gradients, preprocess_gradient
 from model.meta_table import PiecewiseLinearM
@@ -114,3 +114,33 @@ def test_compact_storages_classify_like_float32(model, evaluation_characters) ->
         probabilities = predictor.classify(memory, queries)
         assert (probabilities - expected).abs().max() < 0.02
         assert (probabilities.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.95
+
+
+def test_restoring_rows_in_another_storage_keeps_them() -> None:
+    layout = RowLayout(((4, 9), (3, 16)))
+    rows = torch.randn(70, layout.num_coordinates)
+    exact = FastWeightRows.from_dense(rows, layout, "float32")
+    compact = exact.restored("int8", chunk=32)  # three chunks
+    assert compact.storage == "int8" and len(compact) == 70 and exact.storage == "float32"
+    torch.testing.assert_close(compact.dense(), FastWeightRows.from_dense(rows, layout, "int8").dense())
+    torch.testing.assert_close(compact.restored("float32").dense(), compact.dense())
+
+
+@torch.no_grad()
+def test_a_task_growing_past_the_small_tier_is_restored_once(model, drawings) -> None:
+    """Small tasks keep float32 rows, large ones int8; a task that grows across the line answers as a
+    task built at its final size would."""
+    policy = StoragePolicy(large="int8", small="float32", large_from=6)
+    predictor = MetaNetPredictor(model, storage=policy)
+    labels = [f"c{i}" for i in range(8)]
+    small = predictor.build_memory(drawings[:5], labels[:5])
+    assert small.memory.fast_weights.storage == "float32" and predictor.storage_for(5) == "float32"
+    grown = predictor.extend_memory(small, drawings[5:7], labels[5:7])
+    assert grown.memory.fast_weights.storage == "int8" and predictor.storage == "int8"
+    assert small.memory.fast_weights.storage == "float32"  # the older version is untouched
+    built = predictor.build_memory(drawings[:7], labels[:7])
+    torch.testing.assert_close(grown.memory.fast_weights.dense(), built.memory.fast_weights.dense())
+    queries = drawings[:7]
+    torch.testing.assert_close(predictor.classify(grown, queries), predictor.classify(built, queries))
+    with pytest.raises(ValueError):
+        StoragePolicy(large="int4")

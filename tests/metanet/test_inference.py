@@ -80,9 +80,18 @@ def test_a_batch_of_several_tasks_equals_one_call_per_task(predictor, task):
     first = predictor.build_memory(support[:5], labels[:5])
     second = predictor.build_memory(support[5:12], labels[5:12])
     batched = predictor.classify_batch([(first, queries[:3]), (second, queries[5:7])])
-    assert [p.shape for p in batched] == [(3, 5), (2, 7)]
-    torch.testing.assert_close(batched[0], predictor.classify(first, queries[:3]), atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(batched[1], predictor.classify(second, queries[5:7]), atol=1e-5, rtol=1e-4)
+    assert [a.probabilities.shape for a in batched] == [(3, 5), (2, 7)]
+    assert [a.novelty.shape for a in batched] == [(3,), (2,)]
+    for answer, alone in zip(
+        batched,
+        [
+            predictor.classify_batch([(first, queries[:3])])[0],
+            predictor.classify_batch([(second, queries[5:7])])[0],
+        ],
+        strict=True,
+    ):
+        torch.testing.assert_close(answer.probabilities, alone.probabilities, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(answer.novelty, alone.novelty, atol=1e-5, rtol=1e-4)
 
 
 def test_bad_calls_are_rejected(predictor, task):
@@ -128,4 +137,5 @@ def test_queries_in_chunks_give_the_same_probabilities(predictor, task):
         whole = predictor.model.classify_tasks(*args)
         chunked = predictor.model.classify_tasks(*args, chunk=3)
     for expected, got in zip(whole, chunked, strict=True):
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got.logits, expected.logits, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got.nearest, expected.nearest, atol=1e-5, rtol=1e-4)

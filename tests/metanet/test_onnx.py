@@ -107,7 +107,8 @@ def test_a_batch_of_tasks_matches_torch(predictors, episode):
     for expected, got in zip(
         reference.classify_batch(items), onnx_runtime.classify_batch(items), strict=True
     ):
-        _assert_same(expected, got)
+        _assert_same(expected.probabilities, got.probabilities)
+        torch.testing.assert_close(got.novelty, expected.novelty, atol=1e-5, rtol=1e-4)
 
 
 def test_m_and_d_graphs_give_the_model_fast_weights(exported):

@@ -93,7 +93,8 @@ def test_key_scores_agree_without_the_base_learner(model: MetaNet, pool: ClassPo
 
 
 def test_server_novelty_is_the_evaluated_score(model: MetaNet, pool: ClassPool) -> None:
-    """The predictor's novelty (what the server answers) equals the score evaluation measured."""
+    """The novelty the classify pass answers (what the server answers) equals the score evaluation
+    measured, with dense attention and with top-k attention over exact neighbours."""
     episode = open_set.OpenSetSampler(pool, way=4, shot=1, queries=2, unknown=3, seed=1).sample()
     predictor = MetaNetPredictor(model)
     images = (episode.support[:, 0] * 255).round().to(torch.uint8)
@@ -101,8 +102,13 @@ def test_server_novelty_is_the_evaluated_score(model: MetaNet, pool: ClassPool) 
     queries = (episode.query[:, 0] * 255).round().to(torch.uint8)
     with torch.no_grad():
         evaluated = open_set.candidate_scores(model, episode, full_model=False)[2]["nearest_key_distance"]
-    torch.testing.assert_close(predictor.novelty(task, queries), evaluated, atol=1e-5, rtol=0)
-    assert predictor.novelty(task, images).max() < 1e-5  # a stored example is not novel at all
+    dense = predictor.classify_batch([(task, queries)])[0].novelty
+    torch.testing.assert_close(dense, evaluated, atol=1e-5, rtol=0)
+    top = (predictor.embed_queries(task, queries) @ task.keys.T).topk(2)
+    topk = predictor.classify_batch([(task, queries)], [(top.indices, top.values)])[0].novelty
+    torch.testing.assert_close(topk, evaluated, atol=1e-5, rtol=0)
+    stored = predictor.classify_batch([(task, images)])[0].novelty
+    assert stored.max() < 1e-5  # a stored example is not novel at all
 
 
 def test_calibration_rejects_the_target_share_and_round_trips(model, pool, tmp_path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import multiprocessing.queues
 import queue
 import threading
 from collections.abc import Iterator
@@ -18,13 +19,16 @@ from litserve.loops.base import _SENTINEL_VALUE
 from litserve.loops.simple_loops import BatchedLoop
 from litserve.server import _LitAPIConnector, response_queue_to_buffer
 from litserve.specs.base import LitSpec
+from litserve.transport.base import MessageTransport
 from litserve.transport.process_transport import MPQueueTransport
 from litserve.utils import ResponseBufferItem
 from packaging.specifiers import SpecifierSet
 
 from server.litserve_adapter import (
     LITSERVE_VERSIONS,
+    DirectQueueServer,
     DrainingBatchedLoop,
+    PipeTransport,
     WorkerBridge,
     remove_builtin_routes,
 )
@@ -72,15 +76,16 @@ class Echo(ls.LitAPI):
         ]
 
 
-@pytest.fixture
-def wired() -> Iterator[tuple[WorkerBridge, Echo, MPQueueTransport]]:
+@pytest.fixture(params=["litserve", "pipe"])
+def wired(request) -> Iterator[tuple[WorkerBridge, Echo, MessageTransport]]:
     """The bridge and the loop wired as LitServer wires them, the worker loop in a thread; answers
-    travel back through LitServe's own transport and response-buffer task."""
+    travel back through LitServe's own transport, or the server's PipeTransport, and LitServe's
+    response-buffer task."""
     api = Echo(max_batch_size=8, batch_timeout=0.3, spec=WorkerBridge(), loop=DrainingBatchedLoop())
     api.batches, api.request_timeout = [], 5.0
     api.pre_setup()
-    requests, responses = queue.Queue(), queue.Queue()
-    transport = MPQueueTransport(None, [responses])
+    requests = queue.Queue()
+    transport = MPQueueTransport(None, [queue.Queue()]) if request.param == "litserve" else PipeTransport(1)
     bridge = api.spec
     bridge.response_buffer, bridge.request_queue, bridge.response_queue_id = {}, requests, 0
     loop = DrainingBatchedLoop()
@@ -138,3 +143,27 @@ def test_builtin_routes_are_removed() -> None:
     assert builtin <= {getattr(r, "path", None) for r in server.app.router.routes}
     remove_builtin_routes(server)
     assert not builtin & {getattr(r, "path", None) for r in server.app.router.routes}
+
+
+def test_the_server_queues_go_straight_between_processes() -> None:
+    """LitServe made its queues, through its Manager; the server's replace them before any process
+    starts (LitServe's shared status stays with the Manager)."""
+    server = DirectQueueServer(Echo(max_batch_size=2), accelerator="cpu")
+    manager = server._init_manager(2)
+    try:
+        for request_queue in server.litapi_request_queues.values():
+            assert isinstance(request_queue, multiprocessing.queues.Queue)
+        assert isinstance(server._transport, PipeTransport) and len(server._transport._pipes) == 2
+        server._transport.send(("uid", ("answer",)), consumer_id=1)
+        assert asyncio.run(server._transport.areceive(1)) == ("uid", ("answer",))
+        # An answer far longer than a pipe's buffer, written while uvicorn's event loop (uvloop, which
+        # uvicorn uses where it is installed) waits for it, arrives whole.
+        uvloop = pytest.importorskip("uvloop")
+        long = ("uid", (np.arange(500_000),))
+        writer = threading.Timer(0.2, server._transport.send, (long, 0))
+        writer.start()
+        received = uvloop.run(server._transport.areceive(0))
+        writer.join()
+        assert received[0] == "uid" and np.array_equal(received[1][0], long[1][0])
+    finally:
+        manager.shutdown()

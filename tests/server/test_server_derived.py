@@ -44,7 +44,7 @@ def test_a_restarted_worker_loads_and_extends_the_saved_memory(tmp_path, predict
     first = worker()
     built, _ = first.current("t", "big", wait=True)
     queries = drawings(evaluation_characters, 70, 1)[:6]
-    expected = first.classify([(built, queries)])[0]
+    expected = first.classify([(built, queries)])[0].probabilities
     assert first.wait_until_idle() and derived.path("t", "big").exists()  # written after the job answers
 
     store.add_examples("t", "big", drawings(evaluation_characters, 2, 2), ["c0", "c1"], 1000)
@@ -53,7 +53,7 @@ def test_a_restarted_worker_loads_and_extends_the_saved_memory(tmp_path, predict
     entry, _ = restarted.current("t", "big", wait=True)
     assert CountingPredictor.builds == builds  # loaded from the file and extended by 2, not rebuilt
     assert entry.version == 2 and entry.memory.num_examples == 72
-    reloaded = restarted.classify([(entry, queries)])[0]
+    reloaded = restarted.classify([(entry, queries)])[0].probabilities
     assert (reloaded.argmax(-1) == expected.argmax(-1)).all()
 
     wrong = TaskMemories(predictor, store, MemoryCache(10**9), 32, 16, 8, derived, "other checkpoint", 64)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.inference import Classified
 from server.memory import Building, CachedTask, MemoryCache, TaskMemories
 from server.protocol import EmptyTask, TaskTooLarge
 from server.store import SQLiteTaskStore
@@ -63,7 +64,11 @@ class RecordingPredictor:
         self.calls.append(("classify", ["topk" if near else "dense" for near in neighbors]))
         self.neighbors = neighbors
         return [
-            torch.full((len(images), len(memory.labels)), 1 / len(memory.labels)) for memory, images in items
+            Classified(
+                torch.full((len(images), len(memory.labels)), 1 / len(memory.labels)),
+                torch.zeros(len(images)),
+            )
+            for memory, images in items
         ]
 
 
