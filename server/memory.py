@@ -28,7 +28,7 @@ from model.inference import Classified, TaskMemory
 from server import metrics
 from server.derived import DerivedMemoryFiles
 from server.neighbors import KeyIndex, key_index
-from server.protocol import EmptyTask, TaskTooLarge
+from server.protocol import EmptyTask, ServiceError, TaskTooLarge
 from server.store import TaskSnapshot, TaskState, TaskStore
 
 Refresh = Literal["hit", "extend", "build", "load"]  # load: read back from a derived-memory file
@@ -333,6 +333,10 @@ class TaskMemories:
         try:
             started = time.perf_counter()
             size = self.derived.save(*key, entry.uid, entry.version, entry.memory, self.checkpoint)
+            state = self.store.get_task(*key)
+            if state is None or state.uid != entry.uid:  # deleted while saving (after the job's waiters woke)
+                self.derived.discard(*key)
+                return
             self._saved[key] = n
             logger.info(
                 "saved task=%r memory: %.0f MiB in %.2f s",
@@ -340,7 +344,7 @@ class TaskMemories:
                 size / 2**20,
                 time.perf_counter() - started,
             )
-        except OSError:
+        except (OSError, ServiceError):  # the disk, or the store while checking the task still exists
             logger.exception("saving the derived memory of task %r failed", key[1])
 
     # ---- shared ---------------------------------------------------------------------------------

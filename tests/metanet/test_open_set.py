@@ -149,7 +149,7 @@ def test_one_command_calibrates_then_records_test_tasks(model, tmp_path) -> None
     result = stored["test"]["standard/test 5-way 1-shot open-set"]
     assert result["tasks"] == 3 and result["threshold"] == stored["threshold"]
     assert result["known_queries"] == result["unknown_queries"] == 3 * 25
-    assert len(result["false_rejection_by_alphabet"]) > 1 and result["wall_time_s"] > 0
+    assert len(result["false_rejection_by_alphabet"]) > 1 and result["wall_time_s"] >= 0  # 0.0 when quick
 
 
 def test_novelty_is_one_minus_the_nearest_cosine() -> None:
