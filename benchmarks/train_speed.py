@@ -112,6 +112,7 @@ def training_speed(
     config = MetaNetConfig(max_task_examples=args.task_examples)
     model = MetaNet(config).to(device)
     model.compile_meta_learners(compile_mode)
+    model.d_dtype = torch.bfloat16 if args.d_bf16 else None
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")
     pool = load_split("vinyals", "train", args.data)
     sampler = DeviceEpisodeSampler(
@@ -174,6 +175,9 @@ def main() -> None:
     parser.add_argument(
         "--processes", type=int, default=1, help="data-parallel gloo ranks on the CPU, 1 thread each"
     )
+    parser.add_argument(
+        "--d-bf16", action="store_true", help="d's arithmetic in bfloat16 (training.train --d-bf16)"
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Omniglot zips and splits/")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--profile", type=Path, default=None, help="write a profile of 3 training steps here")
@@ -224,6 +228,7 @@ def main() -> None:
         "processes": args.processes,
         "episodes_per_step": batch,
         "compile": compile_mode,
+        "d_dtype": "bfloat16" if args.d_bf16 else "float32",
         "warmup_s": round(warmup_s, 1),
         "episodes_per_s": round(measured, 3),
         "gflop_per_episode": round(flops / 1e9, 3),

@@ -104,6 +104,9 @@ class MetaNet(nn.Module):
         self.d_rep = CoordinateLSTM(hidden) if config.variant != "minus" else None  # G
         self.d_base = CoordinateLSTM(hidden) if config.variant == "plus" else None
         self.log_attention_scale = nn.Parameter(torch.tensor(math.log(config.attention_scale_init)))
+        # d's arithmetic in a lower precision (e.g. torch.bfloat16) under autocast; None: float32.
+        # An engine setting for training speed (d is most of a CPU episode), off unless asked for.
+        self.d_dtype: torch.dtype | None = None
         self.register_buffer("base_codes", cnn.codebook(config.max_labels, c, seed=0), persistent=False)
         self.register_buffer("rep_codes", cnn.codebook(config.max_labels, c, seed=1), persistent=False)
 
@@ -167,6 +170,17 @@ class MetaNet(nn.Module):
             state = d.step(step, state)
         return unflatten(d.readout(state), like), state
 
+    def _d_in_dtype(
+        self, d: CoordinateLSTM, grads: dict[str, torch.Tensor], like: Weights, state: LSTMState | None
+    ) -> tuple[dict[str, torch.Tensor], LSTMState]:
+        """``_d`` with its products and gate arithmetic under autocast to ``d_dtype`` (when set), its
+        fast weights and state handed back in float32."""
+        if self.d_dtype is None:
+            return self._d(d, grads, like, state)
+        with torch.autocast(next(iter(grads.values())).device.type, dtype=self.d_dtype):
+            fast, state = self._d(d, grads, like, state)
+        return {name: w.float() for name, w in fast.items()}, (state[0].float(), state[1].float())
+
     def example_fast_weights(
         self, x: torch.Tensor, slots: torch.Tensor, form: MemoryFormat | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,7 +210,7 @@ class MetaNet(nn.Module):
         rep = dict(self.rep)
         if self.config.embedding_loss == "cross_entropy":
             grads = embedding_gradients_ce(rep, self.rep_codes[slots], x)
-            return self._d(self.d_rep, grads, rep, state)
+            return self._d_in_dtype(self.d_rep, grads, rep, state)
         # every task of a batch has the same label layout, so the pairs are the same positions
         layout = slots.reshape(-1, slots.shape[-1])[0]
         first, second, same = contrastive_pairs(layout, self.config.max_task_examples)
@@ -207,7 +221,7 @@ class MetaNet(nn.Module):
             same.expand(*slots.shape[:-1], -1),
             self.config.contrastive_margin,
         )
-        return self._d(self.d_rep, grads, rep, None)[0], None
+        return self._d_in_dtype(self.d_rep, grads, rep, None)[0], None
 
     def base_task_weights(
         self, x: torch.Tensor, slots: torch.Tensor, state: LSTMState | None = None
@@ -218,7 +232,7 @@ class MetaNet(nn.Module):
         base = dict(self.base)
         grads = example_gradients(base, self.base_codes[slots], x)
         grads.pop("out")
-        return self._d(self.d_base, grads, base, state)
+        return self._d_in_dtype(self.d_base, grads, base, state)
 
     # ---- representation and attention ----------------------------------------------------
     def embed(self, x: torch.Tensor, rep_task_weights: dict[str, torch.Tensor] | None) -> torch.Tensor:

@@ -166,6 +166,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="standard split: one class per character, rotated at random (default: rotations are classes)",
     )
     parser.add_argument("--compile", choices=["none", "d", "all"], default=None, help="cpu: d, cuda: all")
+    parser.add_argument(
+        "--d-bf16", action="store_true", help="d's arithmetic in bfloat16 (faster; accuracy not yet shown)"
+    )
     parser.add_argument("--val-every", type=int, default=500, help="episodes between validations")
     parser.add_argument("--val-tasks", type=int, default=200)
     parser.add_argument("--val-way", type=int, default=None, help="default: --way")
@@ -229,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         }
     compile_mode = args.compile or ("all" if device.type == "cuda" else "d")
     model.compile_meta_learners(compile_mode)
+    model.d_dtype = torch.bfloat16 if args.d_bf16 else None
     net: torch.nn.Module = EpisodeModel(model)
     if world > 1:
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -366,6 +370,7 @@ def main(argv: list[str] | None = None) -> None:
                             "within_alphabet": args.within_alphabet,
                             "rotations": "augment" if args.rotation_augment else "classes",
                             "compile": compile_mode,
+                            "d_dtype": "bfloat16" if args.d_bf16 else "float32",
                         },
                         "validation": {"way": val_way, "shot": args.shot, "tasks": args.val_tasks} | val,
                         "initialized_from": init_metadata,

@@ -260,3 +260,17 @@ def test_m_by_table_trains_m_as_its_mlp_would():
         loss = loss + (expected * upstream[name].double()).sum()
     for got, want in zip(table_grads, torch.autograd.grad(loss, list(mlp.parameters())), strict=True):
         torch.testing.assert_close(got.double(), want, atol=1e-4 * want.abs().max().item(), rtol=1e-4)
+
+
+def test_d_in_bfloat16_hands_back_float32_close_to_float32():
+    """The training engine's ``d_dtype`` setting: d under autocast, its outputs in float32."""
+    torch.manual_seed(0)
+    net = MetaNet(MetaNetConfig(max_task_examples=3))
+    torch.nn.init.normal_(net.d_rep.head.weight, std=0.1)
+    x, slots = torch.rand(3, 1, 28, 28), torch.tensor([0, 1, 2])
+    exact, _ = net.rep_task_weights(x, slots)
+    net.d_dtype = torch.bfloat16
+    low, state = net.rep_task_weights(x, slots)
+    for name, w in exact.items():
+        assert low[name].dtype == torch.float32 and state[0].dtype == torch.float32
+        torch.testing.assert_close(low[name], w, atol=0.02 * w.abs().max().item(), rtol=0.05)
