@@ -325,17 +325,15 @@ def calibrate(
         for way in ways
     }
     alphabets = np.concatenate([o.alphabets[o.labels != UNKNOWN] for o in outputs.values()])
-    if weighting == "query":
-        alphabets = np.zeros_like(alphabets)
-    thresholds = {}
-    for name in next(iter(outputs.values())).scores:
-        known = np.concatenate([o.scores[name][o.labels != UNKNOWN] for o in outputs.values()])
-        thresholds[name] = balanced_threshold(known, alphabets, false_rejection)
+    groups = np.zeros_like(alphabets) if weighting == "query" else alphabets  # whose rates are averaged
+    known = {
+        name: np.concatenate([o.scores[name][o.labels != UNKNOWN] for o in outputs.values()])
+        for name in next(iter(outputs.values())).scores
+    }
+    thresholds = {name: balanced_threshold(k, groups, false_rejection) for name, k in known.items()}
     at = OpenSetCalibration(thresholds[SCORE], false_rejection)
     summary = {f"{way}-way": summarize_open_set(o, at) for way, o in outputs.items()}
-    known = np.concatenate([o.scores[SCORE][o.labels != UNKNOWN] for o in outputs.values()])
-    alphabets = np.concatenate([o.alphabets[o.labels != UNKNOWN] for o in outputs.values()])
-    summary["leave_one_alphabet_out"] = leave_one_alphabet_out(known, alphabets, false_rejection)
+    summary["leave_one_alphabet_out"] = leave_one_alphabet_out(known[SCORE], alphabets, false_rejection)
     return thresholds, summary
 
 
