@@ -10,7 +10,6 @@ fast path would never learn.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 HEAD_INIT_STD = 1e-3
@@ -23,7 +22,9 @@ def init_quiet(layer: nn.Linear) -> None:
 
 
 class CoordinateMLP(nn.Module):
-    """m: 2 -> hidden -> hidden -> 1 with ReLU, shared across coordinates."""
+    """m: 2 -> hidden -> hidden -> 1 with ReLU, shared across coordinates. Its weights are m's
+    parameters; training and serving evaluate it per coordinate by its exact table
+    (``model/meta_table.py``), this forward serves small inputs and the ONNX export."""
 
     def __init__(self, hidden: int = 20) -> None:
         super().__init__()
@@ -38,10 +39,7 @@ class CoordinateMLP(nn.Module):
 
     def forward(self, meta: torch.Tensor) -> torch.Tensor:
         """meta: [..., 2] -> fast weights [...]."""
-        first, second, head = self.net[0], self.net[2], self.net[4]
-        in_place = not torch.is_grad_enabled()  # inference: no copies of [n, ~150k, hidden] activations
-        hidden = F.relu(second(F.relu(first(meta), inplace=in_place)), inplace=in_place)
-        return head(hidden).squeeze(-1)
+        return self.net(meta).squeeze(-1)
 
 
 def lstm_cell(
