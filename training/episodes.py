@@ -28,6 +28,7 @@ from model.preprocess import to_tensor
 from training.data import DEFAULT_DATA, DRAWINGS_PER_CHARACTER, Characters, load_archive
 
 SPLIT_DIR = DEFAULT_DATA / "splits" / "vinyals"
+UNKNOWN = -1  # label of a query of a class the episode does not hold (open-set episodes)
 # Background alphabets held out of training to select checkpoints on the standard split.
 STANDARD_VALIDATION_ALPHABETS = ("Tifinagh", "Tagalog", "Ojibwe_(Canadian_Aboriginal_Syllabics)")
 
@@ -54,15 +55,29 @@ class Episode:
     query: torch.Tensor  # [N*L, 1, 28, 28]
     query_labels: torch.Tensor  # [N*L]
     label_codes: torch.Tensor  # [N] codebook row of each label
+    # [U*L, 1, 28, 28] drawings of U classes the episode does not hold (open-set training), or None
+    unknown: torch.Tensor | None = None
+
+    def open_set_queries(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every query, the known ones then the unknown ones ([..., q + u, 1, 28, 28]), and their
+        labels [..., q + u] (``UNKNOWN`` for the unknown ones)."""
+        if self.unknown is None:
+            return self.query, self.query_labels
+        labels = self.query_labels
+        unknown = labels.new_full((*labels.shape[:-1], self.unknown.shape[-4]), UNKNOWN)
+        return torch.cat([self.query, self.unknown], dim=-4), torch.cat([labels, unknown], dim=-1)
 
     def to(self, device: torch.device | str) -> Episode:
-        return Episode(*(t.to(device, non_blocking=True) for t in vars(self).values()))
+        return Episode(*(None if t is None else t.to(device, non_blocking=True) for t in vars(self).values()))
 
     @staticmethod
     def stack(episodes: list[Episode]) -> Episode:
         """A batch of same-shaped episodes: every field gains a leading episode dimension."""
         return Episode(
-            *(torch.stack(fields) for fields in zip(*(vars(e).values() for e in episodes), strict=True))
+            *(
+                None if fields[0] is None else torch.stack(fields)
+                for fields in zip(*(vars(e).values() for e in episodes), strict=True)
+            )
         )
 
 
@@ -111,7 +126,9 @@ class DeviceEpisodeSampler:
     The pool's images live on the device in all four rotations ([chars, 4, 20, 28, 28] uint8).
     A share ``within_alphabet`` of the episodes takes its N classes from one group (alphabet and
     rotation) with at least N classes, the hardest kind of task. Every label gets a random
-    codebook row (``code_rows``), so that every output row is trained.
+    codebook row (``code_rows``), so that every output row is trained. With ``unknown`` U > 0, each
+    episode also holds L drawings of each of U more classes of the same draw (so of the same alphabet
+    in a within-alphabet episode), the unknown queries of open-set training.
     """
 
     def __init__(
@@ -125,10 +142,14 @@ class DeviceEpisodeSampler:
         seed: int,
         code_rows: int,
         within_alphabet: float = 0.0,
+        unknown: int = 0,
     ):
-        if way > len(pool):
-            raise ValueError(f"{way}-way episodes need {way} classes; the pool has {len(pool)}")
-        self.way, self.shot, self.queries, self.batch = way, shot, queries, batch
+        if way + unknown > len(pool):
+            raise ValueError(
+                f"{way}-way episodes with {unknown} unknown classes need {way + unknown} classes; "
+                f"the pool has {len(pool)}"
+            )
+        self.way, self.shot, self.queries, self.batch, self.unknown = way, shot, queries, batch, unknown
         self.code_rows, self.within_alphabet = code_rows, within_alphabet
         self.device = torch.device(device)
         self.random_rotation = pool.random_rotation
@@ -140,14 +161,14 @@ class DeviceEpisodeSampler:
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.group_table = self.group_sizes = None
         if within_alphabet > 0:
-            self.group_table, self.group_sizes = _group_table(pool.groups, way, self.device)
+            self.group_table, self.group_sizes = _group_table(pool.groups, way + unknown, self.device)
 
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(*shape, device=self.device, generator=self.generator)
 
     def _classes(self) -> torch.Tensor:
-        """[E, N] class indices, distinct within each episode."""
-        e, n = self.batch, self.way
+        """[E, N + U] class indices, distinct within each episode."""
+        e, n = self.batch, self.way + self.unknown
         chosen = self._rand(e, len(self.chars)).topk(n, dim=-1).indices
         if self.group_table is None:
             return chosen
@@ -159,18 +180,20 @@ class DeviceEpisodeSampler:
         return torch.where(use_within, within, chosen)
 
     def sample(self) -> Episode:
-        """One meta-batch: support [E, N*K, 1, 28, 28], query [E, N*L, 1, 28, 28], labels, codes [E, N]."""
-        e, n, k, q = self.batch, self.way, self.shot, self.queries
-        classes = self._classes()  # [E, N]
+        """One meta-batch: support [E, N*K, 1, 28, 28], query [E, N*L, 1, 28, 28], labels, codes [E, N],
+        unknown [E, U*L, 1, 28, 28] (None without unknown classes)."""
+        e, n, k, q, u = self.batch, self.way, self.shot, self.queries, self.unknown
+        classes = self._classes()  # [E, N + U]
         turns = self.turns[classes]
         if self.random_rotation:
             turns = (
                 turns + torch.randint(0, 4, turns.shape, device=self.device, generator=self.generator)
             ) % 4
-        drawings = self._rand(e, n, DRAWINGS_PER_CHARACTER).argsort(dim=-1)[..., : k + q]  # [E, N, K+L]
+        drawings = self._rand(e, n + u, DRAWINGS_PER_CHARACTER).argsort(dim=-1)[..., : k + q]  # [E, N+U, K+L]
         chars = self.chars[classes]
-        images = self.images[chars[..., None], turns[..., None], drawings]  # [E, N, K+L, 28, 28]
+        images = self.images[chars[..., None], turns[..., None], drawings]  # [E, N+U, K+L, 28, 28]
         images = images.float().div_(255.0).unsqueeze(-3)
+        images, unknown = images[:, :n], images[:, n:, k:]
         labels = torch.arange(n, device=self.device).expand(e, n)
         codes = self._rand(e, self.code_rows).topk(n, dim=-1).indices
         return Episode(
@@ -179,6 +202,7 @@ class DeviceEpisodeSampler:
             query=images[:, :, k:].reshape(e, n * q, 1, 28, 28),
             query_labels=labels.repeat_interleave(q, dim=1),
             label_codes=codes,
+            unknown=unknown.reshape(e, u * q, 1, 28, 28) if u else None,
         )
 
 

@@ -33,7 +33,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ from model.metanet import MetaNet
 from model.novelty import SCORE, OpenSetCalibration, novelty
 from model.preprocess import to_tensor
 from training.data import DEFAULT_DATA
-from training.episodes import ClassPool, Episode, EpisodeSampler, load_split
+from training.episodes import UNKNOWN, ClassPool, Episode, EpisodeSampler, load_split
 
 CANDIDATES = (
     "nearest_key_distance",
@@ -55,13 +55,13 @@ CANDIDATES = (
     "key_margin",
     "task_normalized_distance",
 )
-UNKNOWN = -1  # query label of a drawing of a class the task does not hold
 WEIGHTINGS = ("alphabet", "query")  # how calibration weighs the known queries (see calibrate)
 
 
 class OpenSetSampler:
     """Closed-set N-way K-shot episodes of ``EpisodeSampler`` (same seed, same tasks) with
-    ``queries`` drawings of each of ``unknown`` other classes appended to the queries (label -1)."""
+    ``queries`` drawings of each of ``unknown`` other classes as their unknown queries
+    (``Episode.unknown``; ``Episode.open_set_queries`` gives all of them with their labels)."""
 
     def __init__(self, pool: ClassPool, way: int, shot: int, queries: int, unknown: int, seed: int) -> None:
         if way + unknown > len(pool):
@@ -76,7 +76,7 @@ class OpenSetSampler:
         return self.sample_with_groups()[0]
 
     def sample_with_groups(self) -> tuple[Episode, np.ndarray]:
-        """An episode and the alphabet of each query's class [q] (-1 for the unknown queries)."""
+        """An episode and the alphabet of each query's class [q + u] (``UNKNOWN`` for the unknown queries)."""
         episode, chosen = self.known.sample_with_classes()
         others = np.setdiff1d(np.arange(len(self.pool)), chosen)
         classes = self.rng.choice(others, size=self.unknown, replace=False)
@@ -90,16 +90,7 @@ class OpenSetSampler:
         pool_groups = self.pool.groups  # alphabet * 4 + rotation of each class
         alphabets = np.zeros(len(chosen), dtype=np.int64) if pool_groups is None else pool_groups[chosen] // 4
         groups = np.concatenate([alphabets[episode.query_labels.numpy()], np.full(len(images), UNKNOWN)])
-        return (
-            Episode(
-                support=episode.support,
-                support_labels=episode.support_labels,
-                query=torch.cat([episode.query, to_tensor(images)]),
-                query_labels=torch.cat([episode.query_labels, torch.full((len(images),), UNKNOWN)]),
-                label_codes=episode.label_codes,
-            ),
-            groups,
-        )
+        return replace(episode, unknown=to_tensor(images)), groups
 
 
 @dataclass
@@ -131,7 +122,8 @@ def candidate_scores(
         t = model.config.max_task_examples
         rep_task = model.rep_task_weights(support[..., :t, :, :, :], slots[..., :t])[0]
         keys = model.embed(support, rep_task)
-    query_keys = model.embed(episode.query, rep_task)  # [E, q, C]
+    queries = episode.open_set_queries()[0]
+    query_keys = model.embed(queries, rep_task)  # [E, q + u, C]
     cosine = query_keys @ keys.transpose(-1, -2)  # [E, q, n]
     label_of = torch.nn.functional.one_hot(labels, codes.shape[-1]).to(cosine.dtype)  # [E, n, K]
     shots = (label_of @ label_of.sum(-2).unsqueeze(-1)).squeeze(-1).unsqueeze(-2)  # [E, 1, n]
@@ -152,7 +144,7 @@ def candidate_scores(
     }
     logits = None
     if full_model:
-        logits = model.query_logits(episode.query, memory, attention)
+        logits = model.query_logits(queries, memory, attention)
         scores["max_probability"] = 1 - torch.softmax(logits, -1).amax(-1)
         scores["energy"] = -torch.logsumexp(logits, -1)
     return logits, votes, scores
@@ -180,7 +172,7 @@ def open_set_outputs(
             episode = Episode.stack([e for e, _ in drawn]).to(device)
             alphabets.append(np.stack([g for _, g in drawn]))
             logits, votes, batch_scores = candidate_scores(model, episode, full_model)
-            labels.append(episode.query_labels.cpu().numpy())
+            labels.append(episode.open_set_queries()[1].cpu().numpy())
             attention_predicted.append(votes.argmax(-1).cpu().numpy())
             if logits is not None:
                 predicted.append(logits.argmax(-1).cpu().numpy())

@@ -28,6 +28,7 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,9 +42,11 @@ from model.checkpoint import read_metadata, save_checkpoint
 from model.config import MetaNetConfig
 from model.fast_weights import init_quiet
 from model.metanet import MetaNet
+from model.novelty import SCORE
 from training.data import DEFAULT_DATA
 from training.episodes import DeviceEpisodeSampler, Episode, load_split
 from training.evaluate import default_device, summarize_both, task_accuracies
+from training.open_set import open_set_episodes, open_set_outputs, summarize_open_set
 from training.plots import plot_learning_curve
 
 METRICS = [
@@ -56,6 +59,7 @@ METRICS = [
     "val_accuracy",
     "val_ci95",
     "val_attention_accuracy",
+    "val_auroc",
 ]
 
 
@@ -67,18 +71,63 @@ def hardware(device: torch.device, world_size: int = 1) -> str:
     return name if world_size == 1 else f"{world_size} x {name}"
 
 
+@dataclass(frozen=True)
+class LossWeights:
+    """The training loss: the query cross-entropy of the full model, plus optional auxiliary terms.
+
+    attention: weight of the negative log attention on the right label (trains u on the memory read).
+    open_set: weight of the open-set attention loss (``open_set_loss``), which needs episodes with
+        unknown queries (``DeviceEpisodeSampler(unknown=...)``).
+    open_set_cosine: the cosine of the null key of ``open_set_loss``.
+    """
+
+    attention: float = 0.0
+    open_set: float = 0.0
+    open_set_cosine: float = 0.7
+
+
+def open_set_loss(
+    scale: torch.Tensor,
+    cosine: torch.Tensor,
+    shots: torch.Tensor,
+    own: torch.Tensor,
+    null_cosine: float,
+) -> torch.Tensor:
+    """Attention with a null key: every query attends over the memory's keys and a "none of these"
+    slot at cosine ``null_cosine``. A known query must put its weight on its own label's keys, an
+    unknown one on the null slot, so a known query's nearest key must beat a fixed cosine and an
+    unknown query's must not: the served rule (known when the nearest key is close enough) as a loss.
+
+    scale: the attention's inverse temperature; cosine: [E, Q, n] every query (known and unknown)
+    against the memory keys; shots: [E, n] examples of each row's label; own: [E, Q, n] True where the
+    row holds the query's label (all False for an unknown query). Returns the mean negative log
+    likelihood over all queries."""
+    scores = scale * cosine - shots.log().unsqueeze(-2)  # [E, Q, n]
+    null = (scale * null_cosine).expand(scores.shape[:-1]).unsqueeze(-1)  # [E, Q, 1]
+    log_p = torch.log_softmax(torch.cat([scores, null], dim=-1), dim=-1)
+    known = own.any(-1)
+    on_own = torch.logsumexp(log_p[..., :-1].masked_fill(~own, -math.inf), dim=-1)
+    return -torch.where(known, on_own, log_p[..., -1]).mean()
+
+
 def episode_loss(
-    model: torch.nn.Module, episode: Episode, attention_loss: float = 0.0
+    model: torch.nn.Module, episode: Episode, weights: LossWeights = LossWeights()
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean query cross-entropy of a meta-batch of episodes, plus ``attention_loss`` times the
-    negative log of the attention on the right label (optional auxiliary loss for u).
+    """Mean query cross-entropy of a meta-batch of episodes plus the auxiliary terms of ``weights``.
 
     Returns (loss, full-model hits [E, q], attention-only hits [E, q])."""
-    logits, votes = model(episode.support, episode.support_labels, episode.query, episode.label_codes)
+    logits, votes, open_set = model(
+        episode.support, episode.support_labels, episode.query, episode.label_codes, episode.unknown
+    )
     loss = F.cross_entropy(logits.flatten(0, -2), episode.query_labels.flatten())
-    if attention_loss:
+    if weights.attention:
         right = votes.gather(-1, episode.query_labels.unsqueeze(-1)).clamp_min(1e-8)
-        loss = loss - attention_loss * right.log().mean()
+        loss = loss - weights.attention * right.log().mean()
+    if weights.open_set:
+        scale, cosine, shots = open_set
+        query_labels = episode.open_set_queries()[1]  # [E, q + u], the unknown ones UNKNOWN
+        own = episode.support_labels.unsqueeze(-2) == query_labels.unsqueeze(-1)  # [E, q + u, n]
+        loss = loss + weights.open_set * open_set_loss(scale, cosine, shots, own, weights.open_set_cosine)
     labels = episode.query_labels
     return loss, logits.argmax(-1) == labels, votes.argmax(-1) == labels
 
@@ -88,11 +137,11 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     episode: Episode,
     clip: float,
-    attention_loss: float = 0.0,
+    weights: LossWeights = LossWeights(),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer step on a meta-batch; no host synchronization. Returns detached
     (loss, full-model accuracy, attention-only accuracy)."""
-    loss, hits, votes = episode_loss(model, episode, attention_loss)
+    loss, hits, votes = episode_loss(model, episode, weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -101,14 +150,32 @@ def train_step(
 
 
 class EpisodeModel(torch.nn.Module):
-    """MetaNet's ``forward_with_attention`` as a module's forward, for DistributedDataParallel."""
+    """A meta-batch of episodes through MetaNet, as a module's forward for DistributedDataParallel."""
 
     def __init__(self, model: MetaNet) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, *episode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_with_attention(*episode)
+    def forward(
+        self,
+        support: torch.Tensor,
+        labels: torch.Tensor,
+        query: torch.Tensor,
+        label_codes: torch.Tensor,
+        unknown: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Returns (logits [E, q, K] of the known queries, their label attention [E, q, K], and for
+        ``open_set_loss``: (attention scale, cosines [E, q + u, n] of the known and then the unknown
+        queries against the memory keys, shots [E, n]))."""
+        model = self.model
+        memory = model.build_memory(support, labels, label_codes)
+        queries = query if unknown is None else torch.cat([query, unknown], dim=-4)
+        keys = model.embed(queries, memory.rep_task_weights)  # [E, q + u, C]
+        attention = model.read_attention(memory, keys[..., : query.shape[-4], :])
+        logits = model.query_logits(query, memory, attention)
+        cosine = keys @ memory.keys.transpose(-1, -2)
+        open_set = (model.log_attention_scale.exp(), cosine, model.shots_per_row(memory))
+        return logits, model.label_attention(memory, attention), open_set
 
 
 def learning_rate(base: float, step: int, warmup: int, progress: float, schedule: str) -> float:
@@ -119,9 +186,18 @@ def learning_rate(base: float, step: int, warmup: int, progress: float, schedule
     return base * warm * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def validate(model: MetaNet, pool, way: int, shot: int, tasks: int, device: torch.device) -> dict[str, float]:
-    """Accuracy on validation tasks (always the same tasks: fixed seed, 5 queries per class)."""
-    return summarize_both(task_accuracies(model, pool, way, shot, 5, tasks, seed=1234, device=device))
+def validate(
+    model: MetaNet, pool, way: int, shot: int, tasks: int, device: torch.device, open_set: bool = False
+) -> dict[str, float]:
+    """Accuracy on validation tasks (always the same tasks: fixed seed, 5 queries per class), and with
+    ``open_set`` the AUROC of the served novelty score on the same tasks with as many unknown classes
+    mixed in (``training.open_set``; u and d only)."""
+    result = summarize_both(task_accuracies(model, pool, way, shot, 5, tasks, seed=1234, device=device))
+    if open_set:
+        episodes = open_set_episodes(pool, way, shot, 5, None, seed=1234)
+        outputs = open_set_outputs(model, episodes, tasks, 1, device, full_model=False)
+        result["auroc"] = summarize_open_set(outputs, None)["auroc"][SCORE]
+    return result
 
 
 def revive_silent_heads(model: MetaNet) -> None:
@@ -159,6 +235,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attention-loss", type=float, default=0.0, help="weight of the auxiliary loss")
     parser.add_argument(
         "--within-alphabet", type=float, default=0.0, help="share of within-alphabet episodes"
+    )
+    parser.add_argument(
+        "--open-set-loss", type=float, default=0.0, help="weight of the open-set attention loss"
+    )
+    parser.add_argument(
+        "--open-set-cosine", type=float, default=0.7, help="cosine of the open-set loss's null key"
+    )
+    parser.add_argument(
+        "--unknown-classes",
+        type=int,
+        default=5,
+        help="with --open-set-loss: classes per episode whose queries the episode does not hold",
+    )
+    parser.add_argument(
+        "--select",
+        choices=["accuracy", "auroc"],
+        default="accuracy",
+        help="validation figure that picks the checkpoint (auroc: open-set, computed with --open-set-loss)",
     )
     parser.add_argument(
         "--rotation-augment",
@@ -249,7 +343,10 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed + 1000 * rank,
         code_rows=model.config.max_labels,
         within_alphabet=args.within_alphabet,
+        unknown=args.unknown_classes if args.open_set_loss else 0,
     )
+    weights = LossWeights(args.attention_loss, args.open_set_loss, args.open_set_cosine)
+    open_set_val = bool(args.open_set_loss) or args.select == "auroc"
     val_way = args.val_way or args.way
     per_step = batch * world
 
@@ -262,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         sampler.generator.set_state(state["sampler_rng"][rank].to(sampler.generator.get_state().device))
         step, best, elapsed_before = state["step"], state["best"], state["elapsed_s"]
         if lead:
-            print(f"resumed at episode {step * per_step} (best validation accuracy {best:.2f}%)")
+            print(f"resumed at episode {step * per_step} (best validation {args.select} {best:.2f}%)")
     elif lead and metrics_path.exists():
         metrics_path.unlink()
     log_file = log = None
@@ -274,8 +371,9 @@ def main(argv: list[str] | None = None) -> None:
             log.writeheader()
 
     if lead and args.init_from and step == 0:  # the starting point is the checkpoint to beat
-        best = validate(model, val_pool, val_way, args.shot, args.val_tasks, device)["accuracy"]
-        print(f"starting validation accuracy {best:.2f}%: {args.out} is written only when beaten")
+        start = validate(model, val_pool, val_way, args.shot, args.val_tasks, device, open_set_val)
+        best = start[args.select]
+        print(f"starting validation {args.select} {best:.2f}%: {args.out} is written only when beaten")
     total_steps = math.ceil(args.episodes / per_step)
     val_steps = max(1, args.val_every // per_step)
     session_start, session_step = time.perf_counter(), step
@@ -310,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
         lr = learning_rate(args.lr, step, args.warmup_steps, step / planned_steps, args.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        metrics = train_step(net, optimizer, sampler.sample(), args.clip, args.attention_loss)
+        metrics = train_step(net, optimizer, sampler.sample(), args.clip, weights)
         if lead:  # only rank 0 logs
             sums += torch.stack(metrics)
             counted += 1
@@ -322,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
             train_loss, train_accuracy, train_attention = (sums / counted).tolist()
             sums.zero_()
             counted = 0
-            val = validate(model, val_pool, val_way, args.shot, args.val_tasks, device)
+            val = validate(model, val_pool, val_way, args.shot, args.val_tasks, device, open_set_val)
             elapsed = time.perf_counter() - began
             episodes = step * per_step
             log.writerow(
@@ -336,12 +434,13 @@ def main(argv: list[str] | None = None) -> None:
                     "val_accuracy": round(val["accuracy"], 2),
                     "val_ci95": round(val["ci95"], 2),
                     "val_attention_accuracy": round(val["attention_only_accuracy"], 2),
+                    "val_auroc": round(val["auroc"], 2) if "auroc" in val else "",
                 }
             )
             log_file.flush()
             progress.set_postfix(loss=f"{train_loss:.3f}", val=f"{val['accuracy']:.1f}%")
-            if val["accuracy"] > best:
-                best = val["accuracy"]
+            if val[args.select] > best:
+                best = val[args.select]
                 save_checkpoint(
                     model,
                     args.out,
@@ -368,6 +467,10 @@ def main(argv: list[str] | None = None) -> None:
                             "clip": args.clip,
                             "attention_loss": args.attention_loss,
                             "within_alphabet": args.within_alphabet,
+                            "open_set_loss": args.open_set_loss,
+                            "open_set_cosine": args.open_set_cosine,
+                            "unknown_classes": sampler.unknown,
+                            "select": args.select,
                             "rotations": "augment" if args.rotation_augment else "classes",
                             "compile": compile_mode,
                             "d_dtype": "bfloat16" if args.d_bf16 else "float32",
@@ -395,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
     progress.close()
     if lead:
         log_file.close()
-        print(f"best validation accuracy {best:.2f}% -> {args.out}")
+        print(f"best validation {args.select} {best:.2f}% -> {args.out}")
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

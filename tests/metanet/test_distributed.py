@@ -17,9 +17,10 @@ from torch.nn.parallel import DistributedDataParallel
 from model import MetaNet, MetaNetConfig
 from testkit import REPO
 from training.episodes import ClassPool, DeviceEpisodeSampler, Episode
-from training.train import EpisodeModel, train_step
+from training.train import EpisodeModel, LossWeights, train_step
 
 CONFIG = MetaNetConfig(max_task_examples=5, signed_keys=True)
+LOSS = LossWeights(attention=0.5, open_set=0.5)  # every term of the recipe's loss
 
 
 def fresh_model() -> MetaNet:
@@ -41,7 +42,7 @@ def rank_step(rank: int, world: int, init_file: str, episode_file: str, out_file
     model = fresh_model()
     net = DistributedDataParallel(EpisodeModel(model))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    train_step(net, optimizer, half(Episode(**torch.load(episode_file)), rank), clip=10.0, attention_loss=0.5)
+    train_step(net, optimizer, half(Episode(**torch.load(episode_file)), rank), 10.0, LOSS)
     if rank == 0:
         torch.save(model.state_dict(), out_file)
     dist.barrier()
@@ -51,7 +52,7 @@ def rank_step(rank: int, world: int, init_file: str, episode_file: str, out_file
 def test_two_gloo_ranks_make_the_update_of_one_process(evaluation_characters, tmp_path: Path):
     pool = ClassPool(evaluation_characters.images[:40], [(i, 0) for i in range(40)])
     episode = DeviceEpisodeSampler(
-        pool, way=5, shot=1, queries=2, batch=4, device="cpu", seed=3, code_rows=100
+        pool, way=5, shot=1, queries=2, batch=4, device="cpu", seed=3, code_rows=100, unknown=2
     )
     episode = episode.sample()
     torch.save(vars(episode), tmp_path / "episode.pt")
@@ -59,7 +60,7 @@ def test_two_gloo_ranks_make_the_update_of_one_process(evaluation_characters, tm
     single = fresh_model()
     optimizer = torch.optim.Adam(single.parameters(), lr=1e-3)
     before = {k: v.clone() for k, v in single.state_dict().items()}
-    train_step(EpisodeModel(single), optimizer, episode, clip=10.0, attention_loss=0.5)
+    train_step(EpisodeModel(single), optimizer, episode, 10.0, LOSS)
 
     args = (2, str(tmp_path / "init"), str(tmp_path / "episode.pt"), str(tmp_path / "ranks.pt"))
     mp.spawn(rank_step, args=args, nprocs=2, join=True)

@@ -34,10 +34,11 @@ def test_open_set_tasks_are_the_closed_set_tasks_plus_unknown_queries(pool: Clas
         reference, chosen = closed.sample_with_classes()
         episode = opened.sample()
         torch.testing.assert_close(episode.support, reference.support)
-        torch.testing.assert_close(episode.query[:15], reference.query)
-        assert episode.query.shape == (15 + 12, 1, 28, 28)
-        assert (episode.query_labels[15:] == open_set.UNKNOWN).all()
-        unknown = episode.query[15:, 0]  # every unknown drawing is of a class outside the task
+        torch.testing.assert_close(episode.query, reference.query)
+        queries, labels = episode.open_set_queries()
+        assert queries.shape == (15 + 12, 1, 28, 28) and (queries[:15] == episode.query).all()
+        assert (labels[15:] == open_set.UNKNOWN).all() and (labels[:15] == reference.query_labels).all()
+        unknown = episode.unknown[:, 0]  # every unknown drawing is of a class outside the task
         task_images = torch.as_tensor(pool.images[chosen]).float() / 255  # [5, 20, 28, 28]
         assert not (unknown[:, None, None] == task_images[None]).flatten(-2).all(-1).any()
 
@@ -50,9 +51,10 @@ def test_each_query_carries_the_alphabet_of_its_class(evaluation_characters) -> 
     for _ in range(3):
         _, chosen = closed.sample_with_classes()
         episode, alphabets = sampler.sample_with_groups()
-        known = episode.query_labels != open_set.UNKNOWN
+        labels = episode.open_set_queries()[1]
+        known = labels != open_set.UNKNOWN
         assert (alphabets[~known.numpy()] == open_set.UNKNOWN).all()
-        np.testing.assert_array_equal(alphabets[known.numpy()], chosen[episode.query_labels[known]] // 10)
+        np.testing.assert_array_equal(alphabets[known.numpy()], chosen[labels[known]] // 10)
 
 
 def test_balanced_threshold_weighs_every_alphabet_alike() -> None:
@@ -99,7 +101,7 @@ def test_server_novelty_is_the_evaluated_score(model: MetaNet, pool: ClassPool) 
     predictor = MetaNetPredictor(model)
     images = (episode.support[:, 0] * 255).round().to(torch.uint8)
     task = predictor.build_memory(images, [f"c{i}" for i in range(4)])
-    queries = (episode.query[:, 0] * 255).round().to(torch.uint8)
+    queries = (episode.open_set_queries()[0][:, 0] * 255).round().to(torch.uint8)
     with torch.no_grad():
         evaluated = open_set.candidate_scores(model, episode, full_model=False)[2]["nearest_key_distance"]
     dense = predictor.classify_batch([(task, queries)])[0].novelty

@@ -126,6 +126,44 @@ def test_device_sampler_draws_meta_batches_and_within_alphabet_episodes():
     assert 0.4 < one_group < 0.65  # about half, plus random draws that land in one group
 
 
+def test_open_set_episodes_hold_queries_of_other_classes_of_the_same_draw():
+    groups = np.repeat(np.arange(4), 10)  # 4 "alphabets" of 10 characters
+    images = np.repeat(np.arange(40, dtype=np.uint8), 20 * 28 * 28).reshape(40, 20, 28, 28)  # class id
+    pool = ClassPool(images, [(i, 0) for i in range(40)], groups=groups)
+    sampler = DeviceEpisodeSampler(pool, 5, 1, 2, 50, "cpu", 0, 100, within_alphabet=1.0, unknown=3)
+    episode = sampler.sample()
+    assert episode.support.shape == (50, 5, 1, 28, 28) and episode.query.shape == (50, 10, 1, 28, 28)
+    assert episode.unknown.shape == (50, 6, 1, 28, 28)
+
+    def classes(x: torch.Tensor) -> np.ndarray:  # [E, n, 1, 28, 28] -> class of each image [E, n]
+        return x[..., 0, 0, 0].mul(255).round().long().numpy()
+
+    held, unknown = classes(episode.support), classes(episode.unknown)
+    for task_classes, other in zip(held, unknown, strict=True):
+        assert not set(task_classes) & set(other) and len(set(other)) == 3
+        assert len(set(groups[task_classes]) | set(groups[other])) == 1  # one alphabet
+    assert (classes(episode.query) == held.repeat(2, axis=1)).all()
+    with pytest.raises(ValueError, match="11 classes"):  # no alphabet holds 5 known and 6 unknown
+        DeviceEpisodeSampler(pool, 5, 1, 2, 1, "cpu", 0, 100, within_alphabet=1.0, unknown=6)
+
+
+def test_open_set_loss_asks_known_queries_to_beat_the_null_key_and_unknown_ones_not_to():
+    shots = torch.ones(1, 2)
+    own = torch.tensor([[[True, False], [False, False]]])  # a known query of row 0, an unknown query
+    scale = torch.tensor(15.0)
+
+    def loss(cosine: list[list[float]]) -> torch.Tensor:
+        return train.open_set_loss(scale, torch.tensor([cosine]), shots, own, null_cosine=0.7)
+
+    assert loss([[0.95, 0.1], [0.3, 0.2]]) < 0.05  # known close to its key, unknown far from all
+    assert loss([[0.6, 0.1], [0.3, 0.2]]) > 0.5  # the known query is not above the null key
+    assert loss([[0.95, 0.1], [0.3, 0.9]]) > 1.0  # the unknown query sits close to a key
+    assert loss([[0.95, 0.98], [0.3, 0.2]]) > 0.4  # the known query is closer to another label
+    cosine = torch.tensor([[[0.8, 0.1], [0.75, 0.2]]], requires_grad=True)
+    train.open_set_loss(scale, cosine, shots, own, 0.7).backward()
+    assert cosine.grad[0, 0, 0] < 0 and cosine.grad[0, 1, 0] > 0  # pull the known in, push the unknown out
+
+
 def test_within_alphabet_trials_take_one_alphabet_and_two_drawers(evaluation_characters):
     from training.episodes import within_alphabet_episodes
 
