@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         model.load_state_dict(load_file(str(args.init_from)))
         revive_silent_heads(model)
         init_metadata = {
-            k: v for k, v in read_metadata(args.init_from).items() if k not in ("config", "test")
+            k: v for k, v in read_metadata(args.init_from).items() if k not in ("config", "test", "open_set")
         }
     compile_mode = args.compile or ("all" if device.type == "cuda" else "d")
     model.compile_meta_learners(compile_mode)
