@@ -27,7 +27,8 @@ def read_runs(metrics_csvs: list[Path]) -> tuple[list[dict], list[int]]:
 
 
 def plot_learning_curve(metrics_csv: Path | list[Path], png: Path, title: str = "") -> None:
-    """Training loss and validation accuracy against episodes (of one run or consecutive runs)."""
+    """Training loss and validation accuracy (and open-set AUROC, where logged) against episodes (of
+    one run or consecutive runs)."""
     rows, starts = read_runs(metrics_csv if isinstance(metrics_csv, list) else [metrics_csv])
     if not rows:
         return
@@ -40,6 +41,9 @@ def plot_learning_curve(metrics_csv: Path | list[Path], png: Path, title: str = 
     if all(r.get("val_attention_accuracy") for r in rows):
         attention = [float(r["val_attention_accuracy"]) for r in rows]
         acc_axis.plot(episodes, attention, linestyle="--", label="validation, attention only")
+    auroc = [(int(r["episode"]), float(r["val_auroc"])) for r in rows if r.get("val_auroc")]
+    if auroc:  # runs with the open-set loss also validate "none of these"
+        acc_axis.plot(*zip(*auroc, strict=True), marker="x", label="validation AUROC, known vs unknown")
     acc_axis.set(xlabel="episode", ylabel="accuracy (%)", title="accuracy")
     for start in starts:
         for axis in (loss_axis, acc_axis):

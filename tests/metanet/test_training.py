@@ -201,6 +201,20 @@ def test_training_command_writes_checkpoint_metrics_plot_and_resumes(tmp_path, e
     assert [row["episode"] for row in rows] == ["1", "2", "3"]
 
 
+def test_open_set_training_validates_auroc_and_picks_the_checkpoint_by_it(tmp_path, evaluation_characters):
+    out, run_dir = tmp_path / "ckpt.safetensors", tmp_path / "run"
+    argv = ["--split", "vinyals", "--way", "3", "--queries", "2", "--episodes", "2", "--val-every", "1"]
+    argv += ["--val-tasks", "2", "--device", "cpu", "--compile", "none", "--batch", "1"]
+    argv += ["--open-set-loss", "1.0", "--unknown-classes", "2", "--select", "auroc"]
+    train.main([*argv, "--out", str(out), "--run-dir", str(run_dir)])
+    metadata = json.loads(out.with_suffix(".json").read_text())
+    assert metadata["recipe"]["open_set_loss"] == 1.0 and metadata["recipe"]["select"] == "auroc"
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    best = max(float(row["val_auroc"]) for row in rows)
+    assert metadata["validation"]["auroc"] == pytest.approx(best, abs=0.01)
+    assert (run_dir / "learning_curve.png").stat().st_size > 1000
+
+
 def test_evaluate_command_prints_one_json_object(tmp_path, capsys, evaluation_characters):
     torch.manual_seed(0)
     path = tmp_path / "model.safetensors"
