@@ -45,9 +45,9 @@ def plot_learning_curve(metrics_csv: Path | list[Path], png: Path, title: str = 
     if auroc:  # runs with the open-set loss also validate "none of these"
         acc_axis.plot(*zip(*auroc, strict=True), marker="x", label="validation AUROC, known vs unknown")
     acc_axis.set(xlabel="episode", ylabel="accuracy (%)", title="accuracy")
-    for start in starts:
+    for i, start in enumerate(starts):
         for axis in (loss_axis, acc_axis):
-            axis.axvline(start, color="gray", linestyle=":", label="continued (--init-from)")
+            axis.axvline(start, color="gray", linestyle=":", label=None if i else "continued (--init-from)")
     acc_axis.legend()
     for axis in (loss_axis, acc_axis):
         axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k"))

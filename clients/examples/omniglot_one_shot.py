@@ -2,7 +2,8 @@
 
 Each trial draws `--way` characters of one alphabet (Lake et al.'s 20-way within-alphabet
 protocol), teaches a fresh task one drawing of each (`--shots`), classifies another person's
-drawing of each, prints the accuracy and deletes the task. Needs only the SDK:
+drawing of each with "none of these" off (every query is of a taught character, as in the
+protocol), prints the accuracy and deletes the task. Needs only the SDK:
 
     python -m server --port 8000 --data-dir data &           # in another terminal
     python clients/examples/omniglot_one_shot.py --way 20 --trials 20
@@ -62,7 +63,8 @@ def main() -> None:
             with contextlib.suppress(NotFoundError):
                 task.delete()  # left over from an interrupted run
             task.add_examples((c, archive.read(drawn[d])) for c, drawn in drawings.items() for d in taught)
-            predicted = task.classify([archive.read(drawn[asked]) for drawn in drawings.values()]).labels
+            queries = [archive.read(drawn[asked]) for drawn in drawings.values()]
+            predicted = task.classify(queries, reject=False).labels  # closed set: always the nearest label
             task.delete()
             accuracies.append(statistics.fmean(p == c for p, c in zip(predicted, drawings, strict=True)))
             print(f"trial {trial + 1:3d}/{args.trials}  {alphabet:<35s} accuracy {accuracies[-1]:6.1%}")
