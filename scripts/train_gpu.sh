@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session's work in one call: benchmark the training engine, train both shipped
 # checkpoints side by side, evaluate them (1,000 random tasks at 5- and 20-way and 400
-# within-alphabet 20-way trials, each recorded in the checkpoint's JSON), and pack everything
+# within-alphabet 20-way trials, each recorded in the checkpoint's JSON; the standard one, which the
+# server loads, also has its "none of these" threshold calibrated and tested), and pack everything
 # into $OUT/results.tar.gz (packed once after training too, so a cut-off evaluation loses nothing).
 #
 #   MINUTES=5 bash scripts/train_gpu.sh                            # about 8 minutes on an H200
@@ -28,9 +29,9 @@ BENCH_STEPS=${BENCH_STEPS:-8}
 COMPILE=${COMPILE:-all}
 # The recipe (docs/RESULTS.md, "Recipe"): 20-way episodes with 5 queries per class, 16 episodes
 # per step, cosine learning rate, T=5, signed memory keys, auxiliary attention loss, a quarter of
-# the episodes within one alphabet, rotations as classes.
+# the episodes within one alphabet, rotations as classes, the open-set loss with 5 unknown classes.
 RECIPE=${RECIPE:---way 20 --queries 5 --batch 16 --lr 1e-3 --warmup-steps 50 --task-examples 5 \
---signed-keys --attention-loss 0.5 --within-alphabet 0.25}
+--signed-keys --attention-loss 0.5 --within-alphabet 0.25 --open-set-loss 1.0 --unknown-classes 5}
 mkdir -p "$OUT" runs checkpoints
 export PYTHONUNBUFFERED=1
 log() { echo "[$(date +%T)] $*"; }
@@ -76,10 +77,15 @@ for split in vinyals standard; do
     timeout 90 $PY -m training.evaluate --checkpoint checkpoints/omniglot-$split.safetensors --data "$DATA" \
         --split $split --way 20 --protocol within-alphabet --tasks "$TRIALS" --seed 0 --device "$DEVICE" \
         --json --record > runs/eval-$split-20-within.json
+    if [[ $split == standard ]]; then  # the server's checkpoint: calibrate "none of these", then test it
+      timeout 150 $PY -m training.open_set --checkpoint checkpoints/omniglot-$split.safetensors --data "$DATA" \
+          --split $split --false-rejection 0.05 --ways ${WAYS:-5 20} --tasks "${VAL_TASKS:-100}" \
+          --test-tasks "$TASKS" --device "$DEVICE" > runs/open-set-$split.json
+    fi
   ) &
 done
 wait
-cat runs/eval-*.json
+cat runs/eval-*.json runs/open-set-*.json
 
 log "4. pack"
 pack
