@@ -54,7 +54,8 @@ def test_an_item_failing_in_the_worker_leaves_its_batch_mates_answered(server, t
             db.execute("UPDATE images SET pixels = ? WHERE digest = ?", (pixels + b"\x00", digest))
         # Drawer 1 of each character: another person's drawing of what was taught.
         queries = {
-            task: {"images": [b64(tibetan[c][1]) for c in chars], "top_k": 3} for task, chars in good.items()
+            task: {"images": [b64(tibetan[c][1]) for c in chars], "top_k": 3, "reject": "off"}
+            for task, chars in good.items()
         }
         queries["broken"] = {"images": [b64(tibetan[10][1])]}
 
