@@ -44,9 +44,9 @@ from model.fast_weights import init_quiet
 from model.metanet import MetaNet
 from model.novelty import SCORE
 from training.data import DEFAULT_DATA
-from training.episodes import DeviceEpisodeSampler, Episode, load_split
+from training.episodes import UNKNOWN, DeviceEpisodeSampler, Episode, load_split
 from training.evaluate import default_device, summarize_both, task_accuracies
-from training.open_set import open_set_episodes, open_set_outputs, summarize_open_set
+from training.open_set import auroc, open_set_episodes, open_set_outputs
 from training.plots import plot_learning_curve
 
 METRICS = [
@@ -116,8 +116,9 @@ def episode_loss(
     """Mean query cross-entropy of a meta-batch of episodes plus the auxiliary terms of ``weights``.
 
     Returns (loss, full-model hits [E, q], attention-only hits [E, q])."""
+    queries, query_labels = episode.open_set_queries()  # [E, q + u, ...], the unknown ones UNKNOWN
     logits, votes, open_set = model(
-        episode.support, episode.support_labels, episode.query, episode.label_codes, episode.unknown
+        episode.support, episode.support_labels, queries, episode.label_codes, episode.query.shape[-4]
     )
     loss = F.cross_entropy(logits.flatten(0, -2), episode.query_labels.flatten())
     if weights.attention:
@@ -125,7 +126,6 @@ def episode_loss(
         loss = loss - weights.attention * right.log().mean()
     if weights.open_set:
         scale, cosine, shots = open_set
-        query_labels = episode.open_set_queries()[1]  # [E, q + u], the unknown ones UNKNOWN
         own = episode.support_labels.unsqueeze(-2) == query_labels.unsqueeze(-1)  # [E, q + u, n]
         loss = loss + weights.open_set * open_set_loss(scale, cosine, shots, own, weights.open_set_cosine)
     labels = episode.query_labels
@@ -160,19 +160,19 @@ class EpisodeModel(torch.nn.Module):
         self,
         support: torch.Tensor,
         labels: torch.Tensor,
-        query: torch.Tensor,
+        queries: torch.Tensor,
         label_codes: torch.Tensor,
-        unknown: torch.Tensor | None = None,
+        known: int,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Returns (logits [E, q, K] of the known queries, their label attention [E, q, K], and for
-        ``open_set_loss``: (attention scale, cosines [E, q + u, n] of the known and then the unknown
-        queries against the memory keys, shots [E, n]))."""
+        """queries: [E, q + u, 1, H, W], the first ``known`` = q of the episodes' labels, the rest
+        unknown (``Episode.open_set_queries``). Returns (logits [E, q, K] of the known queries, their
+        label attention [E, q, K], and for ``open_set_loss``: (attention scale, cosines [E, q + u, n]
+        of every query against the memory keys, shots [E, n]))."""
         model = self.model
         memory = model.build_memory(support, labels, label_codes)
-        queries = query if unknown is None else torch.cat([query, unknown], dim=-4)
         keys = model.embed(queries, memory.rep_task_weights)  # [E, q + u, C]
-        attention = model.read_attention(memory, keys[..., : query.shape[-4], :])
-        logits = model.query_logits(query, memory, attention)
+        attention = model.read_attention(memory, keys[..., :known, :])
+        logits = model.query_logits(queries[..., :known, :, :, :], memory, attention)
         cosine = keys @ memory.keys.transpose(-1, -2)
         open_set = (model.log_attention_scale.exp(), cosine, model.shots_per_row(memory))
         return logits, model.label_attention(memory, attention), open_set
@@ -196,7 +196,8 @@ def validate(
     if open_set:
         episodes = open_set_episodes(pool, way, shot, 5, None, seed=1234)
         outputs = open_set_outputs(model, episodes, tasks, 1, device, full_model=False)
-        result["auroc"] = summarize_open_set(outputs, None)["auroc"][SCORE]
+        score, known = outputs.scores[SCORE], outputs.labels != UNKNOWN
+        result["auroc"] = 100 * auroc(score[known], score[~known])
     return result
 
 
