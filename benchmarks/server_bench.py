@@ -395,6 +395,7 @@ def main() -> None:
         "--pool", type=int, default=8, help="warm tasks per size that support calls rotate over"
     )
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--api-servers", type=int, help="HTTP processes (default: one per worker)")
     parser.add_argument(
         "--backends", nargs="+", default=["torch", "onnxruntime"], choices=["torch", "onnxruntime"]
     )
@@ -414,6 +415,7 @@ def main() -> None:
         "machine": machine(args.device),
         "checkpoint": str(CHECKPOINT.relative_to(REPO)),
         "workers": args.workers,
+        "api_servers": args.api_servers or args.workers,
         "device": args.device,
         "load_average_before": os.getloadavg(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -425,6 +427,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             print(f"server, {backend} backend ...", file=sys.stderr)
             server_args = ("--workers", str(args.workers), "--log-level", "warning", "--backend", backend)
+            if args.api_servers:
+                server_args += ("--api-servers", str(args.api_servers))
             with running_server(Path(folder) / "data", *server_args, "--device", args.device) as server:
                 report["servers"][backend] = bench_server(server.url, server.data_dir, chars, big, args)
     print("HTTP floor: bare FastAPI, pixel nearest neighbour ...", file=sys.stderr)
@@ -469,7 +473,8 @@ def print_table(report: dict) -> None:
         report["http_floor"],
     )
     gpu = f", {m['gpu']}" if "gpu" in m else ""
-    print(f"\n{m['cpu']} ({m['cpus']} CPUs){gpu}; workers={report['workers']}; load {before:.2f}/{after:.2f}")
+    processes = f"workers={report['workers']}; HTTP processes={report.get('api_servers', report['workers'])}"
+    print(f"\n{m['cpu']} ({m['cpus']} CPUs){gpu}; {processes}; load {before:.2f}/{after:.2f}")
     print(
         f"\n{'p50 ms (floor: in-process)':<30}" + "".join(f"{b + ' HTTP':>18}{'floor':>8}" for b in servers),
         end="",

@@ -12,7 +12,8 @@
 #
 # Knobs (environment): MINUTES, DEVICE, DATA, OUT, PY, TASKS, TRIALS, WAYS, BENCH_STEPS,
 # BENCH_BATCH, COMPILE (all|d|none; falls back to none if the compiled benchmark fails),
-# VAL_TASKS, RECIPE (training flags), CONTINUE, RUN (run-dir prefix).
+# VAL_TASKS, VAL_EVERY, RECIPE (training flags), CONTINUE, RUN (run-dir prefix), SELECT_STANDARD (what picks
+# the standard checkpoint, the server's: auroc by default when the recipe trains "none of these").
 # Data: DATA is a folder with splits/vinyals/*.txt; the decoded images must be in .cache/omniglot
 # (made by `python -m training.data`), or DATA must also hold the Omniglot zips. On a device
 # machine without ../shared, copy splits/ into .cache/omniglot-data and carry .cache.
@@ -54,10 +55,11 @@ log "2. train both checkpoints for $MINUTES minutes, side by side"
 for split in vinyals standard; do
   # CONTINUE=1: start from the checkpoint in place (written again only when validation improves)
   init=() && [[ -n ${CONTINUE:-} ]] && init=(--init-from checkpoints/omniglot-$split.safetensors)
+  select=accuracy && [[ $split == standard && $RECIPE == *--open-set-loss* ]] && select=${SELECT_STANDARD:-auroc}
   # shellcheck disable=SC2086
   $PY -m training.train --split $split --data "$DATA" $RECIPE --compile "$COMPILE" --device "$DEVICE" \
-      --episodes 100000000 --max-minutes "$MINUTES" --val-every 6000 --val-tasks "${VAL_TASKS:-200}" --val-way 20 \
-      "${init[@]}" --out checkpoints/omniglot-$split.safetensors --run-dir runs/${RUN:-omniglot}-$split \
+      --episodes 100000000 --max-minutes "$MINUTES" --val-every "${VAL_EVERY:-6000}" --val-tasks "${VAL_TASKS:-200}" \
+      --val-way 20 --select "$select" "${init[@]}" --out checkpoints/omniglot-$split.safetensors --run-dir runs/${RUN:-omniglot}-$split \
       > runs/train-$split.log 2>&1 &
 done
 wait

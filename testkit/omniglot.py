@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections import defaultdict
+from pathlib import Path
 
 from testkit.server import REPO
 
-OMNIGLOT_DIR = REPO.parent / "shared/data/omniglot"
+# Omniglot zips for tests and benchmarks: ../shared/data/omniglot, or METANET_TEST_OMNIGLOT (a device
+# machine without ../shared reads a carried copy).
+OMNIGLOT_DIR = Path(os.environ.get("METANET_TEST_OMNIGLOT", REPO.parent / "shared/data/omniglot"))
 
 
 def omniglot(alphabet: str | None, characters: int, drawers: int = 20) -> list[list[bytes]]:

@@ -13,5 +13,5 @@ def evaluation_characters():
     from training.data import load_archive
 
     if not (OMNIGLOT_DIR / "images_evaluation.zip").exists():
-        pytest.skip("Omniglot data not found next to the repository (../shared/data/omniglot)")
+        pytest.skip(f"Omniglot data not found in {OMNIGLOT_DIR} (METANET_TEST_OMNIGLOT)")
     return load_archive("images_evaluation", OMNIGLOT_DIR)
