@@ -194,6 +194,12 @@ def main() -> None:
         measured, warmup_s = data_parallel_speed(args, batch, steps, compile_mode)
     else:
         measured, warmup_s = training_speed(args, device, batch, steps, compile_mode)
+    # the headline first: what follows (profile, evaluation, FLOP count) can outlast a caller's limit
+    print(
+        f"training: {measured:.2f} episodes/s ({batch} per step, compile {compile_mode}, "
+        f"warm-up {warmup_s:.0f} s)",
+        flush=True,
+    )
     torch.manual_seed(0)
     config = MetaNetConfig(max_task_examples=args.task_examples)
     model = MetaNet(config).to(device)
