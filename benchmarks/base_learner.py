@@ -24,7 +24,7 @@ import torch
 from model.checkpoint import load_checkpoint
 from model.metanet import MetaNet
 from training.data import DEFAULT_DATA
-from training.episodes import Episode, EpisodeSampler, load_split
+from training.episodes import Episode, EpisodeSampler, load_split, validation_alphabets
 
 
 @torch.no_grad()
@@ -68,8 +68,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    model, _ = load_checkpoint(args.checkpoint)
-    sampler = EpisodeSampler(load_split(args.split, args.part, args.data), args.way, 1, 5, args.seed)
+    model, metadata = load_checkpoint(args.checkpoint)
+    pool = load_split(args.split, args.part, args.data, held_out=validation_alphabets(metadata))
+    sampler = EpisodeSampler(pool, args.way, 1, 5, args.seed)
     rows = [logit_terms(model, sampler.sample()) for _ in range(args.tasks)]
     summary = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
     summary |= {"attention_scale": model.log_attention_scale.exp().item(), "tasks": args.tasks}

@@ -5,7 +5,8 @@ A class is one character at one rotation (k * 90 degrees). Splits:
   characters come from both archives). Train on train.txt, validate on val.txt, test on test.txt.
 - ``standard``: train on images_background with each of the four rotations of a character as a
   class of its own (the practice of the paper's code and of the Vinyals split), validate on
-  held-out background alphabets, test on images_evaluation.
+  held-out background alphabets (``STANDARD_VALIDATION_ALPHABETS``, or a checkpoint's own, see
+  ``validation_alphabets``), test on images_evaluation.
 
 Samplers:
 - ``EpisodeSampler``: one N-way K-shot episode at a time, in NumPy, reproducible under a seed
@@ -18,8 +19,10 @@ Samplers:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +34,12 @@ SPLIT_DIR = DEFAULT_DATA / "splits" / "vinyals"
 UNKNOWN = -1  # label of a query of a class the episode does not hold (open-set episodes)
 # Background alphabets held out of training to select checkpoints on the standard split.
 STANDARD_VALIDATION_ALPHABETS = ("Tifinagh", "Tagalog", "Ojibwe_(Canadian_Aboriginal_Syllabics)")
+
+
+def validation_alphabets(metadata: dict[str, Any]) -> tuple[str, ...]:
+    """The background alphabets a standard-split checkpoint was trained without (its metadata's
+    ``validation_alphabets``; checkpoints that predate the field held out the default three)."""
+    return tuple(metadata.get("validation_alphabets", STANDARD_VALIDATION_ALPHABETS))
 
 
 @dataclass
@@ -276,11 +285,18 @@ def _groups(characters: Characters, classes: list[tuple[int, int]]) -> np.ndarra
     return np.array([4 * index[characters.alphabet(c)] + turns for c, turns in classes])
 
 
-def load_split(name: str, part: str, data: Path = DEFAULT_DATA, rotation_classes: bool = True) -> ClassPool:
+def load_split(
+    name: str,
+    part: str,
+    data: Path = DEFAULT_DATA,
+    rotation_classes: bool = True,
+    held_out: Sequence[str] = STANDARD_VALIDATION_ALPHABETS,
+) -> ClassPool:
     """Class pool of a split ("vinyals" or "standard") and part ("train", "val" or "test").
 
     rotation_classes: for the standard split's training part, each rotation of a character is
     a class of its own (else one class per character, rotated at random in every episode).
+    held_out: the standard split's validation alphabets (background alphabets left out of "train").
     """
     if part not in ("train", "val", "test"):
         raise ValueError(f"unknown part {part!r}")
@@ -299,10 +315,13 @@ def load_split(name: str, part: str, data: Path = DEFAULT_DATA, rotation_classes
             classes = [(i, 0) for i in range(len(evaluation.names))]
             return ClassPool(evaluation.images, classes, groups=_groups(evaluation, classes))
         background = load_archive("images_background", data)
-        held_out = [
-            background.alphabet(i) in STANDARD_VALIDATION_ALPHABETS for i in range(len(background.names))
-        ]
-        keep = [i for i, out in enumerate(held_out) if out == (part == "val")]
+        alphabets = {background.alphabet(i) for i in range(len(background.names))}
+        if unknown := sorted(set(held_out) - alphabets):
+            raise ValueError(f"not background alphabets: {unknown}; they are {sorted(alphabets)}")
+        if not held_out or set(held_out) == alphabets:
+            raise ValueError("hold out at least one background alphabet, and train on at least one")
+        out = [background.alphabet(i) in held_out for i in range(len(background.names))]
+        keep = [i for i, held in enumerate(out) if held == (part == "val")]
         if part == "train" and rotation_classes:
             classes = [(i, t) for i in keep for t in range(4)]
             return ClassPool(background.images, classes, groups=_groups(background, classes))

@@ -40,7 +40,14 @@ from model.checkpoint import load_checkpoint, metadata_path, read_metadata
 from model.metanet import MetaNet
 from model.novelty import OpenSetCalibration
 from training.data import DEFAULT_DATA
-from training.episodes import ClassPool, Episode, EpisodeSampler, load_split, within_alphabet_episodes
+from training.episodes import (
+    ClassPool,
+    Episode,
+    EpisodeSampler,
+    load_split,
+    validation_alphabets,
+    within_alphabet_episodes,
+)
 from training.open_set import open_set_report, test_result_key
 
 PROTOCOLS = ("random", "within-alphabet")
@@ -246,10 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    model, _ = load_checkpoint(args.checkpoint, args.device)
+    model, metadata = load_checkpoint(args.checkpoint, args.device)
     if args.compile:
         model.compile_meta_learners()
-    pool = load_split(args.split, args.part, args.data)
+    pool = load_split(args.split, args.part, args.data, held_out=validation_alphabets(metadata))
     if args.open_set:
         evaluate_open_set(args, model, pool)
         return

@@ -10,8 +10,8 @@ An open-set task is the closed-set task ``EpisodeSampler`` draws under the same 
 closed-set accuracy is the ordinary evaluation's), plus ``queries`` drawings of each of
 ``unknown`` other classes of the same pool (by default as many as the task has), drawn from a
 second random stream. Calibration reads the threshold from the known queries of tasks drawn
-from the split's validation classes only: for the standard split, the background alphabets held
-out of training (``STANDARD_VALIDATION_ALPHABETS``), never images_evaluation. By default it
+from the split's validation classes only: for the standard split, the background alphabets the
+checkpoint was trained without (its ``validation_alphabets``), never images_evaluation. By default it
 targets the mean of the validation alphabets' false-rejection rates (``balanced_threshold``),
 and reports how far a threshold read without one alphabet misses on it
 (``leave_one_alphabet_out``).
@@ -45,7 +45,7 @@ from model.metanet import MetaNet
 from model.novelty import SCORE, OpenSetCalibration, novelty
 from model.preprocess import to_tensor
 from training.data import DEFAULT_DATA
-from training.episodes import UNKNOWN, ClassPool, Episode, EpisodeSampler, load_split
+from training.episodes import UNKNOWN, ClassPool, Episode, EpisodeSampler, load_split, validation_alphabets
 
 CANDIDATES = (
     "nearest_key_distance",
@@ -414,10 +414,10 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.perf_counter()
     torch.manual_seed(args.seed)
-    model, _ = load_checkpoint(args.checkpoint, args.device)
+    model, checkpoint_metadata = load_checkpoint(args.checkpoint, args.device)
     if args.compile:
         model.compile_meta_learners("d")
-    pool = load_split(args.split, "val", args.data)
+    pool = load_split(args.split, "val", args.data, held_out=validation_alphabets(checkpoint_metadata))
     thresholds, at_threshold = calibrate(
         model,
         pool,

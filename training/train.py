@@ -44,7 +44,14 @@ from model.fast_weights import init_quiet
 from model.metanet import MetaNet
 from model.novelty import SCORE
 from training.data import DEFAULT_DATA
-from training.episodes import UNKNOWN, DeviceEpisodeSampler, Episode, load_split
+from training.episodes import (
+    STANDARD_VALIDATION_ALPHABETS,
+    UNKNOWN,
+    DeviceEpisodeSampler,
+    Episode,
+    load_split,
+    validation_alphabets,
+)
 from training.evaluate import default_device, summarize_both, task_accuracies
 from training.open_set import auroc, open_set_episodes, open_set_outputs
 from training.plots import plot_learning_curve
@@ -260,6 +267,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="standard split: one class per character, rotated at random (default: rotations are classes)",
     )
+    parser.add_argument(
+        "--validation-alphabets",
+        nargs="+",
+        default=None,
+        metavar="ALPHABET",
+        help="standard split: background alphabets held out of training for validation and the "
+        "open-set calibration (default: the --init-from checkpoint's, else "
+        f"{', '.join(STANDARD_VALIDATION_ALPHABETS)})",
+    )
     parser.add_argument("--compile", choices=["none", "d", "all"], default=None, help="cpu: d, cuda: all")
     parser.add_argument(
         "--d-bf16", action="store_true", help="d's arithmetic in bfloat16 (faster; accuracy not yet shown)"
@@ -319,12 +335,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     model = MetaNet(config).to(device)
     init_metadata = None
+    held_out = STANDARD_VALIDATION_ALPHABETS
     if args.init_from:
         model.load_state_dict(load_file(str(args.init_from)))
         revive_silent_heads(model)
         init_metadata = {
             k: v for k, v in read_metadata(args.init_from).items() if k not in ("config", "test", "open_set")
         }
+        held_out = validation_alphabets(init_metadata)
+    if args.validation_alphabets:
+        if args.split != "standard":
+            raise SystemExit("--validation-alphabets applies to the standard split only")
+        if args.init_from and not set(args.validation_alphabets) <= set(held_out):
+            trained = sorted(set(args.validation_alphabets) - set(held_out))
+            raise SystemExit(f"{args.init_from} was trained on {trained}: they cannot validate it")
+        held_out = tuple(args.validation_alphabets)
     compile_mode = args.compile or ("all" if device.type == "cuda" else "d")
     model.compile_meta_learners(compile_mode)
     model.d_dtype = torch.bfloat16 if args.d_bf16 else None
@@ -332,8 +357,10 @@ def main(argv: list[str] | None = None) -> None:
     if world > 1:
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=device.type == "cuda")
-    train_pool = load_split(args.split, "train", args.data, rotation_classes=not args.rotation_augment)
-    val_pool = load_split(args.split, "val", args.data)
+    train_pool = load_split(
+        args.split, "train", args.data, rotation_classes=not args.rotation_augment, held_out=held_out
+    )
+    val_pool = load_split(args.split, "val", args.data, held_out=held_out)
     sampler = DeviceEpisodeSampler(
         train_pool,
         args.way,
@@ -448,6 +475,7 @@ def main(argv: list[str] | None = None) -> None:
                     {
                         "dataset": "omniglot",
                         "split": args.split,
+                        **({"validation_alphabets": list(held_out)} if args.split == "standard" else {}),
                         "train_way": args.way,
                         "train_shot": args.shot,
                         "train_queries": args.queries,

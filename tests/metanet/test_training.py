@@ -13,7 +13,15 @@ import torch.nn.functional as F
 from model import MetaNet, MetaNetConfig
 from model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from training import evaluate, train
-from training.episodes import ClassPool, DeviceEpisodeSampler, EpisodeSampler
+from training.data import load_archive
+from training.episodes import (
+    STANDARD_VALIDATION_ALPHABETS,
+    ClassPool,
+    DeviceEpisodeSampler,
+    EpisodeSampler,
+    load_split,
+    validation_alphabets,
+)
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +221,34 @@ def test_open_set_training_validates_auroc_and_picks_the_checkpoint_by_it(tmp_pa
     best = max(float(row["val_auroc"]) for row in rows)
     assert metadata["validation"]["auroc"] == pytest.approx(best, abs=0.01)
     assert (run_dir / "learning_curve.png").stat().st_size > 1000
+
+
+def test_the_standard_split_validates_on_the_alphabets_it_holds_out(evaluation_characters):
+    background = load_archive("images_background")
+
+    def alphabets(pool: ClassPool) -> set[str]:
+        return {background.alphabet(char) for char, _ in pool.classes}
+
+    held_out = ("Greek", "Korean")
+    assert alphabets(load_split("standard", "val", held_out=held_out)) == set(held_out)
+    trained = alphabets(load_split("standard", "train", held_out=held_out))
+    assert not trained & set(held_out) and set(STANDARD_VALIDATION_ALPHABETS) <= trained
+    assert alphabets(load_split("standard", "val")) == set(STANDARD_VALIDATION_ALPHABETS)
+    with pytest.raises(ValueError, match="not background alphabets"):
+        load_split("standard", "val", held_out=("Klingon",))
+    assert validation_alphabets({}) == STANDARD_VALIDATION_ALPHABETS  # checkpoints before the field
+
+
+def test_training_records_its_validation_alphabets_and_refuses_trained_ones(tmp_path, evaluation_characters):
+    out, run_dir = tmp_path / "ckpt.safetensors", tmp_path / "run"
+    argv = ["--split", "standard", "--way", "3", "--queries", "2", "--episodes", "1", "--val-every", "1"]
+    argv += ["--val-tasks", "2", "--device", "cpu", "--compile", "none", "--batch", "1"]
+    held_out = ["--validation-alphabets", "Greek", "Korean"]
+    train.main([*argv, *held_out, "--out", str(out), "--run-dir", str(run_dir)])
+    assert validation_alphabets(read_metadata(out)) == ("Greek", "Korean")
+    tuned = ["--init-from", str(out), "--out", str(tmp_path / "tuned.safetensors"), "--run-dir", str(run_dir)]
+    with pytest.raises(SystemExit, match="Tagalog"):  # trained on by the checkpoint it starts from
+        train.main([*argv, *tuned, "--validation-alphabets", "Greek", "Tagalog"])
 
 
 def test_evaluate_command_prints_one_json_object(tmp_path, capsys, evaluation_characters):
