@@ -382,6 +382,11 @@ def main(argv: list[str] | None = None) -> None:
     state_path, metrics_path = run_dir / "last.pt", run_dir / "metrics.csv"
     if args.resume and state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=False)
+        if state.get("validation_alphabets", list(held_out)) != list(held_out):
+            raise SystemExit(
+                f"{state_path} held out {state['validation_alphabets']}: resume with the same "
+                "--validation-alphabets"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.generator.set_state(state["sampler_rng"][rank].to(sampler.generator.get_state().device))
@@ -516,6 +521,7 @@ def main(argv: list[str] | None = None) -> None:
                     "step": step,
                     "best": best,
                     "elapsed_s": elapsed,
+                    "validation_alphabets": list(held_out),
                 },
                 state_path,
             )

@@ -249,6 +249,9 @@ def test_training_records_its_validation_alphabets_and_refuses_trained_ones(tmp_
     tuned = ["--init-from", str(out), "--out", str(tmp_path / "tuned.safetensors"), "--run-dir", str(run_dir)]
     with pytest.raises(SystemExit, match="Tagalog"):  # trained on by the checkpoint it starts from
         train.main([*argv, *tuned, "--validation-alphabets", "Greek", "Tagalog"])
+    resumed = ["--out", str(out), "--run-dir", str(run_dir), "--resume"]
+    with pytest.raises(SystemExit, match="resume with the same"):  # its last.pt held out Greek and Korean
+        train.main([*argv, *resumed, "--validation-alphabets", "Korean"])
 
 
 def test_evaluate_command_prints_one_json_object(tmp_path, capsys, evaluation_characters):
