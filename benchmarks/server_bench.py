@@ -480,7 +480,7 @@ def print_table(report: dict) -> None:
         report["http_floor"],
     )
     gpu = f", {m['gpu']}" if "gpu" in m else ""
-    processes = f"workers={report['workers']}; HTTP processes={report.get('api_servers', report['workers'])}"
+    processes = f"workers={report['workers']}; HTTP processes={report['api_servers']}"
     print(f"\n{m['cpu']} ({m['cpus']} CPUs){gpu}; {processes}; load {before:.2f}/{after:.2f}")
     print(
         f"\n{'p50 ms (floor: in-process)':<30}" + "".join(f"{b + ' HTTP':>18}{'floor':>8}" for b in servers),
