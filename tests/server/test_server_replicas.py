@@ -227,7 +227,7 @@ def test_postgres_killed_and_restarted_under_load(
         for done in running:
             done.result()
 
-    assert not bad, bad[:5]
+    assert not bad, [*bad[:5], *(replica.log(20000) for replica in replicas)]  # the logs name a 500's cause
     assert all(h["status"] == 503 and h["error"]["code"] == "store_unreachable" for h in health_during_outage)
     for op, codes in statuses.items():
         assert 503 in codes and 200 in codes, f"{op}: {sorted(set(codes))}"
