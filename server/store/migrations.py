@@ -4,7 +4,9 @@ records them in ``schema_migrations``. Add a migration by appending to a list; n
 
 Both schemas: ``tenants``; ``tasks`` (``uid`` never reused, ``version``, ``rebuild_version``); ``images``
 (each preprocessed image once per tenant, keyed by the SHA-256 of its pixels); ``examples`` (task, label,
-the version that added it, the image's digest).
+the version that added it, the image's digest). PostgreSQL also has ``commit_markers``: one random
+token per write, inserted in the write's own transaction, so that a write whose COMMIT answer was lost
+can be resolved (``PostgresTaskStore._committed``).
 """
 
 from __future__ import annotations
@@ -108,6 +110,15 @@ POSTGRESQL: tuple[Migration, ...] = (
             "CREATE INDEX examples_by_task ON examples (task_uid, version)",
             "CREATE INDEX examples_by_label ON examples (task_uid, label)",
             "CREATE INDEX examples_by_image ON examples (tenant, digest)",
+        ),
+    ),
+    Migration(
+        2,
+        "commit markers: resolve a write whose COMMIT answer was lost, across a database crash",
+        (
+            "CREATE TABLE commit_markers "
+            "(token UUID PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+            "CREATE INDEX commit_markers_by_age ON commit_markers (created_at)",
         ),
     ),
 )

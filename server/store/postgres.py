@@ -10,8 +10,12 @@
   ONLY transaction: a read started after a write was acknowledged, on any replica, sees it.
 - Outages: a failed call raises ``StoreUnavailable`` at once (the API answers 503); while the
   database stays unreachable calls fail fast, and one call per ``PROBE_SECONDS`` tries a fresh connection.
-  When it succeeds the pool is rebuilt and the replica is back, with nothing to restart. A connection
-  lost during COMMIT is resolved with ``pg_xact_status`` once the database answers again.
+  When it succeeds the pool is rebuilt and the replica is back, with nothing to restart.
+- A write whose COMMIT answer is lost (connection dropped, database crashed) is resolved by its commit
+  marker, a random token the write inserted in its own transaction: once the database answers again the
+  store inserts the same token itself. If that conflicts, the write committed; if it goes in, the write
+  did not commit and now never can (its own insert of the token would conflict). Transaction ids cannot
+  answer this: PostgreSQL reuses the ids of transactions a crash lost before they reached the WAL.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -46,6 +51,7 @@ logger = logging.getLogger("metanet.store")
 T = TypeVar("T")
 
 PROBE_SECONDS = 0.5  # while the database is unreachable, how often one call tries to reconnect
+MARKER_SECONDS = 3600  # how long a write's commit marker is kept (its outcome is resolved within seconds)
 # libpq settings a URL may override: fail fast on a dead host, notice a silent one within seconds.
 LIBPQ_DEFAULTS = {
     "application_name": "metanet-server",
@@ -108,6 +114,8 @@ class PostgresTaskStore(TaskStore):
         self._down = False
         self._next_probe = 0.0
         self._probe_lock = threading.Lock()
+        self._next_purge = 0.0
+        self._purge_lock = threading.Lock()
         if migrate:
             self._migrate()
 
@@ -227,43 +235,73 @@ class PostgresTaskStore(TaskStore):
 
     def _write(self, tenant: str, exclusive: bool, work: Callable[[psycopg.Connection], T]) -> T:
         """``work`` in one transaction holding the tenant's image lock (shared for adds, exclusive for
-        removals); if the connection is lost during COMMIT, find out whether it committed."""
+        removals) and a new commit marker; if the connection is lost during COMMIT, find out whether it
+        committed."""
+        marker = uuid.uuid4()
 
         def run(conn: psycopg.Connection) -> T:
-            committing, xid = False, None
+            committing = False
             try:
                 with conn.transaction():
-                    (xid,) = conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+                    conn.execute("INSERT INTO commit_markers (token) VALUES (%s)", (marker,))
                     lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
                     conn.execute(f"SELECT {lock}(%s)", (_lock_key(f"metanet:tenant:{tenant}"),))
                     result = work(conn)
                     committing = True
-                return result
             except psycopg.OperationalError as exc:
-                if committing and self._committed(xid, exc):
+                if committing and self._committed(marker, exc):
                     return result
                 raise
+            self._purge_markers(conn)
+            return result
 
         return self._call(run)
 
-    def _committed(self, xid: str, exc: BaseException) -> bool:
-        """Whether transaction ``xid``, whose COMMIT failed with ``exc``, committed; asks until the pool
-        timeout and raises StoreOutcomeUnknown if the database does not answer."""
+    def _committed(self, marker: uuid.UUID, exc: BaseException) -> bool:
+        """Whether the write with commit ``marker``, whose COMMIT failed with ``exc``, committed: insert the
+        marker ourselves (waiting for the write if it is still running). Asks until the pool timeout and
+        raises StoreOutcomeUnknown if the database does not answer."""
         deadline = time.monotonic() + self.options.pool_timeout
         while time.monotonic() < deadline:
             try:
                 with self._connect() as conn:
-                    (status,) = conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+                    timeout = f"{self.options.pool_timeout}s"  # a write still running is waited for
+                    conn.execute("SELECT set_config('statement_timeout', %s, false)", (timeout,))
+                    fenced = conn.execute(
+                        "INSERT INTO commit_markers (token) VALUES (%s) "
+                        "ON CONFLICT DO NOTHING RETURNING token",
+                        (marker,),
+                    ).fetchone()
             except psycopg.OperationalError:
-                status = None
-            if status in ("committed", "aborted"):
-                logger.warning("connection lost during COMMIT of transaction %s: it %s", xid, status)
-                return status == "committed"
-            time.sleep(PROBE_SECONDS)
+                time.sleep(PROBE_SECONDS)
+                continue
+            committed = fenced is None
+            logger.warning(
+                "connection lost during COMMIT of the write with marker %s: it %s",
+                marker,
+                "committed" if committed else "did not commit",
+            )
+            return committed
         self._failed(exc)
         raise StoreOutcomeUnknown(
             "the task store became unreachable while committing: the change may or may not have been made"
         ) from exc
+
+    def _purge_markers(self, conn: psycopg.Connection) -> None:
+        """Delete commit markers older than MARKER_SECONDS, at most once per MARKER_SECONDS per process
+        (only a write still being resolved needs its marker). Never fails the write that calls it."""
+        now = time.monotonic()
+        with self._purge_lock:
+            if now < self._next_purge:
+                return
+            self._next_purge = now + MARKER_SECONDS
+        try:
+            conn.execute(
+                "DELETE FROM commit_markers WHERE created_at < now() - make_interval(secs => %s)",
+                (MARKER_SECONDS,),
+            )
+        except psycopg.Error as exc:
+            logger.info("commit markers not purged (next try in %d s): %s", MARKER_SECONDS, exc)
 
     # The TaskStore interface.
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -295,15 +296,47 @@ def test_postgres_url_options() -> None:
 
 
 def test_postgres_resolves_a_commit_whose_answer_was_lost(postgres: PostgresServer) -> None:
-    """What the store does when the connection drops during COMMIT: ask PostgreSQL about the
-    transaction id, and report committed or not (here for a transaction that did, and one that did not)."""
+    """What the store does when the connection drops during COMMIT: insert the write's commit marker
+    itself. A write that committed is reported committed; one that did not is reported not committed and
+    can never commit afterwards; one still running is waited for."""
     store = open_store(postgres.create_database())
-    outcomes = []
-    with psycopg.connect(postgres.url(), autocommit=True) as conn:
-        for end in ("COMMIT", "ROLLBACK"):
+    url = store.conninfo
+    insert = "INSERT INTO commit_markers (token) VALUES (%s)"
+    committed, rolled_back, running = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for marker, end in ((committed, "COMMIT"), (rolled_back, "ROLLBACK")):
             conn.execute("BEGIN")
-            (xid,) = conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+            conn.execute(insert, (marker,))
             conn.execute(end)
-            outcomes.append(store._committed(xid, psycopg.OperationalError("lost")))
-    assert outcomes == [True, False]
+    lost = psycopg.OperationalError("lost")
+    assert store._committed(committed, lost) is True
+    assert store._committed(rolled_back, lost) is False
+    with psycopg.connect(url) as late, pytest.raises(psycopg.errors.UniqueViolation):
+        late.execute(insert, (rolled_back,))  # the write that did not commit is fenced off for good
+
+    with psycopg.connect(url) as writer, ThreadPoolExecutor(1) as pool:
+        writer.execute(insert, (running,))  # inside a transaction that has not committed yet
+        outcome = pool.submit(store._committed, running, lost)
+        time.sleep(0.5)
+        assert not outcome.done()  # waits for the write's transaction to end
+        writer.commit()
+        assert outcome.result(timeout=10) is True
+    store.close()
+
+
+def test_postgres_commit_markers_are_purged(postgres: PostgresServer) -> None:
+    """Each write leaves a commit marker; a write deletes those older than MARKER_SECONDS (at most once
+    per MARKER_SECONDS per process), so the table does not grow without bound."""
+    from server.store.postgres import MARKER_SECONDS
+
+    store = open_store(postgres.create_database())
+    with psycopg.connect(store.conninfo, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO commit_markers (token, created_at) VALUES (%s, now() - make_interval(secs => %s))",
+            (uuid.uuid4(), MARKER_SECONDS + 60),
+        )
+        store.add_examples("t", "task", images(1), ["a"], max_examples=10)
+        store.add_examples("t", "task", images(1, 2), ["b"], max_examples=10)
+        (left,) = conn.execute("SELECT count(*) FROM commit_markers").fetchone()
+    assert left == 2  # the stale marker is gone; the two writes' markers stay for now
     store.close()
