@@ -324,6 +324,24 @@ def test_postgres_resolves_a_commit_whose_answer_was_lost(postgres: PostgresServ
     store.close()
 
 
+def test_postgres_resolves_a_commit_lost_in_a_crash(postgres: PostgresServer) -> None:
+    """A write in flight when PostgreSQL crashes did not commit, and the store says so even after new
+    transactions have taken its transaction id again (a crash loses the ids that never reached the WAL,
+    and PostgreSQL hands them out anew)."""
+    store = open_store(postgres.create_database())
+    marker = uuid.uuid4()
+    writer = psycopg.connect(store.conninfo)
+    writer.execute("INSERT INTO commit_markers (token) VALUES (%s)", (marker,))  # not committed
+    postgres.kill()
+    writer.close()
+    postgres.start()
+    with psycopg.connect(store.conninfo, autocommit=True) as conn:
+        for _ in range(20):  # new transactions, with ids the lost one may have had
+            conn.execute("INSERT INTO commit_markers (token) VALUES (%s)", (uuid.uuid4(),))
+    assert store._committed(marker, psycopg.OperationalError("lost")) is False
+    store.close()
+
+
 def test_postgres_commit_markers_are_purged(postgres: PostgresServer) -> None:
     """Each write leaves a commit marker; a write deletes those older than MARKER_SECONDS (at most once
     per MARKER_SECONDS per process), so the table does not grow without bound."""
