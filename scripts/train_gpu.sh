@@ -7,18 +7,23 @@
 #
 #   MINUTES=5 bash scripts/train_gpu.sh                            # about 8 minutes on an H200
 #   CONTINUE=1 RUN=finetune MINUTES=2.4 bash scripts/train_gpu.sh   # continue from checkpoints/
-#   VALIDATION_ALPHABETS="Tifinagh Tagalog Ojibwe_(Canadian_Aboriginal_Syllabics) Alphabet_of_the_Magi \
-#       Balinese Braille Cyrillic Korean" MINUTES=5 bash scripts/train_gpu.sh   # from scratch, 8 held out
-#   DEVICE=cpu MINUTES=0.1 TASKS=2 TRIALS=2 BENCH_STEPS=1 VAL_TASKS=2 WAYS=5 \
+#   STANDARD_CHECKPOINT=checkpoints/omniglot-standard-8val.safetensors VALIDATION_ALPHABETS="Tifinagh \
+#       Tagalog Ojibwe_(Canadian_Aboriginal_Syllabics) Alphabet_of_the_Magi Balinese Braille Cyrillic Korean" \
+#       MINUTES=5 bash scripts/train_gpu.sh   # standard split from scratch with 8 alphabets held out
+#   CONTINUE=1 STANDARD_CHECKPOINT=checkpoints/omniglot-standard-8val.safetensors MINUTES=5 \
+#       bash scripts/train_gpu.sh   # continue that one (it keeps its 8 alphabets)
+#   DEVICE=cpu MINUTES=0.1 TASKS=2 TRIALS=2 BENCH_STEPS=1 BENCH_SWEEP=2 VAL_TASKS=2 WAYS=5 \
 #       RECIPE="--way 5 --queries 2 --batch 2 --task-examples 5" bash scripts/train_gpu.sh   # CPU smoke test
 #
 # Knobs (environment): MINUTES, DEVICE, DATA, OUT, PY, TASKS, TRIALS, WAYS, BENCH_STEPS,
-# BENCH_BATCH, COMPILE (all|d|none; falls back to none if the compiled benchmark fails),
+# BENCH_BATCH, BENCH_SWEEP, COMPILE (all|d|none; falls back to none if the compiled benchmark fails),
 # VAL_TASKS, VAL_EVERY, RECIPE (training flags), CONTINUE, RUN (run-dir prefix), SELECT_STANDARD (what picks
 # the standard checkpoint, the server's: auroc by default when the recipe trains "none of these"),
 # VALIDATION_ALPHABETS (the standard split's held-out background alphabets, for validation and the
 # open-set calibration; default: the checkpoint's own, else the three of training/episodes.py; more
-# of them make the calibrated false-rejection rate transfer better, at the cost of training classes).
+# of them make the calibrated false-rejection rate transfer better, at the cost of training classes),
+# STANDARD_CHECKPOINT (the standard split's checkpoint: continued from with CONTINUE, written, evaluated
+# and calibrated; default checkpoints/omniglot-standard.safetensors, the server's).
 # Data: DATA is a folder with splits/vinyals/*.txt; the decoded images must be in .cache/omniglot
 # (made by `python -m training.data`), or DATA must also hold the Omniglot zips. On a device
 # machine without ../shared, copy splits/ into .cache/omniglot-data and carry .cache.
@@ -61,17 +66,25 @@ if ! timeout 110 $PY -m benchmarks.train_speed --device "$DEVICE" --data "$DATA"
   fi
 fi
 
+log "1b. the same episodes, eager, with larger meta-batches (BENCH_SWEEP): where per-step overhead stops"
+for batch in ${BENCH_SWEEP:-64 128}; do
+  timeout 75 $PY -m benchmarks.train_speed --device "$DEVICE" --data "$DATA" --way 20 --queries 10 \
+      --task-examples 5 --batch "$batch" --steps 3 --warmup 1 --compile none \
+      --json runs/train_speed_"$DEVICE"_20way_batch"$batch".json 2>&1 | grep -v Warning | tee -a runs/bench.log
+done
+
 log "2. train both checkpoints for $MINUTES minutes, side by side"
+checkpoint() { if [[ $1 == standard ]]; then echo "${STANDARD_CHECKPOINT:-checkpoints/omniglot-standard.safetensors}"; else echo "checkpoints/omniglot-$1.safetensors"; fi; }
 for split in vinyals standard; do
   # CONTINUE=1: start from the checkpoint in place (written again only when validation improves)
-  init=() && [[ -n ${CONTINUE:-} ]] && init=(--init-from checkpoints/omniglot-$split.safetensors)
+  init=() && [[ -n ${CONTINUE:-} ]] && init=(--init-from "$(checkpoint $split)")
   select=accuracy && [[ $split == standard && $RECIPE == *--open-set-loss* ]] && select=${SELECT_STANDARD:-auroc}
   held_out=() && [[ $split == standard && -n ${VALIDATION_ALPHABETS:-} ]] \
     && read -ra held_out <<< "$VALIDATION_ALPHABETS" && held_out=(--validation-alphabets "${held_out[@]}")
   # shellcheck disable=SC2086
   $PY -m training.train --split $split --data "$DATA" $RECIPE --compile "$COMPILE" --device "$DEVICE" \
       --episodes 100000000 --max-minutes "$MINUTES" --val-every "${VAL_EVERY:-6000}" --val-tasks "${VAL_TASKS:-200}" \
-      --val-way 20 --select "$select" "${init[@]}" "${held_out[@]}" --out checkpoints/omniglot-$split.safetensors --run-dir runs/${RUN:-omniglot}-$split \
+      --val-way 20 --select "$select" "${init[@]}" "${held_out[@]}" --out "$(checkpoint $split)" --run-dir runs/${RUN:-omniglot}-$split \
       > runs/train-$split.log 2>&1 &
 done
 wait
@@ -84,15 +97,15 @@ log "3. evaluate, one chain per checkpoint"
 for split in vinyals standard; do
   (
     for way in ${WAYS:-5 20}; do
-      timeout 90 $PY -m training.evaluate --checkpoint checkpoints/omniglot-$split.safetensors --data "$DATA" \
+      timeout 90 $PY -m training.evaluate --checkpoint "$(checkpoint $split)" --data "$DATA" \
           --split $split --way $way --tasks "$TASKS" --seed 0 --device "$DEVICE" --json --record \
           > runs/eval-$split-$way.json
     done
-    timeout 90 $PY -m training.evaluate --checkpoint checkpoints/omniglot-$split.safetensors --data "$DATA" \
+    timeout 90 $PY -m training.evaluate --checkpoint "$(checkpoint $split)" --data "$DATA" \
         --split $split --way 20 --protocol within-alphabet --tasks "$TRIALS" --seed 0 --device "$DEVICE" \
         --json --record > runs/eval-$split-20-within.json
     if [[ $split == standard ]]; then  # the server's checkpoint: calibrate "none of these", then test it
-      timeout 150 $PY -m training.open_set --checkpoint checkpoints/omniglot-$split.safetensors --data "$DATA" \
+      timeout 150 $PY -m training.open_set --checkpoint "$(checkpoint $split)" --data "$DATA" \
           --split $split --false-rejection 0.05 --ways ${WAYS:-5 20} --tasks "${VAL_TASKS:-100}" \
           --test-tasks "$TASKS" --device "$DEVICE" > runs/open-set-$split.json
     fi
