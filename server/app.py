@@ -14,7 +14,7 @@ from model.config import MetaNetConfig
 from server.auth import KeyRing
 from server.config import ConfigError, ServerSettings
 from server.errors import install_error_handlers
-from server.litserve_adapter import DirectQueueServer, remove_builtin_routes, workers_ready
+from server.litserve_adapter import DirectQueueServer, remove_builtin_routes, set_gzip_level, workers_ready
 from server.middleware import GuardMiddleware, ObservabilityMiddleware
 from server.routes import mount_ui, service_router, task_router
 from server.schemas import Index, Limits, ModelInfo, ServerInfo
@@ -61,6 +61,7 @@ def build_server(settings: ServerSettings, keys: KeyRing) -> ls.LitServer:
         workers_per_device=settings.workers,
         timeout=settings.request_timeout,
     )
+    set_gzip_level(server, settings.gzip_level)
     # Creates or migrates the schema before any worker starts.
     store = open_store(settings.store_url, (model.image_size, model.image_size))
     app = server.app

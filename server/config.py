@@ -58,6 +58,9 @@ class ServerSettings(BaseSettings):
     max_batch_size: int = Field(16, ge=1, description="requests per dynamic batch in a worker")
     batch_timeout: float = Field(0.0, ge=0, description="extra seconds a worker waits to fill a batch")
     request_timeout: float = Field(120.0, gt=0, description="seconds a request may wait in the queue")
+    gzip_level: int = Field(
+        4, ge=1, le=9, description="zlib level of gzip answers (clients that accept gzip, bodies over 1 kB)"
+    )
     cache_bytes: int = Field(2 * 1024**3, ge=0, description="per-worker budget of the task-memory LRU cache")
     # Task memory (docs/SERVER.md, "Task memory at scale").
     # Fast weights by task size (docs/SERVER.md, "Storage tiers"): tasks of fewer than compact_from_examples

@@ -11,8 +11,10 @@ that an upgrade that changes one fails there, loudly, instead of somewhere in a 
 - ``BatchedLoop.get_batch_requests(lit_api, request_queue, transport)`` returns ``(batch, timed_out)``,
   ``_SENTINEL_VALUE`` on the queue asks the loop to stop by raising ``_StopLoopError``, and a loop
   acknowledges each request it takes with ``LitAPIStatus.START``;
-- ``LitServer`` registers ``/``, ``healthcheck_path`` and ``info_path`` on its FastAPI app, and keeps
-  each worker's ``WorkerSetupStatus`` in ``workers_setup_status``;
+- ``LitServer`` registers ``/``, ``healthcheck_path`` and ``info_path`` on its FastAPI app, keeps
+  each worker's ``WorkerSetupStatus`` in ``workers_setup_status``, and lists the middlewares it adds to
+  each HTTP process's app as ``(class, kwargs)`` in ``middlewares``, Starlette's ``GZipMiddleware``
+  among them (at zlib's slowest level, 9, unless told otherwise);
 - ``LitServer._init_manager(num_api_servers)`` creates the request queue of each API path in
   ``litapi_request_queues`` and the answers' ``MessageTransport`` in ``_transport`` (``send(item,
   consumer_id)`` in the workers, ``areceive(consumer_id)`` in HTTP process ``consumer_id``) before any
@@ -36,6 +38,7 @@ from litserve.loops.simple_loops import BatchedLoop
 from litserve.specs.base import LitSpec
 from litserve.transport.base import MessageTransport
 from litserve.utils import LitAPIStatus, LoopResponseType, ResponseBufferItem, WorkerSetupStatus
+from starlette.middleware.gzip import GZipMiddleware
 
 from server.protocol import Outcome, Result, ServiceError, TaskBuilding, Work, WorkerFailed, WorkerTimeout
 
@@ -197,6 +200,14 @@ def remove_builtin_routes(server: ls.LitServer) -> None:
     builtin = {"/", server.healthcheck_path, server.info_path}
     app = server.app
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in builtin]
+
+
+def set_gzip_level(server: ls.LitServer, level: int) -> None:
+    """Compress gzip answers at ``level`` (1 fastest .. 9 smallest) instead of LitServe's 9."""
+    server.middlewares = [
+        (cls, {**kwargs, "compresslevel": level}) if cls is GZipMiddleware else (cls, kwargs)
+        for cls, kwargs in server.middlewares
+    ]
 
 
 def workers_ready(server: ls.LitServer) -> bool:

@@ -123,7 +123,7 @@ def task_router(
             tenant, task_id, images, body.top_k, body.reject == "on", body.novelty_threshold
         )
         result = await bridge.submit(work, settings.build_wait)
-        return ClassifyResponse(task_id=task_id, **asdict(result))
+        return ClassifyResponse.of(task_id, result)
 
     @router.get("", summary="The caller's tasks")
     async def list_tasks(tenant: Tenant) -> TaskList:

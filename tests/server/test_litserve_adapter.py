@@ -23,6 +23,7 @@ from litserve.transport.base import MessageTransport
 from litserve.transport.process_transport import MPQueueTransport
 from litserve.utils import ResponseBufferItem
 from packaging.specifiers import SpecifierSet
+from starlette.middleware.gzip import GZipMiddleware
 
 from server.litserve_adapter import (
     LITSERVE_VERSIONS,
@@ -31,6 +32,7 @@ from server.litserve_adapter import (
     PipeTransport,
     WorkerBridge,
     remove_builtin_routes,
+    set_gzip_level,
 )
 from server.protocol import ClassifyResult, ClassifyWork, TaskNotFound, WorkerTimeout
 
@@ -143,6 +145,16 @@ def test_builtin_routes_are_removed() -> None:
     assert builtin <= {getattr(r, "path", None) for r in server.app.router.routes}
     remove_builtin_routes(server)
     assert not builtin & {getattr(r, "path", None) for r in server.app.router.routes}
+
+
+def test_gzip_level_is_set_on_litserves_gzip_middleware() -> None:
+    server = ls.LitServer(Echo(max_batch_size=2), accelerator="cpu")
+    others = [entry for entry in server.middlewares if entry[0] is not GZipMiddleware]
+    assert len(others) == len(server.middlewares) - 1  # LitServe adds exactly one GZipMiddleware
+    set_gzip_level(server, 4)
+    gzip = [kwargs for cls, kwargs in server.middlewares if cls is GZipMiddleware]
+    assert gzip == [{"minimum_size": 1000, "compresslevel": 4}]
+    assert [entry for entry in server.middlewares if entry[0] is not GZipMiddleware] == others
 
 
 def test_the_server_queues_go_straight_between_processes() -> None:
