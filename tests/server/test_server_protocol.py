@@ -54,3 +54,26 @@ def test_work_and_results_are_frozen_and_survive_pickling() -> None:
     np.testing.assert_array_equal(
         pickle.loads(pickle.dumps(protocol.ClassifyWork("t", "x", images))).images, images
     )
+
+
+def test_a_classify_result_becomes_the_http_answer_field_for_field() -> None:
+    """``ClassifyResponse.of`` reads the worker's dataclasses directly; it must say what the dataclasses say,
+    rejected predictions (label None) and a missing threshold included."""
+    from server.schemas import ClassifyResponse
+
+    ranked = (protocol.LabelScore("a", 0.75), protocol.LabelScore("b", 0.25))
+    result = protocol.ClassifyResult(
+        3,
+        None,
+        (
+            protocol.Prediction("a", 0.75, True, 0.125, ranked),
+            protocol.Prediction(None, 0.5, False, 0.5, ranked),
+        ),
+    )
+    answer = ClassifyResponse.of("task", result)
+    assert answer.model_dump() == {"task_id": "task", **dataclasses.asdict(result)} | {
+        "predictions": [
+            dataclasses.asdict(p) | {"top_k": [dataclasses.asdict(r) for r in ranked]}
+            for p in result.predictions
+        ]
+    }
