@@ -111,11 +111,14 @@ class ClassifyResponse(BaseModel):
     @classmethod
     def of(cls, task_id: str, result: ClassifyResult) -> ClassifyResponse:
         """The answer for a worker's result, read from its dataclasses' attributes (a 256-image answer
-        validates in about 1 ms this way, against 8 ms through ``dataclasses.asdict``)."""
-        fields = {"version": result.version, "novelty_threshold": result.novelty_threshold}
-        return cls.model_validate(
-            {"task_id": task_id, **fields, "predictions": result.predictions}, from_attributes=True
-        )
+        validates in 1 ms this way, against 4 ms through ``dataclasses.asdict``; benchmarks/http_process)."""
+        fields = {
+            "task_id": task_id,
+            "version": result.version,
+            "novelty_threshold": result.novelty_threshold,
+            "predictions": result.predictions,
+        }
+        return cls.model_validate(fields, from_attributes=True)
 
 
 class TaskInfo(BaseModel):
