@@ -342,6 +342,57 @@ def test_postgres_resolves_a_commit_lost_in_a_crash(postgres: PostgresServer) ->
     store.close()
 
 
+@pytest.mark.slow
+def test_postgres_crash_loop_loses_no_acknowledged_write(postgres: PostgresServer) -> None:
+    """Two stores (two replicas) write and read from 6 threads while PostgreSQL is SIGKILLed and started
+    again 10 times: every call returns or raises a ServiceError (never anything else), every acknowledged
+    example is stored, and nothing unacknowledged is, except writes whose outcome was reported unknown."""
+    from server.protocol import ServiceError
+
+    url = postgres.create_database()
+    stores = [open_store(url), open_store(url)]
+    stop, lock = threading.Event(), threading.Lock()
+    acked, unknown, unexpected = set(), set(), []
+
+    def client(n: int) -> None:
+        store, task, i = stores[n % 2], f"task{n % 2}", 0
+        while not stop.is_set():
+            label = f"c{n}-{i}"
+            try:
+                if i % 3 == 0:
+                    store.add_examples("t", task, images(1, 1000 * n + i), [label], max_examples=10**9)
+                    with lock:
+                        acked.add((task, label))
+                else:
+                    (store.snapshot if i % 3 == 1 else store.label_examples)("t", task)
+            except StoreOutcomeUnknown:
+                with lock:
+                    unknown.add((task, label))
+            except ServiceError:
+                time.sleep(0.02)
+            except Exception as exc:  # noqa: BLE001 - the point of the test
+                unexpected.append(repr(exc))
+            i += 1
+
+    with ThreadPoolExecutor(6) as pool:
+        running = [pool.submit(client, n) for n in range(6)]
+        for round_ in range(10):
+            time.sleep(1.0 + 0.37 * (round_ % 3))
+            postgres.kill()
+            time.sleep(0.5)
+            postgres.start()
+        time.sleep(3)
+        stop.set()
+        for done in running:
+            done.result()
+    stored = {(task, label) for task in ("task0", "task1") for label in stores[0].snapshot("t", task).labels}
+    assert not unexpected, unexpected[:5]
+    assert acked and acked <= stored, sorted(acked - stored)[:5]
+    assert stored - acked <= unknown, sorted(stored - acked - unknown)[:5]
+    for store in stores:
+        store.close()
+
+
 def test_postgres_commit_markers_are_purged(postgres: PostgresServer) -> None:
     """Each write leaves a commit marker; a write deletes those older than MARKER_SECONDS (at most once
     per MARKER_SECONDS per process), so the table does not grow without bound."""
