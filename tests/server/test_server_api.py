@@ -145,8 +145,11 @@ def test_delete_task(client: httpx.Client, task_id: str, tibetan) -> None:
     answer = client.delete(f"/tasks/{task_id}")
     assert answer.status_code == 200 and answer.json() == {"task_id": task_id, "deleted": True}
     assert client.get(f"/tasks/{task_id}").status_code == 404
+    assert client.get(f"/tasks/{task_id}/labels").status_code == 404
     assert client.post(f"/tasks/{task_id}/classify", json={"images": [b64(tibetan[0][1])]}).status_code == 404
+    assert client.delete(f"/tasks/{task_id}/labels/a").status_code == 404
     assert client.delete(f"/tasks/{task_id}").status_code == 404
+    assert task_id not in [task["task_id"] for task in client.get("/tasks").json()["tasks"]]
     again = client.post(f"/tasks/{task_id}/support", json=support_body([("z", tibetan[3][0])])).json()
     assert (again["version"], again["labels"]) == (1, ["z"])  # a fresh task
     answer = client.post(f"/tasks/{task_id}/classify", json={"images": [b64(tibetan[0][1])]}).json()
