@@ -15,7 +15,8 @@ and rank 0 alone validates, logs and writes checkpoints.
 Every ``--val-every`` episodes the model is evaluated on held-out validation classes and the
 best one is written to ``--out`` (safetensors + JSON metadata). ``--run-dir`` holds the metrics
 log (metrics.csv), a resumable state (last.pt) and the learning-curve plot; ``--resume``
-continues from it, schedule included.
+continues from it, schedule included. With ``--snapshots`` it also keeps the weights of every
+validation, which ``training.average`` averages.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from model.config import MetaNetConfig
 from model.fast_weights import init_quiet
 from model.metanet import MetaNet
 from model.novelty import SCORE
+from training.average import save_snapshot
 from training.data import DEFAULT_DATA
 from training.episodes import (
     STANDARD_VALIDATION_ALPHABETS,
@@ -289,6 +291,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<checkpoint name>")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument(
+        "--snapshots",
+        action="store_true",
+        help="keep the weights of every validation in <run-dir>/snapshots/ (for training.average)",
+    )
+    parser.add_argument(
         "--init-from",
         type=Path,
         default=None,
@@ -472,6 +479,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             log_file.flush()
             progress.set_postfix(loss=f"{train_loss:.3f}", val=f"{val['accuracy']:.1f}%")
+            if args.snapshots:
+                save_snapshot(model, run_dir, episodes)
             if val[args.select] > best:
                 best = val[args.select]
                 save_checkpoint(

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from model import MetaNet, MetaNetConfig
 from model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
-from training import evaluate, train
+from training import average, evaluate, train
 from training.data import load_archive
 from training.episodes import (
     STANDARD_VALIDATION_ALPHABETS,
@@ -207,6 +208,30 @@ def test_training_command_writes_checkpoint_metrics_plot_and_resumes(tmp_path, e
     train.main([*argv[:7], "3", *argv[8:], "--resume"])
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [row["episode"] for row in rows] == ["1", "2", "3"]
+
+
+def test_weight_average_of_a_runs_snapshots_is_their_mean_validated_like_the_run(
+    tmp_path, capsys, evaluation_characters
+):
+    out, run_dir = tmp_path / "ckpt.safetensors", tmp_path / "run"
+    argv = ["--split", "vinyals", "--way", "3", "--queries", "2", "--episodes", "3", "--val-every", "1"]
+    argv += ["--val-tasks", "2", "--device", "cpu", "--compile", "none", "--batch", "1", "--snapshots"]
+    train.main([*argv, "--out", str(out), "--run-dir", str(run_dir)])
+    snapshots = average.run_snapshots(run_dir)
+    assert [p.name for p in snapshots] == [f"episode-00000000{n}.safetensors" for n in (1, 2, 3)]
+    states = [load_file(str(p)) for p in snapshots]
+    assert not torch.equal(states[1]["rep.conv1"], states[2]["rep.conv1"])  # the weights moved
+
+    averaged = tmp_path / "average.safetensors"
+    average.main(["--like", str(out), "--run-dir", str(run_dir), "--last", "2", "--out", str(averaged)])
+    assert "average of 2 snapshots: validation accuracy" in capsys.readouterr().out
+    model, metadata = load_checkpoint(averaged)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, (states[1][name] + states[2][name]) / 2)
+    assert metadata["weight_average"]["episodes"] == [2, 3] and metadata["episodes"] == 3
+    assert metadata["validation"]["tasks"] == 2 and metadata["split"] == "vinyals"
+    with pytest.raises(ValueError, match="nothing to average"):
+        average.average_states([])
 
 
 def test_open_set_training_validates_auroc_and_picks_the_checkpoint_by_it(tmp_path, evaluation_characters):
