@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's work in one call: benchmark the training engine, train both shipped
-# checkpoints side by side, evaluate them (1,000 random tasks at 5- and 20-way and 400
-# within-alphabet 20-way trials, each recorded in the checkpoint's JSON; the standard one, which the
-# server loads, also has its "none of these" threshold calibrated and tested), and pack everything
-# into $OUT/results.tar.gz (packed once after training too, so a cut-off evaluation loses nothing).
+# checkpoints side by side (each replaced by the average of its run's last validation snapshots
+# when that validates better: training/average.py), evaluate them (1,000 random tasks at 5- and
+# 20-way and 400 within-alphabet 20-way trials, each recorded in the checkpoint's JSON; the
+# standard one, which the server loads, also has its "none of these" threshold calibrated and
+# tested), and pack everything into $OUT/results.tar.gz (packed once after training too, so a
+# cut-off evaluation loses nothing).
 #
 #   MINUTES=5 bash scripts/train_gpu.sh                            # about 8 minutes on an H200
 #   CONTINUE=1 RUN=finetune MINUTES=2.4 bash scripts/train_gpu.sh   # continue from checkpoints/
@@ -16,7 +18,8 @@
 #       RECIPE="--way 5 --queries 2 --batch 2 --task-examples 5" bash scripts/train_gpu.sh   # CPU smoke test
 #
 # Knobs (environment): MINUTES, DEVICE, DATA, OUT, PY, TASKS, TRIALS, WAYS, BENCH_STEPS,
-# BENCH_BATCH, BENCH_SWEEP, COMPILE (all|d|none; falls back to none if the compiled benchmark fails),
+# BENCH_BATCH, BENCH_SWEEP, AVERAGE_LAST (how many validation snapshots of each run are averaged
+# after training), COMPILE (all|d|none; falls back to none if the compiled benchmark fails),
 # VAL_TASKS, VAL_EVERY, RECIPE (training flags), CONTINUE, RUN (run-dir prefix), SELECT_STANDARD (what picks
 # the standard checkpoint, the server's: auroc by default when the recipe trains "none of these"),
 # VALIDATION_ALPHABETS (the standard split's held-out background alphabets, for validation and the
@@ -85,10 +88,18 @@ for split in vinyals standard; do
   $PY -m training.train --split $split --data "$DATA" $RECIPE --compile "$COMPILE" --device "$DEVICE" \
       --episodes 100000000 --max-minutes "$MINUTES" --val-every "${VAL_EVERY:-6000}" --val-tasks "${VAL_TASKS:-200}" \
       --val-way 20 --select "$select" "${init[@]}" "${held_out[@]}" --out "$(checkpoint $split)" --run-dir runs/${RUN:-omniglot}-$split \
-      > runs/train-$split.log 2>&1 &
+      --snapshots > runs/train-$split.log 2>&1 &
 done
 wait
 for split in vinyals standard; do tail -c 400 runs/train-$split.log; echo; cat runs/${RUN:-omniglot}-$split/metrics.csv; done
+
+log "2b. the average of each run's last ${AVERAGE_LAST:-4} validation snapshots replaces its checkpoint if it validates better"
+for split in vinyals standard; do
+  timeout 120 $PY -m training.average --like "$(checkpoint $split)" --run-dir runs/${RUN:-omniglot}-$split \
+      --last "${AVERAGE_LAST:-4}" --data "$DATA" --device "$DEVICE" --if-better --out "$(checkpoint $split)" \
+      2>&1 | grep -v Warning | tee -a runs/average.log &
+done
+wait
 
 pack() { tar czf "$OUT/results.tar.gz" --exclude='*.pt' checkpoints/omniglot-* runs; }
 pack  # what is trained comes back even if the evaluation runs out of time

@@ -10,7 +10,8 @@ model has no batch-norm statistics, so the mean of those weights is the whole av
 average is validated on the tasks the run validates on (``training.train.validate``: same split,
 held-out alphabets, way and task count, read from ``--like``'s metadata) and written with
 ``--like``'s metadata, its ``validation`` replaced and the snapshots it averages recorded under
-``weight_average``. Both validations are printed; which one to ship is the caller's choice.
+``weight_average``. Both validations are printed; with ``--if-better`` the average is written only
+when it beats ``--like`` on the figure the run selects by (``recipe.select``), e.g. in place of it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def save_snapshot(model: MetaNet, run_dir: Path, episodes: int) -> None:
     save_file({name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}, str(path))
 
 
+def clear_snapshots(run_dir: Path) -> None:
+    """Remove a run's snapshots (a fresh run in the same folder must not average an older run's)."""
+    for path in run_snapshots(run_dir):
+        path.unlink()
+
+
 def run_snapshots(run_dir: Path) -> list[Path]:
     """A run's snapshots, oldest first."""
     return sorted((run_dir / "snapshots").glob("episode-*.safetensors"))
@@ -68,6 +75,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--run-dir", type=Path, default=None, help="default: the folder of --like")
     parser.add_argument("--last", type=int, default=None, help="average the last N snapshots (default: all)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--if-better",
+        action="store_true",
+        help="write --out only when the average beats --like on the run's selection figure",
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--device", default=default_device())
     return parser.parse_args(argv)
@@ -97,6 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, figures in (("--like", before), (f"average of {len(paths)} snapshots", val)):
         auroc = f", AUROC {figures['auroc']:.2f}" if open_set else ""
         print(f"{name}: validation accuracy {figures['accuracy']:.2f}{auroc}")
+    select = metadata.get("recipe", {}).get("select", "accuracy")
+    if args.if_better and val[select] <= before[select]:
+        print(f"the average does not beat --like on validation {select}: {args.out} not written")
+        return
     save_checkpoint(
         model,
         args.out,

@@ -44,7 +44,7 @@ from model.config import MetaNetConfig
 from model.fast_weights import init_quiet
 from model.metanet import MetaNet
 from model.novelty import SCORE
-from training.average import save_snapshot
+from training.average import clear_snapshots, save_snapshot
 from training.data import DEFAULT_DATA
 from training.episodes import (
     STANDARD_VALIDATION_ALPHABETS,
@@ -400,8 +400,9 @@ def main(argv: list[str] | None = None) -> None:
         step, best, elapsed_before = state["step"], state["best"], state["elapsed_s"]
         if lead:
             print(f"resumed at episode {step * per_step} (best validation {args.select} {best:.2f}%)")
-    elif lead and metrics_path.exists():
-        metrics_path.unlink()
+    elif lead:  # a fresh run: nothing of an older one in the same folder carries over
+        metrics_path.unlink(missing_ok=True)
+        clear_snapshots(run_dir)
     log_file = log = None
     if lead:
         new_log = not metrics_path.exists()

@@ -233,6 +233,16 @@ def test_weight_average_of_a_runs_snapshots_is_their_mean_validated_like_the_run
     with pytest.raises(ValueError, match="nothing to average"):
         average.average_states([])
 
+    metadata = json.loads(out.with_suffix(".json").read_text())
+    metadata["validation"]["accuracy"] = 100.0  # a checkpoint no average can beat
+    out.with_suffix(".json").write_text(json.dumps(metadata))
+    unbeaten = tmp_path / "unbeaten.safetensors"
+    average.main(["--like", str(out), "--run-dir", str(run_dir), "--if-better", "--out", str(unbeaten)])
+    assert "not written" in capsys.readouterr().out and not unbeaten.exists()
+
+    train.main([*argv[:7], "1", *argv[8:], "--out", str(out), "--run-dir", str(run_dir)])  # a fresh run
+    assert [p.name for p in average.run_snapshots(run_dir)] == ["episode-000000001.safetensors"]
+
 
 def test_open_set_training_validates_auroc_and_picks_the_checkpoint_by_it(tmp_path, evaluation_characters):
     out, run_dir = tmp_path / "ckpt.safetensors", tmp_path / "run"
