@@ -19,12 +19,23 @@ def metadata_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_suffix(".json")
 
 
+def weights(model: MetaNet) -> dict[str, torch.Tensor]:
+    """The model's state as CPU tensors, ready for safetensors."""
+    return {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+
+
+def training_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint derived from another (continued, averaged) keeps of its metadata: not its
+    config (the model's own is written) and not what was measured of it (``test``, ``open_set``)."""
+    return {k: v for k, v in metadata.items() if k not in ("config", "test", "open_set")}
+
+
 def save_checkpoint(model: MetaNet, path: str | Path, metadata: dict[str, Any]) -> None:
     """Write ``path`` (safetensors) and ``path`` with a .json suffix, atomically each."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     full = {"config": model.config.to_dict()} | metadata
-    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    tensors = weights(model)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"metanet": json.dumps(full)})
     tmp.replace(path)

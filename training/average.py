@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.checkpoint import read_metadata, save_checkpoint
+from model.checkpoint import read_metadata, save_checkpoint, training_metadata, weights
 from model.config import MetaNetConfig
 from model.metanet import MetaNet
 from training.data import DEFAULT_DATA
@@ -43,7 +43,7 @@ def snapshot_path(run_dir: Path, episodes: int) -> Path:
 def save_snapshot(model: MetaNet, run_dir: Path, episodes: int) -> None:
     path = snapshot_path(run_dir, episodes)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}, str(path))
+    save_file(weights(model), str(path))
 
 
 def clear_snapshots(run_dir: Path) -> None:
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = "python -m training.average " + shlex.join(sys.argv[1:] if argv is None else argv)
     run_dir = args.run_dir or args.like.parent
-    paths = run_snapshots(run_dir)[-(args.last or 0) :]
+    paths = run_snapshots(run_dir)
+    paths = paths[-args.last :] if args.last else paths
     if not paths:
         raise SystemExit(f"no snapshots in {run_dir / 'snapshots'} (train with --snapshots)")
     metadata = read_metadata(args.like)
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     save_checkpoint(
         model,
         args.out,
-        {k: v for k, v in metadata.items() if k not in ("config", "test", "open_set")}
+        training_metadata(metadata)
         | {
             "episodes": episodes[-1],
             "validation": {k: before[k] for k in ("way", "shot", "tasks")} | val,

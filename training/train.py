@@ -39,7 +39,7 @@ from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from model.checkpoint import read_metadata, save_checkpoint
+from model.checkpoint import read_metadata, save_checkpoint, training_metadata
 from model.config import MetaNetConfig
 from model.fast_weights import init_quiet
 from model.metanet import MetaNet
@@ -346,9 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.init_from:
         model.load_state_dict(load_file(str(args.init_from)))
         revive_silent_heads(model)
-        init_metadata = {
-            k: v for k, v in read_metadata(args.init_from).items() if k not in ("config", "test", "open_set")
-        }
+        init_metadata = training_metadata(read_metadata(args.init_from))
         held_out = validation_alphabets(init_metadata)
     if args.validation_alphabets:
         if args.split != "standard":
