@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from model.checkpoint import DEFAULT_CHECKPOINT
 from model.compact import STORAGES, FastWeightRows
 from model.inference import MetaNetPredictor, TaskMemory
 from training.data import load_archive
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", default="checkpoints/omniglot-standard.safetensors")
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--way", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)

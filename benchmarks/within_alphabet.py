@@ -18,6 +18,7 @@ import math
 import numpy as np
 import torch
 
+from model.checkpoint import DEFAULT_CHECKPOINT
 from model.inference import MetaNetPredictor
 from training.data import load_archive
 
@@ -33,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", default="checkpoints/omniglot-standard.safetensors")
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--way", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)

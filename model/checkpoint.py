@@ -14,6 +14,10 @@ from safetensors.torch import load_file, save_file
 from model.config import MetaNetConfig
 from model.metanet import MetaNet
 
+DEFAULT_CHECKPOINT = Path("checkpoints/omniglot-standard-8val.safetensors")
+"""The server's and the tools' default (relative to the repository root): standard split, its
+"none of these" calibrated on eight held-out background alphabets."""
+
 
 def metadata_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_suffix(".json")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start the server on the embedded defaults (http://127.0.0.1:8000, task store in ./data,
-# checkpoints/omniglot-standard.safetensors). Extra arguments go to `python -m server`.
+# checkpoints/omniglot-standard-8val.safetensors). Extra arguments go to `python -m server`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -9,11 +9,9 @@
 #
 #   MINUTES=5 bash scripts/train_gpu.sh                            # about 8 minutes on an H200
 #   CONTINUE=1 RUN=finetune MINUTES=2.4 bash scripts/train_gpu.sh   # continue from checkpoints/
-#   STANDARD_CHECKPOINT=checkpoints/omniglot-standard-8val.safetensors VALIDATION_ALPHABETS="Tifinagh \
-#       Tagalog Ojibwe_(Canadian_Aboriginal_Syllabics) Alphabet_of_the_Magi Balinese Braille Cyrillic Korean" \
-#       MINUTES=5 bash scripts/train_gpu.sh   # standard split from scratch with 8 alphabets held out
-#   CONTINUE=1 STANDARD_CHECKPOINT=checkpoints/omniglot-standard-8val.safetensors MINUTES=5 \
-#       bash scripts/train_gpu.sh   # continue that one (it keeps its 8 alphabets)
+#   STANDARD_CHECKPOINT=checkpoints/omniglot-standard-3val.safetensors VALIDATION_ALPHABETS="Tifinagh \
+#       Tagalog Ojibwe_(Canadian_Aboriginal_Syllabics)" MINUTES=5 bash scripts/train_gpu.sh
+#       # standard split from scratch with only 3 alphabets held out (more classes to train on)
 #   DEVICE=cpu MINUTES=0.1 TASKS=2 TRIALS=2 BENCH_STEPS=1 BENCH_SWEEP=2 VAL_TASKS=2 WAYS=5 \
 #       RECIPE="--way 5 --queries 2 --batch 2 --task-examples 5" bash scripts/train_gpu.sh   # CPU smoke test
 #
@@ -23,10 +21,10 @@
 # VAL_TASKS, VAL_EVERY, RECIPE (training flags), CONTINUE, RUN (run-dir prefix), SELECT_STANDARD (what picks
 # the standard checkpoint, the server's: auroc by default when the recipe trains "none of these"),
 # VALIDATION_ALPHABETS (the standard split's held-out background alphabets, for validation and the
-# open-set calibration; default: the checkpoint's own, else the three of training/episodes.py; more
+# open-set calibration; default: the checkpoint's own, else the eight of training/episodes.py; more
 # of them make the calibrated false-rejection rate transfer better, at the cost of training classes),
 # STANDARD_CHECKPOINT (the standard split's checkpoint: continued from with CONTINUE, written, evaluated
-# and calibrated; default checkpoints/omniglot-standard.safetensors, the server's).
+# and calibrated; default checkpoints/omniglot-standard-8val.safetensors, the server's).
 # Data: DATA is a folder with splits/vinyals/*.txt; the decoded images must be in .cache/omniglot
 # (made by `python -m training.data`), or DATA must also hold the Omniglot zips. On a device
 # machine without ../shared, copy splits/ into .cache/omniglot-data and carry .cache.
@@ -77,7 +75,7 @@ for batch in ${BENCH_SWEEP:-64 128}; do
 done
 
 log "2. train both checkpoints for $MINUTES minutes, side by side"
-checkpoint() { if [[ $1 == standard ]]; then echo "${STANDARD_CHECKPOINT:-checkpoints/omniglot-standard.safetensors}"; else echo "checkpoints/omniglot-$1.safetensors"; fi; }
+checkpoint() { if [[ $1 == standard ]]; then echo "${STANDARD_CHECKPOINT:-checkpoints/omniglot-standard-8val.safetensors}"; else echo "checkpoints/omniglot-$1.safetensors"; fi; }
 for split in vinyals standard; do
   # CONTINUE=1: start from the checkpoint in place (written again only when validation improves)
   init=() && [[ -n ${CONTINUE:-} ]] && init=(--init-from "$(checkpoint $split)")

@@ -9,9 +9,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.checkpoint import DEFAULT_CHECKPOINT
 from model.compact import Storage, StoragePolicy
-
-DEFAULT_CHECKPOINT = Path("checkpoints/omniglot-standard.safetensors")
 
 # The API's fixed formats; the limits are ServerSettings fields below. Schemas, routes, auth and docs
 # import these (docs/API.md).

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import httpx
 
+from model.checkpoint import DEFAULT_CHECKPOINT
+
 REPO = Path(__file__).resolve().parents[1]
-CHECKPOINT = REPO / "checkpoints/omniglot-standard.safetensors"
+CHECKPOINT = REPO / DEFAULT_CHECKPOINT
 STARTUP_SECONDS = 180
 
 

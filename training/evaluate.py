@@ -2,7 +2,7 @@
 
     python -m training.evaluate --checkpoint checkpoints/omniglot-vinyals.safetensors \
         --split vinyals --way 5 --shot 1 --tasks 1000 --seed 0 --json
-    python -m training.evaluate --checkpoint checkpoints/omniglot-standard.safetensors \
+    python -m training.evaluate --checkpoint checkpoints/omniglot-standard-8val.safetensors \
         --split standard --way 20 --protocol within-alphabet --tasks 400 --json
 
 Protocols:

@@ -1,6 +1,6 @@
 """Export a checkpoint to ONNX: the query path, and the parts of the support path that export faithfully.
 
-    python -m training.export --checkpoint checkpoints/omniglot-standard.safetensors \\
+    python -m training.export --checkpoint checkpoints/omniglot-standard-8val.safetensors \\
         --out exports/omniglot-standard.onnx --verify 1000
 
 writes five graphs, each a thin ``nn.Module`` around the very ``MetaNet`` methods that training and the
@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from model.checkpoint import load_checkpoint
+from model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from model.fast_weights import flatten, unflatten
 from model.meta_info import preprocess_gradient
 from model.metanet import Memory, MetaNet, SparseAttention
@@ -292,7 +292,7 @@ def verify(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/omniglot-standard.safetensors"))
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--out", type=Path, required=True, help="the query graph; the others go beside it")
     parser.add_argument(
         "--verify",

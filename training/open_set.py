@@ -1,9 +1,9 @@
 """Open-set one-shot tasks: queries of the task's concepts mixed with queries of concepts it does
 not hold, the novelty scores that tell them apart, and the calibration of the rejection threshold.
 
-    python -m training.open_set --checkpoint checkpoints/omniglot-standard.safetensors \
+    python -m training.open_set --checkpoint checkpoints/omniglot-standard-8val.safetensors \
         --split standard --false-rejection 0.05 --test-tasks 1000   # calibrate, then test tasks
-    python -m training.evaluate --checkpoint checkpoints/omniglot-standard.safetensors \
+    python -m training.evaluate --checkpoint checkpoints/omniglot-standard-8val.safetensors \
         --split standard --way 20 --tasks 1000 --open-set --json     # AUROC, FRR / FAR on test tasks
 
 An open-set task is the closed-set task ``EpisodeSampler`` draws under the same seed (so its

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -12,8 +10,7 @@ from model.compact import STORAGES, FastWeightRows, RowLayout, StoragePolicy
 from model.inference import MetaNetPredictor
 from model.meta_info import example_gradients, preprocess_gradient
 from model.meta_table import PiecewiseLinearM
-
-CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "omniglot-standard.safetensors"
+from testkit import CHECKPOINT
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from model.inference import MetaNetPredictor
 from model.preprocess import to_tensor
-
-CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "omniglot-standard.safetensors"
+from testkit import CHECKPOINT
 
 
 @pytest.fixture(scope="module")

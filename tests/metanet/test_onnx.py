@@ -13,9 +13,8 @@ import torch
 from model.checkpoint import load_checkpoint
 from model.inference import MetaNetPredictor
 from model.meta_info import preprocess_gradient
+from testkit import CHECKPOINT
 from training.export import export_model, graph_paths, verify
-
-CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "omniglot-standard.safetensors"
 
 
 @pytest.fixture(scope="module")
