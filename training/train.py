@@ -15,8 +15,10 @@ and rank 0 alone validates, logs and writes checkpoints.
 Every ``--val-every`` episodes the model is evaluated on held-out validation classes and the
 best one is written to ``--out`` (safetensors + JSON metadata). ``--run-dir`` holds the metrics
 log (metrics.csv), a resumable state (last.pt) and the learning-curve plot; ``--resume``
-continues from it, schedule included. With ``--snapshots`` it also keeps the weights of every
-validation, which ``training.average`` averages.
+continues from it, schedule included. SIGTERM or Ctrl-C stops a run the same clean way as the
+time limit (within 10 steps: a last validation, checkpoint and state written, exit status 0).
+With ``--snapshots`` it also keeps the weights of every validation, which ``training.average``
+averages.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ import math
 import os
 import platform
 import shlex
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -318,9 +324,42 @@ def setup_distributed(device_arg: str) -> tuple[int, int, torch.device]:
     return dist.get_rank(), world, device
 
 
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event that SIGTERM or SIGINT sets while the block runs (a second SIGINT interrupts at once).
+
+    The loop reads it with its clock, so a run asked to stop (a preempted machine, a session's end,
+    Ctrl-C) validates, writes its checkpoint and resumable state, and exits 0. Outside the main
+    thread, where signals cannot be caught, the event is never set."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def request(signum: int, frame: object) -> None:
+        if requested.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested.set()
+        name = signal.Signals(signum).name
+        print(f"{name}: stopping within 10 steps, after a validation (Ctrl-C again interrupts)", flush=True)
+
+    previous = {signum: signal.signal(signum, request) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield requested
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = "python -m training.train " + shlex.join(sys.argv[1:] if argv is None else argv)
+    with stop_on_signals() as stop:
+        run_training(args, command, stop)
+
+
+def run_training(args: argparse.Namespace, command: str, stop: threading.Event) -> None:
+    """The training loop of ``main``; it ends early, cleanly, once ``stop`` is set."""
     rank, world, device = setup_distributed(args.device)
     lead = rank == 0
     run_dir = args.run_dir or Path("runs") / args.out.stem
@@ -434,6 +473,8 @@ def main(argv: list[str] | None = None) -> None:
             plan[0] = min(total_steps, step + max(left, 0.0) * rate) if step > session_step else total_steps
             if left <= 0:
                 plan[0] = step
+        if stop.is_set() and lead:
+            plan[0] = step
         if world > 1:
             dist.broadcast(plan, 0)
         planned_steps = max(int(plan.item()), 1)
@@ -541,6 +582,8 @@ def main(argv: list[str] | None = None) -> None:
     progress.close()
     if lead:
         log_file.close()
+        if stop.is_set():
+            print(f"stopped at episode {step * per_step}; --resume continues from {state_path}")
         print(f"best validation {args.select} {best:.2f}% -> {args.out}")
     if world > 1:
         dist.barrier()

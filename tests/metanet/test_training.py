@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +18,7 @@ from safetensors.torch import load_file
 
 from model import MetaNet, MetaNetConfig
 from model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from testkit import REPO
 from training import average, evaluate, train
 from training.data import load_archive
 from training.episodes import (
@@ -209,6 +215,34 @@ def test_training_command_writes_checkpoint_metrics_plot_and_resumes(tmp_path, e
     train.main([*argv[:7], "3", *argv[8:], "--resume"])
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [row["episode"] for row in rows] == ["1", "2", "3"]
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_stops_a_run_cleanly_and_resume_goes_on(tmp_path, evaluation_characters):
+    out, run_dir = tmp_path / "ckpt.safetensors", tmp_path / "run"
+    argv = ["--split", "vinyals", "--way", "3", "--queries", "2", "--val-every", "1", "--val-tasks", "2"]
+    argv += ["--device", "cpu", "--compile", "none", "--batch", "1"]
+    argv += ["--out", str(out), "--run-dir", str(run_dir)]
+    command = [sys.executable, "-m", "training.train", *argv, "--episodes", "100000"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    run = subprocess.Popen(command, cwd=REPO, env=env, **pipes)
+    metrics = run_dir / "metrics.csv"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):  # two episodes logged
+        assert run.poll() is None and time.monotonic() < deadline, "the run ended or stalled unsignalled"
+        time.sleep(0.2)
+    run.send_signal(signal.SIGTERM)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 0, stderr[-3000:]
+    assert "SIGTERM: stopping" in stdout and "--resume continues" in stdout
+    stopped = [int(row["episode"]) for row in csv.DictReader(metrics.open())]
+    assert stopped == list(range(1, len(stopped) + 1)) and len(stopped) < 100  # one row per step, no gap
+    assert out.exists() and (run_dir / "last.pt").exists()
+
+    train.main([*argv, "--episodes", str(stopped[-1] + 1), "--resume"])
+    resumed = [int(row["episode"]) for row in csv.DictReader(metrics.open())]
+    assert resumed == [*stopped, stopped[-1] + 1]
 
 
 def test_weight_average_of_a_runs_snapshots_is_their_mean_validated_like_the_run(
