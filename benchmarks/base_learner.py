@@ -1,4 +1,4 @@
-"""What the base learner adds: the terms of MetaNet's output logits on real test tasks.
+r"""What the base learner adds: the terms of MetaNet's output logits on real test tasks.
 
     python -m benchmarks.base_learner --checkpoint checkpoints/omniglot-vinyals.safetensors \
         --split vinyals --way 20 --tasks 100

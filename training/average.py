@@ -1,4 +1,4 @@
-"""Average the weights of a training run's snapshots: stochastic weight averaging (Izmailov et al.,
+r"""Average the weights of a training run's snapshots: stochastic weight averaging (Izmailov et al.,
 UAI 2018) over the points at which the run was validated.
 
     python -m training.train ... --snapshots --run-dir runs/x --out runs/x/best.safetensors

@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint: mean accuracy and 95% confidence interval over one-shot test tasks.
+r"""Evaluate a checkpoint: mean accuracy and 95% confidence interval over one-shot test tasks.
 
     python -m training.evaluate --checkpoint checkpoints/omniglot-vinyals.safetensors \
         --split vinyals --way 5 --shot 1 --tasks 1000 --seed 0 --json

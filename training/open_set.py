@@ -1,4 +1,4 @@
-"""Open-set one-shot tasks: queries of the task's concepts mixed with queries of concepts it does
+r"""Open-set one-shot tasks: queries of the task's concepts mixed with queries of concepts it does
 not hold, the novelty scores that tell them apart, and the calibration of the rejection threshold.
 
     python -m training.open_set --checkpoint checkpoints/omniglot-standard-8val.safetensors \

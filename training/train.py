@@ -1,4 +1,4 @@
-"""Train MetaNet on Omniglot episodes, a meta-batch of episodes per optimizer step.
+r"""Train MetaNet on Omniglot episodes, a meta-batch of episodes per optimizer step.
 
     python -m training.train --split vinyals --way 20 --max-minutes 30 \
         --out checkpoints/omniglot-vinyals.safetensors
