@@ -24,7 +24,8 @@
 # open-set calibration; default: the checkpoint's own, else the eight of training/episodes.py; more
 # of them make the calibrated false-rejection rate transfer better, at the cost of training classes),
 # STANDARD_CHECKPOINT (the standard split's checkpoint: continued from with CONTINUE, written, evaluated
-# and calibrated; default checkpoints/omniglot-standard-8val.safetensors, the server's).
+# and calibrated; default checkpoints/omniglot-standard-8val.safetensors, the server's), TRAIN_GRACE_S
+# (seconds past MINUTES before a training run is sent SIGTERM, its clean stop; default 90).
 # Data: DATA is a folder with splits/vinyals/*.txt; the decoded images must be in .cache/omniglot
 # (made by `python -m training.data`), or DATA must also hold the Omniglot zips. On a device
 # machine without ../shared, copy splits/ into .cache/omniglot-data and carry .cache.
@@ -82,8 +83,10 @@ for split in vinyals standard; do
   select=accuracy && [[ $split == standard && $RECIPE == *--open-set-loss* ]] && select=${SELECT_STANDARD:-auroc}
   held_out=() && [[ $split == standard && -n ${VALIDATION_ALPHABETS:-} ]] \
     && read -ra held_out <<< "$VALIDATION_ALPHABETS" && held_out=(--validation-alphabets "${held_out[@]}")
+  # a run past its --max-minutes (a slow compile, say) gets SIGTERM: it still validates and saves
+  limit_s=$(awk -v m="$MINUTES" 'BEGIN { printf "%d", m * 60 + ${TRAIN_GRACE_S:-90} }')
   # shellcheck disable=SC2086
-  $PY -m training.train --split $split --data "$DATA" $RECIPE --compile "$COMPILE" --device "$DEVICE" \
+  timeout --kill-after=60 "$limit_s" $PY -m training.train --split $split --data "$DATA" $RECIPE --compile "$COMPILE" --device "$DEVICE" \
       --episodes 100000000 --max-minutes "$MINUTES" --val-every "${VAL_EVERY:-6000}" --val-tasks "${VAL_TASKS:-200}" \
       --val-way 20 --select "$select" "${init[@]}" "${held_out[@]}" --out "$(checkpoint $split)" --run-dir runs/${RUN:-omniglot}-$split \
       --snapshots > runs/train-$split.log 2>&1 &
