@@ -84,7 +84,7 @@ for split in vinyals standard; do
   held_out=() && [[ $split == standard && -n ${VALIDATION_ALPHABETS:-} ]] \
     && read -ra held_out <<< "$VALIDATION_ALPHABETS" && held_out=(--validation-alphabets "${held_out[@]}")
   # a run past its --max-minutes (a slow compile, say) gets SIGTERM: it still validates and saves
-  limit_s=$(awk -v m="$MINUTES" 'BEGIN { printf "%d", m * 60 + ${TRAIN_GRACE_S:-90} }')
+  limit_s=$(awk -v m="$MINUTES" -v grace="${TRAIN_GRACE_S:-90}" 'BEGIN { printf "%d", m * 60 + grace }')
   # shellcheck disable=SC2086
   timeout --kill-after=60 "$limit_s" $PY -m training.train --split $split --data "$DATA" $RECIPE --compile "$COMPILE" --device "$DEVICE" \
       --episodes 100000000 --max-minutes "$MINUTES" --val-every "${VAL_EVERY:-6000}" --val-tasks "${VAL_TASKS:-200}" \
