@@ -64,6 +64,9 @@ from training.evaluate import default_device, summarize_both, task_accuracies
 from training.open_set import auroc, open_set_episodes, open_set_outputs
 from training.plots import plot_learning_curve
 
+# how often the loop reads its clock and the stop signal (a broadcast under torchrun), in steps
+CLOCK_EVERY_STEPS = 10
+
 METRICS = [
     "episode",
     "elapsed_s",
@@ -340,8 +343,8 @@ def stop_on_signals() -> Iterator[threading.Event]:
         if requested.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         requested.set()
-        name = signal.Signals(signum).name
-        print(f"{name}: stopping within 10 steps, after a validation (Ctrl-C again interrupts)", flush=True)
+        name, steps = signal.Signals(signum).name, CLOCK_EVERY_STEPS
+        print(f"{name}: stopping within {steps} steps, then validating (Ctrl-C again interrupts)", flush=True)
 
     previous = {signum: signal.signal(signum, request) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -480,7 +483,7 @@ def run_training(args: argparse.Namespace, command: str, stop: threading.Event) 
         planned_steps = max(int(plan.item()), 1)
         return step >= planned_steps
 
-    plan_steps = min(val_steps, 10)  # how often the clock is read (a broadcast under torchrun)
+    plan_steps = min(val_steps, CLOCK_EVERY_STEPS)
     while step < total_steps:
         if step == session_step and check_plan():
             break
