@@ -38,8 +38,22 @@ class SQLiteTaskStore(TaskStore):
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._connection().execute("PRAGMA journal_mode=WAL")
+        self._enable_wal()
         self._migrate()
+
+    def _enable_wal(self) -> None:
+        """Switch the file to WAL. The switch needs the file to itself for a moment, and SQLite answers
+        "database is locked" at once, without its busy timeout, while another process or thread is
+        opening the file too (replicas starting together): try again until ``busy_timeout``."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                self._connection().execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.01)
 
     def _connection(self) -> sqlite3.Connection:
         # One connection per thread and process: sqlite3 connections must not cross a fork.
