@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_speed                                  # 5-way 1-shot, CPU
     python -m benchmarks.train_speed --processes 2                    # two gloo ranks, 1 thread each
+    python -m benchmarks.train_speed --d-kernel torch                 # d without its fused CPU kernel
     python -m benchmarks.train_speed --device cuda --way 20 --batch 16
 
 Runs the training engine itself (training.train.train_step on a DeviceEpisodeSampler meta-batch,
@@ -12,7 +13,8 @@ saves (``--json``, default docs/results/train_speed_<device>_<way>way.json):
   (DistributedDataParallel over gloo, one thread each, as ``torchrun`` trains) each draw their
   own episodes and the figure is all ranks' episodes over the wall time;
 - floating-point operations of one episode (forward, meta-gradients, backward), counted by
-  torch.utils.flop_counter (with grouped-convolution backward counted per group);
+  torch.utils.flop_counter (with grouped-convolution backward counted per group; d in its PyTorch
+  form, whose arithmetic its fused CPU kernel does too);
 - the device's measured rate on a large float32 matrix product (TF32 on CUDA, as training uses),
   and the floor: episodes per second if every operation ran at that rate;
 - evaluation tasks per second (``--way``-way, 5 queries per class);
@@ -37,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from model import MetaNet, MetaNetConfig
+from model import MetaNet, MetaNetConfig, fused_d
 from training.data import DEFAULT_DATA
 from training.episodes import DeviceEpisodeSampler, load_split
 from training.evaluate import default_batch, task_accuracies
@@ -55,8 +57,11 @@ def conv_backward_flops(grad_out_shape, x_shape, w_shape, *args, out_shape=None,
 
 
 def step_flops(config: MetaNetConfig, sampler: DeviceEpisodeSampler, device: torch.device) -> int:
-    """FLOPs of one training step on an uncompiled copy of the model (the counter needs eager ops)."""
+    """FLOPs of one training step on an uncompiled copy of the model (the counter needs eager ops),
+    d in its PyTorch form (the counter cannot see into d's fused kernel, which does the same
+    arithmetic)."""
     model = MetaNet(config).to(device)
+    model.d_kernel = "torch"
     optimizer = torch.optim.Adam(model.parameters())
     mapping = {torch.ops.aten.convolution_backward: conv_backward_flops}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
@@ -113,6 +118,7 @@ def training_speed(
     model = MetaNet(config).to(device)
     model.compile_meta_learners(compile_mode)
     model.d_dtype = torch.bfloat16 if args.d_bf16 else None
+    model.d_kernel = args.d_kernel
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")
     pool = load_split("vinyals", "train", args.data)
     sampler = DeviceEpisodeSampler(
@@ -178,6 +184,12 @@ def main() -> None:
     parser.add_argument(
         "--d-bf16", action="store_true", help="d's arithmetic in bfloat16 (training.train --d-bf16)"
     )
+    parser.add_argument(
+        "--d-kernel",
+        choices=fused_d.KERNELS,
+        default="auto",
+        help="auto: d by its fused kernel on a CPU (model/fused_d.py); torch: as PyTorch operations",
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Omniglot zips and splits/")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--profile", type=Path, default=None, help="write a profile of 3 training steps here")
@@ -204,6 +216,7 @@ def main() -> None:
     config = MetaNetConfig(max_task_examples=args.task_examples)
     model = MetaNet(config).to(device)
     model.compile_meta_learners(compile_mode)
+    model.d_kernel = args.d_kernel
     pool = load_split("vinyals", "train", args.data)
     sampler = DeviceEpisodeSampler(
         pool, args.way, args.shot, args.queries, batch, device, 0, config.max_labels
@@ -235,6 +248,7 @@ def main() -> None:
         "episodes_per_step": batch,
         "compile": compile_mode,
         "d_dtype": "bfloat16" if args.d_bf16 else "float32",
+        "d_kernel": "fused" if model.d_is_fused(device) else "torch",
         "warmup_s": round(warmup_s, 1),
         "episodes_per_s": round(measured, 3),
         "gflop_per_episode": round(flops / 1e9, 3),

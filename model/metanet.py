@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import vmap
 
-from model import cnn
+from model import cnn, fused_d
 from model.cnn import Weights
 from model.compact import FastWeightRows, RowLayout, Storage
 from model.config import MetaNetConfig
@@ -107,6 +107,9 @@ class MetaNet(nn.Module):
         # d's arithmetic in a lower precision (e.g. torch.bfloat16) under autocast; None: float32.
         # An engine setting for training speed (d is most of a CPU episode), off unless asked for.
         self.d_dtype: torch.dtype | None = None
+        # One of fused_d.KERNELS. "auto": d by its fused kernel where it applies (float32 on a CPU,
+        # ``model/fused_d.py``), otherwise as PyTorch operations; "torch": always the latter.
+        self.d_kernel: str = "auto"
         self.register_buffer("base_codes", cnn.codebook(config.max_labels, c, seed=0), persistent=False)
         self.register_buffer("rep_codes", cnn.codebook(config.max_labels, c, seed=1), persistent=False)
 
@@ -115,7 +118,8 @@ class MetaNet(nn.Module):
         of an episode's memory traffic) with ``torch.compile``, which fuses their elementwise work.
 
         which: "all" (m and d: fastest on a GPU), "d" (d only: fastest on a CPU, where compiled m
-        measured slower) or "none"."""
+        measured slower) or "none". Where d runs by its fused kernel (float32 on a CPU), compiling d
+        changes only the few operations around the kernel."""
         if which not in ("all", "d", "none"):
             raise ValueError(f"unknown compile choice {which!r}")
         if which == "all":
@@ -166,9 +170,17 @@ class MetaNet(nn.Module):
         batch = next(iter(grads.values())).dim() - next(iter(like.values())).dim()  # leading dims incl. t
         flat = torch.cat([g.flatten(batch) for g in grads.values()], dim=-1)  # [..., t, P]
         meta = preprocess_gradient(flat, self.config.grad_clip_k)  # [..., t, P, 2]
+        if self.d_is_fused(meta.device, meta.dtype):
+            fast, state = fused_d.run(d, meta, state)
+            return unflatten(fast, like), state
         for step in meta.unbind(-3):
             state = d.step(step, state)
         return unflatten(d.readout(state), like), state
+
+    def d_is_fused(self, device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+        """Whether d runs by its fused kernel on inputs of ``device`` and ``dtype`` (``d_kernel``)."""
+        hidden = self.config.meta_hidden
+        return self.d_kernel == "auto" and self.d_dtype is None and fused_d.applies(device, dtype, hidden)
 
     def _d_in_dtype(
         self, d: CoordinateLSTM, grads: dict[str, torch.Tensor], like: Weights, state: LSTMState | None

@@ -45,6 +45,7 @@ from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from model import fused_d
 from model.checkpoint import read_metadata, save_checkpoint, training_metadata
 from model.config import MetaNetConfig
 from model.fast_weights import init_quiet
@@ -291,6 +292,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--d-bf16", action="store_true", help="d's arithmetic in bfloat16 (faster; accuracy not yet shown)"
     )
+    parser.add_argument(
+        "--d-kernel",
+        choices=fused_d.KERNELS,
+        default="auto",
+        help="auto: d by its fused kernel on a CPU (model/fused_d.py); torch: as PyTorch operations",
+    )
     parser.add_argument("--val-every", type=int, default=500, help="episodes between validations")
     parser.add_argument("--val-tasks", type=int, default=200)
     parser.add_argument("--val-way", type=int, default=None, help="default: --way")
@@ -400,6 +407,7 @@ def run_training(args: argparse.Namespace, command: str, stop: threading.Event) 
     compile_mode = args.compile or ("all" if device.type == "cuda" else "d")
     model.compile_meta_learners(compile_mode)
     model.d_dtype = torch.bfloat16 if args.d_bf16 else None
+    model.d_kernel = args.d_kernel
     net: torch.nn.Module = EpisodeModel(model)
     if world > 1:
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -560,6 +568,7 @@ def run_training(args: argparse.Namespace, command: str, stop: threading.Event) 
                             "rotations": "augment" if args.rotation_augment else "classes",
                             "compile": compile_mode,
                             "d_dtype": "bfloat16" if args.d_bf16 else "float32",
+                            "d_kernel": "fused" if model.d_is_fused(device) else "torch",
                         },
                         "validation": {"way": val_way, "shot": args.shot, "tasks": args.val_tasks} | val,
                         "initialized_from": init_metadata,

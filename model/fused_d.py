@@ -1,0 +1,117 @@
+"""d on a CPU as one fused kernel (``model/csrc/coordinate_lstm.cpp``).
+
+d is an LSTM(2, H) plus a linear readout run on every coordinate of a gradient, ~150k per episode.
+Written out in PyTorch (``CoordinateLSTM.step``), each step moves [coordinates, 4H] gate tensors
+through main memory several times; this kernel runs all T steps of a block of 16 coordinates in
+registers, recomputes the forward in its backward instead of saving it, and is about 3x faster on
+a CPU (``python -m benchmarks.train_speed --d-kernel {fused,torch}``). Same arithmetic, to float
+rounding (``tests/metanet/test_fused_d.py``).
+
+The kernel is compiled on first use by ``torch.utils.cpp_extension`` (a C++ compiler and ninja;
+about 10 seconds, then cached in ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``)
+for this machine's instruction set. Where it cannot be built, ``available()`` is False (logged once)
+and d runs as PyTorch operations, as on a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import platform
+from pathlib import Path
+
+import torch
+
+from model.fast_weights import CoordinateLSTM
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "coordinate_lstm.cpp"
+CFLAGS = ["-O3", "-march=native", "-fopenmp"]  # OpenMP: at::parallel_for spreads blocks over threads
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+@functools.cache
+def available() -> bool:
+    """Builds (first call on this machine) and loads the kernel; False if this machine cannot."""
+    # -march=native: a cached build is only valid on the same instruction set, so it is part of the name
+    parts = [SOURCE.read_text(), " ".join(CFLAGS), torch.__version__, platform.machine(), _cpu_flags()]
+    key = "\n".join(parts)
+    name = "metanet_d_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    try:
+        from torch.utils.cpp_extension import load
+
+        load(
+            name=name,
+            sources=[str(SOURCE)],
+            extra_cflags=CFLAGS,
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+        )
+    except Exception as exc:  # no compiler, no ninja, an unsupported platform: PyTorch operations
+        logger.warning("d's fused CPU kernel is unavailable (%s); d runs as PyTorch operations", exc)
+        return False
+    return True
+
+
+KERNELS = ("auto", "torch")  # MetaNet.d_kernel: the fused kernel where it applies, or never
+
+
+def applies(device: torch.device, dtype: torch.dtype, hidden: int) -> bool:
+    """Whether the kernel can run d (float32 on a CPU, H a multiple of 4 up to 64) on this machine."""
+    shape_ok = hidden % 4 == 0 and hidden <= 64
+    return device.type == "cpu" and dtype == torch.float32 and shape_ok and available()
+
+
+class _FusedD(torch.autograd.Function):
+    """Gradients flow to d's weights only: the preprocessed gradients and the initial state are
+    constants (as in the PyTorch path, where they carry no graph)."""
+
+    @staticmethod
+    def forward(ctx, meta, h0, c0, w_ih, w_hh, bias, head_w, head_b):
+        out, h, c = torch.ops.metanet_d.forward(meta, h0, c0, w_ih, w_hh, bias, head_w, head_b)
+        ctx.save_for_backward(meta, h0, c0, w_ih, w_hh, bias, head_w, head_b)
+        ctx.mark_non_differentiable(h, c)
+        return out, h, c
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_h, _grad_c):
+        grads = torch.ops.metanet_d.backward(grad_out.contiguous(), *ctx.saved_tensors)
+        return (None, None, None, *grads)
+
+
+@torch.compiler.disable
+def run(
+    d: CoordinateLSTM, meta: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """d over a sequence: meta [..., t, P, 2] (one gradient per step), state ([..., P, H] twice, or
+    None for the zero state) -> (fast weights [..., P], state after the last step)."""
+    if not available():
+        raise RuntimeError("d's fused CPU kernel is unavailable on this machine")
+    lead, (t, p) = meta.shape[:-3], meta.shape[-3:-1]
+    hidden = d.hidden
+    h0 = c0 = None
+    if state is not None:
+        h0, c0 = (s.detach().reshape(-1, p, hidden).contiguous() for s in state)
+    cell = d.cell
+    out, h, c = _FusedD.apply(
+        meta.detach().reshape(-1, t, p, 2).contiguous(),
+        h0,
+        c0,
+        cell.weight_ih,
+        cell.weight_hh,
+        cell.bias_ih + cell.bias_hh,
+        d.head.weight.reshape(-1),
+        d.head.bias,
+    )
+    return out.reshape(*lead, p), (h.reshape(*lead, p, hidden), c.reshape(*lead, p, hidden))
