@@ -118,14 +118,14 @@ class MetaNet(nn.Module):
         of an episode's memory traffic) with ``torch.compile``, which fuses their elementwise work.
 
         which: "all" (m and d: fastest on a GPU), "d" (d only: fastest on a CPU, where compiled m
-        measured slower) or "none". Where d runs by its fused kernel (float32 on a CPU), compiling d
-        changes only the few operations around the kernel."""
+        measured slower) or "none". Where d runs by its fused kernel (float32 on a CPU), there is
+        nothing of d to compile."""
         if which not in ("all", "d", "none"):
             raise ValueError(f"unknown compile choice {which!r}")
         if which == "all":
             self._m = torch.compile(self._m, dynamic=False)
         if which in ("all", "d"):
-            self._d = torch.compile(self._d, dynamic=False)
+            self._d_steps = torch.compile(self._d_steps, dynamic=False)
 
     # ---- meta learners -------------------------------------------------------------------
     def _m(self, grads: dict[str, torch.Tensor], tables: MTables | None = None) -> dict[str, torch.Tensor]:
@@ -169,13 +169,21 @@ class MetaNet(nn.Module):
         """
         batch = next(iter(grads.values())).dim() - next(iter(like.values())).dim()  # leading dims incl. t
         flat = torch.cat([g.flatten(batch) for g in grads.values()], dim=-1)  # [..., t, P]
+        if self.d_is_fused(flat.device, flat.dtype):
+            fast, state = fused_d.run(d, preprocess_gradient(flat, self.config.grad_clip_k), state)
+        else:
+            fast, state = self._d_steps(d, flat, state)
+        return unflatten(fast, like), state
+
+    def _d_steps(
+        self, d: CoordinateLSTM, flat: torch.Tensor, state: LSTMState | None
+    ) -> tuple[torch.Tensor, LSTMState]:
+        """d as PyTorch operations (what ``compile_meta_learners`` compiles): gradients flat [..., t, P]
+        -> fast weights [..., P] and the state after the last step."""
         meta = preprocess_gradient(flat, self.config.grad_clip_k)  # [..., t, P, 2]
-        if self.d_is_fused(meta.device, meta.dtype):
-            fast, state = fused_d.run(d, meta, state)
-            return unflatten(fast, like), state
         for step in meta.unbind(-3):
             state = d.step(step, state)
-        return unflatten(d.readout(state), like), state
+        return d.readout(state), state
 
     def d_is_fused(self, device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
         """Whether d runs by its fused kernel on inputs of ``device`` and ``dtype`` (``d_kernel``)."""
