@@ -233,7 +233,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--batch", type=int, default=None, help="tasks per forward pass (default: by device)")
-    parser.add_argument("--compile", action="store_true", help="compile m and d with torch.compile")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile m, and d where its fused CPU kernel does not run, with torch.compile",
+    )
     parser.add_argument(
         "--open-set", action="store_true", help="mix queries of classes the task does not hold in"
     )

@@ -406,7 +406,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=1, help="tasks per forward pass")
-    parser.add_argument("--compile", action="store_true", help="compile d with torch.compile")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile d with torch.compile where its fused CPU kernel does not run (a GPU)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the threshold, do not store it")
     args = parser.parse_args(argv)
     if args.dry_run and args.test_tasks:
