@@ -2,15 +2,17 @@
 
 d is an LSTM(2, H) plus a linear readout run on every coordinate of a gradient, ~150k per episode.
 Written out in PyTorch (``CoordinateLSTM.step``), each step moves [coordinates, 4H] gate tensors
-through main memory several times; this kernel runs all T steps of a block of 16 coordinates in
-registers, recomputes the forward in its backward instead of saving it, and is about 3x faster on
-a CPU (``python -m benchmarks.train_speed --d-kernel {fused,torch}``). Same arithmetic, to float
-rounding (``tests/metanet/test_fused_d.py``).
+through main memory several times; this kernel runs all T steps of a block of 16 coordinates (8
+without AVX-512) in registers and recomputes the forward in its backward instead of saving it: d
+about 6x faster, a 5-way training step about 2x (``python -m benchmarks.train_speed [--d-kernel
+torch]``). Same arithmetic, to float rounding (``tests/metanet/test_fused_d.py``).
 
 The kernel is compiled on first use by ``torch.utils.cpp_extension`` (a C++ compiler and ninja;
 about 10 seconds, then cached in ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``)
-for this machine's instruction set. Where it cannot be built, ``available()`` is False (logged once)
-and d runs as PyTorch operations, as on a GPU.
+for this machine's instruction set (``METANET_D_MARCH``, default ``native``, names another GCC
+``-march``: the tests build ``x86-64-v3``, AVX2 without AVX-512, to check the portable path).
+Where it cannot be built, ``available()`` is False (logged once) and d runs as PyTorch operations,
+as on a GPU.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import platform
 from pathlib import Path
 
@@ -28,7 +31,8 @@ from model.fast_weights import CoordinateLSTM
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "coordinate_lstm.cpp"
-CFLAGS = ["-O3", "-march=native", "-fopenmp"]  # OpenMP: at::parallel_for spreads blocks over threads
+MARCH = os.environ.get("METANET_D_MARCH", "native")
+CFLAGS = ["-O3", f"-march={MARCH}", "-fopenmp"]  # OpenMP: at::parallel_for spreads blocks over threads
 
 
 def _cpu_flags() -> str:

@@ -3,12 +3,12 @@
 //
 // Written out in PyTorch, every step makes [coordinates, 4H] gate tensors (48 MB at 152k
 // coordinates) travel through main memory several times, forward and backward. Here each block
-// of 16 coordinates (one 512-bit vector of floats, the lanes below) runs all T steps in registers
-// and L1, the backward recomputes its block's forward instead of saving it, and the weight
+// of L coordinates (the lanes of one vector register: 16 floats with AVX-512, 8 with AVX2) runs
+// all T steps in registers and L1, the backward recomputes its block's forward instead of saving it, and the weight
 // gradients are summed per thread. The same arithmetic as model/fast_weights.py's lstm_cell
 // (gate order input, forget, cell, output); the zero state is exact zeros.
 //
-// Ops (metanet_d::forward, metanet_d::backward), float32, contiguous:
+// Ops (metanet_d::forward, metanet_d::backward, and metanet_d::lanes: L), float32, contiguous:
 //   meta [N, T, P, 2] preprocessed gradients (constants: no gradient flows to them);
 //   h0, c0 [N, P, H] or None (the zero state); w_ih [4H, 2]; w_hh [4H, H]; bias [4H];
 //   head_w [H]; head_b [1].
@@ -28,7 +28,11 @@
 
 namespace {
 
-constexpr int64_t L = 16;  // coordinates per block
+#ifdef __AVX512F__
+constexpr int64_t L = 16;  // coordinates per block: one vector register of floats
+#else
+constexpr int64_t L = 8;  // AVX2 (wider vectors, split by the compiler, measured 5x slower there)
+#endif
 typedef float vf __attribute__((vector_size(L * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(L * sizeof(int32_t))));
 
@@ -358,9 +362,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> d_backwar
           take(G * H + 3 * G, {H}), take(G * H + 3 * G + H, {1})};
 }
 
+int64_t lanes() { return L; }
+
 }  // namespace
 
 TORCH_LIBRARY(metanet_d, m) {
+  m.def("lanes() -> int", &lanes);  // coordinates per block, by the instruction set compiled for
   m.def(
       "forward(Tensor meta, Tensor? h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor bias, "
       "Tensor head_w, Tensor head_b) -> (Tensor, Tensor, Tensor)");
