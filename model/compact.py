@@ -10,9 +10,11 @@ nearly all of a task memory's bytes. ``FastWeightRows`` keeps them as
     ``scale = max |w| / 127`` over the row.
 
 Reading the memory (W* = a^T M, dense or over each query's top-k rows) dequantizes only the rows
-it reads, folding the scales into the attention weights. Rows live in a buffer with spare
-capacity that successive versions of a task share: appending to the newest version writes into
-the buffer without copying the rows before it (an older version keeps seeing its own prefix).
+it reads, folding the scales into the attention weights; on a CPU, the top-k read of int8 rows is
+one kernel (``model/csrc/int8_rows.cpp``) that gathers, dequantizes and sums in a single pass.
+Rows live in a buffer with spare capacity that successive versions of a task share: appending to
+the newest version writes into the buffer without copying the rows before it (an older version
+keeps seeing its own prefix).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from model import cpu_kernels
 
 Storage = Literal["float32", "float16", "bfloat16", "int8"]
 STORAGES: tuple[Storage, ...] = ("float32", "float16", "bfloat16", "int8")
@@ -187,6 +191,12 @@ class FastWeightRows:
         buffer = self._buffer
         if self.storage == "float32" and ids is not None:  # the weighted sum without a [q, k, P] copy
             return F.embedding_bag(ids, buffer.data, per_sample_weights=weights, mode="sum")
+        if self.storage == "int8" and ids is not None and _int8_kernel_applies(weights):
+            rows, lengths = zip(*self.layout.layers, strict=True)
+            data, scales = self.stored()  # this version's rows only: an id past them is an error
+            return torch.ops.metanet_rows.gather_sum(
+                data, scales, ids.long().contiguous(), weights.contiguous(), rows, lengths
+            )
         data = buffer.data[: self.length] if ids is None else _rows(buffer.data, ids)  # [n, P] or [q, k, P]
         if self.storage != "int8":
             if ids is None:
@@ -210,6 +220,12 @@ class FastWeightRows:
             offset += count * length
             row += count
         return torch.cat(out, dim=-1)
+
+
+def _int8_kernel_applies(weights: torch.Tensor) -> bool:
+    """The int8 top-k read kernel runs float32 attention on a CPU, outside autograd (it has no backward)."""
+    on_cpu = weights.device.type == "cpu" and weights.dtype == torch.float32
+    return on_cpu and not (weights.requires_grad and torch.is_grad_enabled()) and cpu_kernels.available()
 
 
 def _rows(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -7,66 +7,16 @@ without AVX-512) in registers and recomputes the forward in its backward instead
 about 6x faster, a 5-way training step about 2x (``python -m benchmarks.train_speed [--d-kernel
 torch]``). Same arithmetic, to float rounding (``tests/metanet/test_fused_d.py``).
 
-The kernel is compiled on first use by ``torch.utils.cpp_extension`` (a C++ compiler and ninja;
-about 10 seconds, then cached in ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``)
-for this machine's instruction set (``METANET_D_MARCH``, default ``native``, names another GCC
-``-march``: the tests build ``x86-64-v3``, AVX2 without AVX-512, to check the portable path).
-Where it cannot be built, ``available()`` is False (logged once) and d runs as PyTorch operations,
-as on a GPU.
+It is built with the project's other CPU kernels (``model/cpu_kernels.py``); where they cannot be
+built, d runs as PyTorch operations, as on a GPU.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import logging
-import os
-import platform
-from pathlib import Path
-
 import torch
 
+from model import cpu_kernels
 from model.fast_weights import CoordinateLSTM
-
-logger = logging.getLogger(__name__)
-
-SOURCE = Path(__file__).with_name("csrc") / "coordinate_lstm.cpp"
-MARCH = os.environ.get("METANET_D_MARCH", "native")
-CFLAGS = ["-O3", f"-march={MARCH}", "-fopenmp"]  # OpenMP: at::parallel_for spreads blocks over threads
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-@functools.cache
-def available() -> bool:
-    """Builds (first call on this machine) and loads the kernel; False if this machine cannot."""
-    # -march=native: a cached build is only valid on the same instruction set, so it is part of the name
-    parts = [SOURCE.read_text(), " ".join(CFLAGS), torch.__version__, platform.machine(), _cpu_flags()]
-    key = "\n".join(parts)
-    name = "metanet_d_" + hashlib.sha256(key.encode()).hexdigest()[:12]
-    try:
-        from torch.utils.cpp_extension import load
-
-        load(
-            name=name,
-            sources=[str(SOURCE)],
-            extra_cflags=CFLAGS,
-            extra_ldflags=["-fopenmp"],
-            is_python_module=False,
-        )
-    except Exception as exc:  # no compiler, no ninja, an unsupported platform: PyTorch operations
-        logger.warning("d's fused CPU kernel is unavailable (%s); d runs as PyTorch operations", exc)
-        return False
-    return True
-
 
 KERNELS = ("auto", "torch")  # MetaNet.d_kernel: the fused kernel where it applies, or never
 
@@ -74,7 +24,7 @@ KERNELS = ("auto", "torch")  # MetaNet.d_kernel: the fused kernel where it appli
 def applies(device: torch.device, dtype: torch.dtype, hidden: int) -> bool:
     """Whether the kernel can run d (float32 on a CPU, H a multiple of 4 up to 64) on this machine."""
     shape_ok = hidden % 4 == 0 and hidden <= 64
-    return device.type == "cpu" and dtype == torch.float32 and shape_ok and available()
+    return device.type == "cpu" and dtype == torch.float32 and shape_ok and cpu_kernels.available()
 
 
 class _FusedD(torch.autograd.Function):
@@ -100,7 +50,7 @@ def run(
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """d over a sequence: meta [..., t, P, 2] (one gradient per step), state ([..., P, H] twice, or
     None for the zero state) -> (fast weights [..., P], state after the last step)."""
-    if not available():
+    if not cpu_kernels.available():
         raise RuntimeError("d's fused CPU kernel is unavailable on this machine")
     lead, (t, p) = meta.shape[:-3], meta.shape[-3:-1]
     hidden = d.hidden
