@@ -187,12 +187,24 @@ def bench_size(size: int, calls: int, taught: np.ndarray, asked: np.ndarray, env
                 "cache_bytes_per_example": (cache_after - cache_before) / size,
                 "build_seconds": metric(http, "metanet_memory_build_seconds_sum"),
             }
+            report["saved_after_s"] = wait_for_saved_memory(data)
         # Restart on the same data: every memory is gone, the store has the task.
         with running_server(data, env=env) as server, httpx.Client(base_url=server.url, timeout=600) as http:
             for q in warm_queries[:5]:
                 http.post("/tasks/warm/classify", json={"images": [q]}).raise_for_status()
             report["after_restart"] = first_answer(http, server.url, "big", queries[1], "warm", warm_queries)
     return report
+
+
+def wait_for_saved_memory(data: Path, timeout: float = 300.0) -> float:
+    """Seconds until the worker has written the big task's memory file (the only task large enough to
+    be saved): stopping the server before that would make the restart measure a rebuild."""
+    started, folder = time.perf_counter(), data / "derived"
+    while not any(folder.glob("*.mem")):
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError(f"no saved task memory in {folder} after {timeout:.0f} s")
+        time.sleep(0.1)
+    return time.perf_counter() - started
 
 
 def matmul_rate() -> float:

@@ -29,7 +29,7 @@ from server import metrics
 from server.derived import DerivedMemoryFiles
 from server.neighbors import KeyIndex, key_index
 from server.protocol import EmptyTask, ServiceError, TaskTooLarge
-from server.store import TaskSnapshot, TaskState, TaskStore
+from server.store import TaskSnapshot, TaskState, TaskStore, TaskVersion
 
 Refresh = Literal["hit", "extend", "build", "load"]  # load: read back from a derived-memory file
 TaskKey = tuple[str, str]  # (tenant, task_id)
@@ -195,6 +195,13 @@ class TaskMemories:
         key = (tenant, task_id)
         with self._lock:
             cached, job = self.cache.get(key), self._jobs.get(key)
+        if cached:  # the common case, a warm task at its stored version: one indexed read
+            stored = self.store.current_version(tenant, task_id)
+            if stored is None:
+                self._forget(key)
+                return None
+            if stored == TaskVersion(cached.uid, cached.version):
+                return cached, "hit"
         snap = self.store.snapshot(tenant, task_id, since_version=cached.version if cached else 0)
         if snap is None:
             self._forget(key)

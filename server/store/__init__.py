@@ -9,12 +9,14 @@ from server.store.base import (
     TaskSnapshot,
     TaskState,
     TaskStore,
+    TaskVersion,
 )
 from server.store.sqlite import SQLiteTaskStore
 
 __all__ = [
     "StoreCounts",
     "TaskSnapshot",
+    "TaskVersion",
     "TaskState",
     "SQLiteTaskStore",
     "TaskStore",

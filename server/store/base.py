@@ -31,6 +31,15 @@ class TaskState:
 
 
 @dataclass(frozen=True)
+class TaskVersion:
+    """Which incarnation of a task (``TaskState.uid``) at which version: all a worker needs to know
+    that the memory it holds is current."""
+
+    uid: int
+    version: int
+
+
+@dataclass(frozen=True)
 class TaskSnapshot:
     """A task state and the examples added after ``since_version``, oldest first."""
 
@@ -80,6 +89,11 @@ class TaskStore(ABC):
 
     @abstractmethod
     def get_task(self, tenant: str, task_id: str) -> TaskState | None: ...
+
+    @abstractmethod
+    def current_version(self, tenant: str, task_id: str) -> TaskVersion | None:
+        """The task's uid and version, None if it does not exist: one indexed read whatever the task's
+        size (``get_task`` also counts its examples per label)."""
 
     @abstractmethod
     def snapshot(self, tenant: str, task_id: str, since_version: int = 0) -> TaskSnapshot | None:

@@ -42,6 +42,7 @@ from server.store.base import (
     TaskSnapshot,
     TaskState,
     TaskStore,
+    TaskVersion,
     image_digest,
     pixels_to_images,
 )
@@ -365,6 +366,15 @@ class PostgresTaskStore(TaskStore):
 
     def get_task(self, tenant: str, task_id: str) -> TaskState | None:
         return self._read(lambda conn: self._state(conn, tenant, task_id))
+
+    def current_version(self, tenant: str, task_id: str) -> TaskVersion | None:
+        def work(conn: psycopg.Connection) -> TaskVersion | None:  # one statement: autocommit reads it whole
+            row = conn.execute(
+                "SELECT uid, version FROM tasks WHERE tenant = %s AND task_id = %s", (tenant, task_id)
+            ).fetchone()
+            return None if row is None else TaskVersion(*row)
+
+        return self._call(work)
 
     def snapshot(self, tenant: str, task_id: str, since_version: int = 0) -> TaskSnapshot | None:
         def work(conn: psycopg.Connection) -> TaskSnapshot | None:

@@ -21,6 +21,7 @@ from server.store.base import (
     TaskSnapshot,
     TaskState,
     TaskStore,
+    TaskVersion,
     image_digest,
     pixels_to_images,
 )
@@ -149,6 +150,14 @@ class SQLiteTaskStore(TaskStore):
     def get_task(self, tenant: str, task_id: str) -> TaskState | None:
         with self._transaction(write=False) as con:
             return self._state(con, tenant, task_id)
+
+    def current_version(self, tenant: str, task_id: str) -> TaskVersion | None:
+        row = (
+            self._connection()
+            .execute("SELECT uid, version FROM tasks WHERE tenant = ? AND task_id = ?", (tenant, task_id))
+            .fetchone()
+        )
+        return None if row is None else TaskVersion(*row)
 
     def snapshot(self, tenant: str, task_id: str, since_version: int = 0) -> TaskSnapshot | None:
         with self._transaction(write=False) as con:

@@ -120,6 +120,25 @@ def test_extend_reuses_cached_examples_and_rebuilds_after_removal(store) -> None
         tasks.current("t", "task")
 
 
+def test_a_warm_task_is_checked_by_its_version_alone(store, monkeypatch) -> None:
+    """A classify of a warm task reads the task's version, not its examples or label counts (which
+    grow with the task); a write by anyone makes the next lookup read what changed."""
+    tasks = memories(store, RecordingPredictor())
+    store.add_examples("t", "task", images(3), ["a", "b", "c"], max_examples=100)
+    tasks.current("t", "task", wait=True)
+    snapshots, snapshot = [], store.snapshot
+    monkeypatch.setattr(store, "snapshot", lambda *a, **kw: snapshots.append(a) or snapshot(*a, **kw))
+    monkeypatch.setattr(store, "get_task", lambda *args: pytest.fail("a warm lookup counted the labels"))
+    for _ in range(3):
+        assert tasks.current("t", "task")[1] == "hit"
+    assert snapshots == []
+    store.add_examples("t", "task", images(1, 1), ["d"], max_examples=100)
+    entry, refresh = tasks.current("t", "task")
+    assert refresh == "extend" and entry.memory.labels == ["a", "b", "c", "d"] and len(snapshots) == 1
+    store.delete_task("t", "task")
+    assert tasks.current("t", "task") is None and len(tasks.cache) == 0
+
+
 def test_a_build_never_blocks_lookups_of_other_tasks(store) -> None:
     predictor = RecordingPredictor()
     tasks = memories(store, predictor)

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from server.protocol import ExampleLimit, LabelNotFound, StoreOutcomeUnknown, StoreUnavailable
-from server.store import TaskStore, open_store
+from server.store import TaskStore, TaskVersion, open_store
 from server.store.migrations import POSTGRESQL, SQLITE
 from testkit.postgres import PostgresServer
 
@@ -97,6 +97,19 @@ def test_delete_then_recreate_is_a_new_task(store: TaskStore) -> None:
     assert store.get_task("t", "task") is None and store.counts().examples == 0
     new = store.add_examples("t", "task", images(1), ["c"], max_examples=10)
     assert new.uid != old.uid and new.version == 1
+
+
+def test_current_version_names_the_incarnation_and_its_version(store: TaskStore) -> None:
+    assert store.current_version("t", "task") is None
+    first = store.add_examples("t", "task", images(2), ["a", "b"], max_examples=10)
+    assert store.current_version("t", "task") == TaskVersion(first.uid, 1)
+    store.forget_label("t", "task", "a")
+    assert store.current_version("t", "task") == TaskVersion(first.uid, 2)
+    assert store.current_version("other tenant", "task") is None
+    store.delete_task("t", "task")
+    assert store.current_version("t", "task") is None
+    again = store.add_examples("t", "task", images(1), ["c"], max_examples=10)
+    assert store.current_version("t", "task") == TaskVersion(again.uid, 1) and again.uid != first.uid
 
 
 def test_images_are_stored_once_per_tenant(store: TaskStore) -> None:
