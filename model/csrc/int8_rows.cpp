@@ -4,8 +4,10 @@
 // A row of M is one example's fast weights, P int8 coordinates split into layers of output rows,
 // each output row with its own float32 scale. In PyTorch the read copies a query's k rows
 // ([k, P] int8), converts them to float32 ([k, P], 4x the bytes) and then sums them: for 16 rows of
-// 152k coordinates, 12 MB through main memory per query. Here each stretch of up to 512
-// coordinates of the output is summed over the k rows in L1, reading each int8 once.
+// 152k coordinates, 12 MB through main memory per query. Here 64 outputs at a time (4 AVX-512
+// registers; 32 with AVX2) are summed over the k rows in registers: each int8 is read once, widened
+// and multiplied by its row's coefficient (attention times scale) in one fused multiply-add, and
+// each output is written once.
 //
 // Op metanet_rows::gather_sum(data, scales, ids, weights, rows, lengths), CPU, contiguous:
 //   data int8 [N, P] rows; scales float32 [N, R], one per output row, R = sum(rows);
