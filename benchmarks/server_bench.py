@@ -448,7 +448,7 @@ def main() -> None:
     decoder = ImageDecoder(max_side=4096, size=28)
     images = np.stack([[decoder.decode(image, "image") for image in row[:20]] for row in chars[:100]])
     onnx_path = default_onnx_path(CHECKPOINT, REPO / ServerSettings().onnx_dir)
-    storage = ServerSettings().storage_policy  # as in a server worker
+    storage = ServerSettings().storage_policy(args.device)  # as in a server worker
     predictors = {
         b: MetaNetPredictor.load(CHECKPOINT, args.device, storage, backend=b, onnx_path=onnx_path)
         for b in args.backends

@@ -10,7 +10,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.checkpoint import DEFAULT_CHECKPOINT
-from model.compact import Storage, StoragePolicy
+from model.compact import Storage, StoragePolicy, fastest_small_storage
 
 # The API's fixed formats; the limits are ServerSettings fields below. Schemas, routes, auth and docs
 # import these (docs/API.md).
@@ -64,11 +64,15 @@ class ServerSettings(BaseSettings):
     # Task memory (docs/SERVER.md, "Task memory at scale").
     # Fast weights by task size (docs/SERVER.md, "Storage tiers"): tasks of fewer than compact_from_examples
     # examples (dense attention reads every row for every query) keep small_memory_storage, larger ones
-    # memory_storage. float32 rows read ~0.6 ms faster per classify than int8, at 4x the bytes.
+    # memory_storage. On a CPU with the int8 read kernel int8 rows read as fast as float32 ones, at a
+    # quarter of the bytes; elsewhere float32 rows read faster.
     memory_storage: Storage = Field(
         "int8", description="fast weights of large tasks: int8, float16, bfloat16 or float32"
     )
-    small_memory_storage: Storage = Field("float32", description="fast weights of small tasks")
+    small_memory_storage: Storage | Literal["auto"] = Field(
+        "auto",
+        description="fast weights of small tasks; auto: int8 on a CPU with the int8 read kernel, or float32",
+    )
     compact_from_examples: int = Field(
         32, ge=1, description="tasks this large keep memory_storage, smaller ones small_memory_storage"
     )
@@ -110,10 +114,12 @@ class ServerSettings(BaseSettings):
         """``store``, or the embedded SQLite store in ``data_dir``."""
         return self.store or f"sqlite:///{self.data_dir / 'tasks.sqlite3'}"
 
-    @property
-    def storage_policy(self) -> StoragePolicy:
-        """How each task's fast weights are stored, by its size."""
-        return StoragePolicy(self.memory_storage, self.small_memory_storage, self.compact_from_examples)
+    def storage_policy(self, device: str) -> StoragePolicy:
+        """How each task's fast weights are stored on ``device``, by the task's size."""
+        small = self.small_memory_storage
+        if small == "auto":
+            small = fastest_small_storage(device)
+        return StoragePolicy(self.memory_storage, small, self.compact_from_examples)
 
     @property
     def derived_dir(self) -> Path:

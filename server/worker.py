@@ -77,7 +77,7 @@ class MetaNetAPI(ls.LitAPI):
         # The main process migrated the schema.
         self.store = open_store(s.store_url, (self.image_size, self.image_size), migrate=False)
         predictor = MetaNetPredictor.load(
-            s.checkpoint, device, s.storage_policy, s.build_chunk, s.backend, s.onnx_path
+            s.checkpoint, device, s.storage_policy(device), s.build_chunk, s.backend, s.onnx_path
         )
         predictor.warm_up()
         self.memories = TaskMemories(

@@ -1,5 +1,6 @@
-"""The CPU kernels' build (model/cpu_kernels.py) and the int8 top-k read (model/csrc/int8_rows.cpp)
-against the same read as PyTorch operations. d's kernel has its own tests (test_fused_d.py)."""
+"""The CPU kernels' build (model/cpu_kernels.py) and the int8 memory read (model/csrc/int8_rows.cpp,
+dense and top-k) against the same read as PyTorch operations. d's kernel has its own tests
+(test_fused_d.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ needs_kernels = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ c
 LAYOUT = RowLayout(((5, 9), (3, 577), (0, 40), (4, 576), (2, 1)))
 
 
-def pytorch_read(rows: FastWeightRows, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def pytorch_read(rows: FastWeightRows, weights: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(compact, "_int8_kernel_applies", lambda weights: False)
         return rows.read(weights, ids)
@@ -47,6 +48,16 @@ def test_int8_topk_read_equals_pytorch(queries: int, k: int) -> None:
     got = rows.read(weights, ids)
     assert got.shape == (queries, LAYOUT.num_coordinates) and got.dtype == torch.float32
     torch.testing.assert_close(got, pytorch_read(rows, weights, ids), atol=1e-6, rtol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("queries", [1, 5])
+def test_int8_dense_read_equals_pytorch(queries: int) -> None:
+    rows = int8_rows(7)
+    weights = torch.softmax(torch.randn(queries, 7, generator=torch.Generator().manual_seed(queries)), -1)
+    got = rows.read(weights)
+    assert got.shape == (queries, LAYOUT.num_coordinates)
+    torch.testing.assert_close(got, pytorch_read(rows, weights, None), atol=1e-6, rtol=1e-5)
 
 
 @needs_kernels
@@ -83,8 +94,22 @@ def test_builds_for_other_instruction_sets_equal_pytorch_too(march: str) -> None
         "assert cpu_kernels.available() and torch.ops.metanet_d.lanes() == 8; "
         "[d.test_kernel_equals_pytorch_d_forward_and_gradients(lead, 5, s) for lead in [(), (2,)] "
         "for s in (False, True)]; d.test_kernel_survives_saturated_gates(); "
-        "[rows.test_int8_topk_read_equals_pytorch(q, k) for q, k in [(1, 1), (3, 16)]]"
+        "[rows.test_int8_topk_read_equals_pytorch(q, k) for q, k in [(1, 1), (3, 16)]]; "
+        "rows.test_int8_dense_read_equals_pytorch(5)"
     )
     env = {**os.environ, "METANET_KERNEL_MARCH": march}
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", check], env=env, cwd=root, check=True, timeout=300)
+
+
+@needs_kernels
+def test_small_tasks_keep_int8_rows_where_the_kernel_reads_them() -> None:
+    """The server's default small tier ("auto") is int8 on a CPU with the kernel, float32 on a GPU;
+    a storage set explicitly is kept."""
+    from server.config import ServerSettings
+
+    assert compact.fastest_small_storage("cpu") == "int8"
+    assert compact.fastest_small_storage("cuda:0") == "float32"
+    assert ServerSettings().storage_policy("cpu").small == "int8"
+    assert ServerSettings().storage_policy("cuda:0").small == "float32"
+    assert ServerSettings(small_memory_storage="float32").storage_policy("cpu").small == "float32"
