@@ -13,6 +13,7 @@ Reading the memory (W* = a^T M, dense or over each query's top-k rows) dequantiz
 it reads, folding the scales into the attention weights; on a CPU, reading int8 rows (dense or
 top-k) is one kernel (``model/csrc/int8_rows.cpp``) that gathers, dequantizes and sums in a single
 pass.
+
 Rows live in a buffer with spare capacity that successive versions of a task share: appending to
 the newest version writes into the buffer without copying the rows before it (an older version
 keeps seeing its own prefix).
