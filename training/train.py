@@ -64,6 +64,7 @@ from training.episodes import (
 from training.evaluate import default_device, summarize_both, task_accuracies
 from training.open_set import auroc, open_set_episodes, open_set_outputs
 from training.plots import plot_learning_curve
+from training.recipe import parse_with_recipe
 
 # how often the loop reads its clock and the stop signal (a broadcast under torchrun), in steps
 CLOCK_EVERY_STEPS = 10
@@ -317,7 +318,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="start from a checkpoint's weights (fast-weight heads stuck at exactly zero are re-initialized)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--freeze-keys",
+        action="store_true",
+        help="keep u's slow weights and the attention scale as initialized (stage 2 on top of "
+        "training.train_keys): b, m and d learn, d's Q* still changes the keys",
+    )
+    return parse_with_recipe(parser, argv)
 
 
 def setup_distributed(device_arg: str) -> tuple[int, int, torch.device]:
@@ -411,7 +418,12 @@ def run_training(args: argparse.Namespace, command: str, stop: threading.Event) 
     net: torch.nn.Module = EpisodeModel(model)
     if world > 1:
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=device.type == "cuda")
+    if args.freeze_keys:
+        for name, parameter in model.named_parameters():
+            if name.startswith(("rep.", "log_attention_scale")):
+                parameter.requires_grad_(False)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trained, lr=args.lr, fused=device.type == "cuda")
     train_pool = load_split(
         args.split, "train", args.data, rotation_classes=not args.rotation_augment, held_out=held_out
     )
@@ -565,6 +577,7 @@ def run_training(args: argparse.Namespace, command: str, stop: threading.Event) 
                             "open_set_cosine": args.open_set_cosine,
                             "unknown_classes": sampler.unknown,
                             "select": args.select,
+                            "freeze_keys": args.freeze_keys,
                             "rotations": "augment" if args.rotation_augment else "classes",
                             "compile": compile_mode,
                             "d_dtype": "bfloat16" if args.d_bf16 else "float32",
