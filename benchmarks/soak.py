@@ -121,9 +121,9 @@ class Client:
         self.created = 0
         self.http = httpx.Client(base_url=server.process.url, timeout=180)
 
-    def send(self, op: str, method: str, path: str, **kwargs) -> tuple[httpx.Response, bool]:
+    def send(self, op: str | None, method: str, path: str, **kwargs) -> tuple[httpx.Response, bool]:
         """The request, sent again (unchanged) after a lost connection or a documented 503 until it gets
-        another answer; the answer and whether it was sent more than once."""
+        another answer; the answer and whether it was sent more than once. ``op`` None: not counted."""
         resent = False
         while True:
             self.server.up.wait()
@@ -131,20 +131,23 @@ class Client:
             try:
                 answer = self.http.request(method, path, **kwargs)
             except httpx.TransportError:
-                self.stats.record(op, "connection")
+                if op:
+                    self.stats.record(op, "connection")
                 resent = True
                 time.sleep(0.5)  # the server is going down: its event is about to be cleared
                 continue
             elapsed = time.perf_counter() - started
             if answer.status_code == 503:
                 code = answer.json().get("error", {}).get("code")
-                self.stats.record(op, 503)
+                if op:
+                    self.stats.record(op, 503)
                 if code not in DOCUMENTED_503:
                     self.stats.problem(f"{op} {path}: 503 {code}")
                 time.sleep(float(answer.headers.get("Retry-After", "1")))
                 resent = True
                 continue
-            self.stats.record(op, answer.status_code, elapsed if answer.is_success else None)
+            if op:
+                self.stats.record(op, answer.status_code, elapsed if answer.is_success else None)
             if answer.status_code >= 500:
                 self.stats.problem(f"{op} {path}: {answer.status_code} {answer.text[:200]}")
             return answer, resent
@@ -249,7 +252,7 @@ class Client:
         lost = extra = 0
         problems = []
         for task, labels in self.ledger.items():
-            answer, _ = self.send("verify", "GET", f"/tasks/{task}")
+            answer, _ = self.send(None, "GET", f"/tasks/{task}")
             stored = Counter(answer.json()["labels"]) if answer.status_code == 200 else Counter()
             expected = +labels
             lost += sum((expected - stored).values())
@@ -257,7 +260,7 @@ class Client:
             if stored != expected:
                 problems.append(f"{task}: stored {dict(stored)}, acknowledged {dict(expected)}")
         for task in self.deleted - set(self.ledger):
-            answer, _ = self.send("verify", "GET", f"/tasks/{task}")
+            answer, _ = self.send(None, "GET", f"/tasks/{task}")
             if answer.status_code != 404:
                 problems.append(f"{task}: deleted, but GET answers {answer.status_code}")
         examples = sum(sum(labels.values()) for labels in self.ledger.values())
@@ -328,20 +331,31 @@ def run(
             f"calls {calls}  errors {errors}  restarts {entry['restarts']}"
         )
 
+    def kill_and_restart() -> None:
+        log(f"  {(time.monotonic() - started) / 60:6.2f} min  SIGKILL every server process, then restart")
+        server.kill_and_restart()
+        log(f"  restarted in {server.restarts[-1]:.1f} s")
+
     def monitor() -> None:
+        """Samples memory on time, also while a restart (in its own thread) is under way."""
         next_kill = started + kill_every * 60
         next_sample = started + sample_every
+        restarting: threading.Thread | None = None
         while not stop.is_set():
             now = time.monotonic()
-            if kill_every > 0 and now >= next_kill and now < deadline:
-                log(f"  {(now - started) / 60:6.2f} min  SIGKILL every server process, then restart")
-                server.kill_and_restart()
-                log(f"  restarted in {server.restarts[-1]:.1f} s")
-                next_kill += kill_every * 60
+            idle = restarting is None or not restarting.is_alive()
+            if kill_every > 0 and idle and now >= next_kill and now < deadline:
+                restarting = threading.Thread(target=kill_and_restart, name="restart")
+                restarting.start()
+                while next_kill <= now:
+                    next_kill += kill_every * 60
             if now >= next_sample:
                 sample()
-                next_sample += sample_every
+                while next_sample <= now:
+                    next_sample += sample_every
             stop.wait(0.2)
+        if restarting is not None:
+            restarting.join()
 
     watcher = threading.Thread(target=monitor, name="monitor")
     watcher.start()

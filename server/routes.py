@@ -79,7 +79,7 @@ IdempotencyKey = Annotated[
         pattern=IDEMPOTENCY_KEY_PATTERN,
         description="a key unique to this call (a UUID): a repeat with the same key within the server's "
         "`idempotency_ttl` (GET /info) writes nothing and answers the first call's result, with header "
-        "`Idempotent-Replayed: true`; the same key with another request is 422 `idempotency_key_reused`",
+        "`Idempotent-Replayed: true`; the same key with another request is 409 `idempotency_key_reused`",
     ),
 ]
 REPLAYED = {"Idempotent-Replayed": "true"}

@@ -36,9 +36,9 @@ def test_a_support_call_sent_again_after_sigkill_and_restart_is_stored_once(tmp_
             # The same key with another request is an error, and writes nothing.
             other = support_body([("ga", tibetan[2][0])])
             reused = http.post("/tasks/once/support", json=other, headers=key)
-            assert reused.status_code == 422 and reused.json()["error"]["code"] == "idempotency_key_reused"
+            assert reused.status_code == 409 and reused.json()["error"]["code"] == "idempotency_key_reused"
             elsewhere = http.post("/tasks/elsewhere/support", json=body, headers=key)
-            assert elsewhere.status_code == 422
+            assert elsewhere.status_code == 409
             assert http.get("/tasks/elsewhere").status_code == 404
             assert http.get("/tasks/once").json()["version"] == 1
 

@@ -308,9 +308,9 @@ def test_a_repeated_idempotency_key_writes_once(
         again = task.add_examples(examples, idempotency_key=f"{task_id}-upload")
         assert again == first and first.num_examples == 5
         assert task.info().num_examples == 5
-        with pytest.raises(InvalidRequestError) as raised:
+        with pytest.raises(APIError) as raised:
             task.add_examples(examples[:1], idempotency_key=f"{task_id}-upload.1")  # k.1 named other images
-        assert raised.value.code == "idempotency_key_reused"
+        assert (raised.value.status_code, raised.value.code) == (409, "idempotency_key_reused")
 
 
 def test_export_and_import(client: Client, task_id: str, drawings: list[list[bytes]], tmp_path: Path) -> None:
