@@ -2,7 +2,7 @@
 
 - SQLite: SQLite's online backup API copies the whole database in one step, inside one read
   transaction, so the copy is the store as of one commit; the server keeps writing meanwhile (in WAL
-  mode readers never block writers, and a write only waits for nothing). The copy goes to
+  mode a reader never blocks a writer). The copy goes to
   ``DEST.partial``, is switched to a single-file journal, checked (``PRAGMA integrity_check``, its
   schema), flushed to disk and renamed to DEST.
 - PostgreSQL: ``pg_dump --format=custom``, which reads the whole database in one snapshot (consistent
