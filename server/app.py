@@ -13,6 +13,7 @@ from model.checkpoint import read_metadata
 from model.config import MetaNetConfig
 from server.auth import KeyRing
 from server.config import ConfigError, ServerSettings
+from server.derived import fingerprint
 from server.errors import install_error_handlers
 from server.litserve_adapter import DirectQueueServer, remove_builtin_routes, set_gzip_level, workers_ready
 from server.middleware import GuardMiddleware, ObservabilityMiddleware
@@ -47,7 +48,10 @@ def model_info(settings: ServerSettings) -> ModelInfo:
             f"set METANET_MAX_EXAMPLES_PER_TASK to at most {config.max_labels}"
         )
     return ModelInfo(
-        checkpoint=str(settings.checkpoint), image_size=config.image_size, max_labels=config.max_labels
+        checkpoint=str(settings.checkpoint),
+        sha256=fingerprint(settings.checkpoint),
+        image_size=config.image_size,
+        max_labels=config.max_labels,
     )
 
 
@@ -63,15 +67,17 @@ def build_server(settings: ServerSettings, keys: KeyRing) -> ls.LitServer:
     )
     set_gzip_level(server, settings.gzip_level)
     # Creates or migrates the schema before any worker starts.
-    store = open_store(settings.store_url, (model.image_size, model.image_size))
+    store = open_store(
+        settings.store_url, (model.image_size, model.image_size), idempotency_ttl=settings.idempotency_ttl
+    )
     app = server.app
     app.title, app.version, app.description = TITLE, VERSION, DESCRIPTION
     # LitServe's own /, /health and /info answer untyped plain text; ours answer JSON.
     remove_builtin_routes(server)
-    info = ServerInfo(model=model, limits=Limits.of(settings))
+    info = ServerInfo(model=model, limits=Limits.of(settings), idempotency_ttl=settings.idempotency_ttl)
     index = Index(name=TITLE, version=VERSION)
     app.include_router(service_router(store, lambda: workers_ready(server), index, info))
-    app.include_router(task_router(settings, api.spec, store, model.image_size))
+    app.include_router(task_router(settings, api.spec, store, model))
     mount_ui(app)
     install_error_handlers(app)
     app.add_middleware(GuardMiddleware, keys=keys, max_body_bytes=settings.max_body_bytes)

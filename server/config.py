@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.checkpoint import DEFAULT_CHECKPOINT
 from model.compact import Storage, StoragePolicy, fastest_small_storage
+from server.store.base import IDEMPOTENCY_TTL
 
 # The API's fixed formats; the limits are ServerSettings fields below. Schemas, routes, auth and docs
 # import these (docs/API.md).
@@ -99,6 +100,9 @@ class ServerSettings(BaseSettings):
         None, ge=0, le=2, description="open-set threshold; default: the checkpoint's calibration"
     )
     normalize_polarity: bool = True
+    idempotency_ttl: float = Field(
+        IDEMPOTENCY_TTL, gt=0, description="seconds a support call's Idempotency-Key is remembered"
+    )
 
     # Limits of the HTTP API (docs/API.md, "Limits"); GET /info publishes them.
     max_body_bytes: int = Field(16 * 1024**2, ge=1, description="bytes of a request body")

@@ -19,6 +19,8 @@ logger = logging.getLogger("metanet.http")
 _ROUTES = [
     (re.compile(r"^/tasks/[^/]+/support$"), "/tasks/{task_id}/support"),
     (re.compile(r"^/tasks/[^/]+/classify$"), "/tasks/{task_id}/classify"),
+    (re.compile(r"^/tasks/[^/]+/export$"), "/tasks/{task_id}/export"),
+    (re.compile(r"^/tasks/[^/]+/import$"), "/tasks/{task_id}/import"),
     (re.compile(r"^/tasks/[^/]+/labels/.+$"), "/tasks/{task_id}/labels/{label}"),
     (re.compile(r"^/tasks/[^/]+/labels$"), "/tasks/{task_id}/labels"),
     (re.compile(r"^/tasks/[^/]+$"), "/tasks/{task_id}"),

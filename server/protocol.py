@@ -31,6 +31,7 @@ class SupportWork:
     task_id: str
     images: np.ndarray  # uint8 [n, H, W], preprocessed
     labels: tuple[str, ...]  # one per image
+    idempotency_key: str | None = None  # a repeat with this key answers the first call's result
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class SupportResult:
     version: int
     num_examples: int
     labels: tuple[str, ...]  # the task's labels in label-index order
+    replayed: bool = False  # the answer of an earlier call with the same idempotency key; nothing written
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,24 @@ class ExampleLimit(ServiceError):
     """Adding the examples would take the task over its example limit."""
 
     code = "too_many_examples"
+
+
+class IdempotencyKeyReused(ServiceError):
+    """An ``Idempotency-Key`` sent again with a different request (another task or other examples)."""
+
+    code = "idempotency_key_reused"
+
+
+class TaskExists(ServiceError):
+    """An import into a task id that already holds a task."""
+
+    code = "task_exists"
+
+
+class ModelMismatch(ServiceError):
+    """An import of examples whose images are not the size this server's model takes."""
+
+    code = "model_mismatch"
 
 
 class WorkerFailed(ServiceError):

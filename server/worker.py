@@ -75,7 +75,9 @@ class MetaNetAPI(ls.LitAPI):
         torch.set_num_threads(s.torch_threads)
         faiss.omp_set_num_threads(s.torch_threads)
         # The main process migrated the schema.
-        self.store = open_store(s.store_url, (self.image_size, self.image_size), migrate=False)
+        self.store = open_store(
+            s.store_url, (self.image_size, self.image_size), migrate=False, idempotency_ttl=s.idempotency_ttl
+        )
         predictor = MetaNetPredictor.load(
             s.checkpoint, device, s.storage_policy(device), s.build_chunk, s.backend, s.onnx_path
         )
@@ -127,9 +129,15 @@ class MetaNetAPI(ls.LitAPI):
 
     def _support(self, item: SupportWork) -> SupportResult:
         started = time.perf_counter()
-        state = self.store.add_examples(
-            item.tenant, item.task_id, item.images, list(item.labels), self.settings.max_examples_per_task
+        written = self.store.write_examples(
+            item.tenant,
+            item.task_id,
+            item.images,
+            list(item.labels),
+            self.settings.max_examples_per_task,
+            item.idempotency_key,
         )
+        state = written.state
         # Durable from here on. Refresh this worker's memory of the task if it holds one (an extend:
         # only the new examples' fast weights are computed); otherwise the first classify builds it.
         try:
@@ -141,14 +149,15 @@ class MetaNetAPI(ls.LitAPI):
             self.memories.cache.pop((item.tenant, item.task_id))
         metrics.INFERENCE_SECONDS.labels("support").observe(time.perf_counter() - started)
         logger.info(
-            "support tenant=%s task=%s added=%d version=%d examples=%d",
+            "support tenant=%s task=%s added=%d version=%d examples=%d%s",
             item.tenant,
             item.task_id,
-            len(item.labels),
+            0 if written.replayed else len(item.labels),
             state.version,
             state.num_examples,
+            " (replayed: its idempotency key was seen before)" if written.replayed else "",
         )
-        return SupportResult(state.version, state.num_examples, tuple(state.labels))
+        return SupportResult(state.version, state.num_examples, tuple(state.labels), written.replayed)
 
     def _classify(self, items: list[ClassifyWork]) -> list[Outcome]:
         """All items in one batched pass; if that pass fails, each item alone, so that only the items

@@ -277,6 +277,41 @@ $("delete-task").addEventListener("click", (event) =>
   }),
 );
 
+// ---- download and upload a task (GET /tasks/{id}/export, POST /tasks/{id}/import) ------------------
+$("export-task").addEventListener("click", (event) =>
+  act(event.currentTarget, async () => {
+    const data = await api("GET", taskPath("/export"));
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([JSON.stringify(data)], { type: "application/json" }));
+    link.download = `${state.task}.metanet.json`;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+    showStatus(`Downloaded task "${state.task}": ${data.examples.length} examples.`, "info");
+  }),
+);
+$("import-task").addEventListener("change", (event) => {
+  const input = event.target;
+  const file = input.files[0];
+  input.value = ""; // the same file can be chosen again
+  if (!file) return;
+  act(null, async () => {
+    let data;
+    try {
+      data = JSON.parse(await file.text());
+    } catch {
+      throw new Error(`${file.name} is not a downloaded task (JSON).`);
+    }
+    const name = $("new-task").value.trim() || data.task_id;
+    const result = await api("POST", `/tasks/${encodeURIComponent(name)}/import`, data);
+    $("new-task").value = "";
+    await switchTask(name);
+    const other = result.model_matches ? "" : " It was made under another model, so answers may differ.";
+    showStatus(`Uploaded ${file.name} as task "${name}": ${result.num_examples} examples.${other}`, "info");
+  });
+});
+
 // ---- concepts -------------------------------------------------------------------------------
 function hint(text) {
   const p = document.createElement("p");

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import math
 import os
 import shutil
@@ -171,6 +172,29 @@ def test_upload_image_file_and_delete_task(page, server: ServerProcess, tmp_path
     page.click("#delete-task")
     page.locator("#status.info", has_text='Deleted task "browser-upload"').wait_for()
     assert "browser-upload" not in page.locator("#task-select").inner_text()
+
+
+def test_download_and_upload_a_task(page, server: ServerProcess, tmp_path: Path) -> None:
+    page.goto(server.url + "/ui/")
+    page.fill("#new-task", "browser-move")
+    page.click("#new-task-form button")
+    teach(page, "circle", circle())
+    teach(page, "cross", cross())
+    with page.expect_download() as download:
+        page.click("#export-task")
+    assert download.value.suggested_filename == "browser-move.metanet.json"
+    path = tmp_path / "moved.json"
+    download.value.save_as(path)
+    assert [e["label"] for e in json.loads(path.read_text())["examples"]] == ["circle", "cross"]
+
+    page.fill("#new-task", "browser-moved")  # the upload's task id; the file's own when left empty
+    page.set_input_files("#import-task", str(path))
+    page.locator("#status.info", has_text='as task "browser-moved": 2 examples').wait_for()
+    assert page.locator("#task-select").input_value() == "browser-moved"
+    page.locator('#concepts li[data-label="cross"]').wait_for()
+    assert classify(page, cross(shift=0.05, size=0.5)) == "cross"
+    page.set_input_files("#import-task", str(path))  # again: the task exists now
+    page.locator("#status", has_text="exists").wait_for()
 
 
 def test_errors_are_shown_in_words(page, server: ServerProcess) -> None:

@@ -72,10 +72,12 @@ class Stub(BaseHTTPRequestHandler):
     url = ""
     answers: list[tuple[int, bytes]] = []
     seen: list[str] = []
+    keys: list[str | None] = []  # the Idempotency-Key header of each request seen
 
     def _answer(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.seen.append(f"{self.command} {self.path}")
+        self.keys.append(self.headers.get("Idempotency-Key"))
         status, body = self.answers.pop(0) if self.answers else (200, b'{"status": "ok"}')
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
@@ -92,7 +94,7 @@ class Stub(BaseHTTPRequestHandler):
 def stub() -> Iterator[type[Stub]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    Stub.url, Stub.answers, Stub.seen = f"http://127.0.0.1:{server.server_port}", [], []
+    Stub.url, Stub.answers, Stub.seen, Stub.keys = f"http://127.0.0.1:{server.server_port}", [], [], []
     yield Stub
     server.shutdown()
     server.server_close()
