@@ -17,7 +17,7 @@ depend on that example alone and a memory grows one row at a time.
 
 Every function takes any number of leading batch dimensions: a single task (support
 [n, 1, H, W]) or a meta-batch of episodes (support [E, n, 1, H, W]) run the same code. Training,
-evaluation, the server (``model/inference.py``) and the ONNX export (``training/export.py``) call
+evaluation, the server (``model/inference.py``) and the ONNX export (``model/onnx_graphs.py``) call
 the same passes: ``build_memory`` / ``extend_memory`` on the support side, ``read_attention`` and
 ``query_logits`` (or ``classify_tasks`` for several tasks at once) on the query side.
 """

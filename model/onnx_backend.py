@@ -1,4 +1,4 @@
-"""The query side of the model on ONNX Runtime: the graphs ``training/export.py`` writes, fed a task's
+"""The query side of the model on ONNX Runtime: the graphs ``model/onnx_graphs.py`` exports, fed a task's
 memory tensors as inputs.
 
 ``OnnxQueryPath`` has the two methods of ``model.inference.QueryPath`` (``embed`` and
@@ -25,6 +25,7 @@ import torch
 
 from model.checkpoint import load_checkpoint
 from model.metanet import Memory, MetaNet, QueryAnswer, attention_rows, nearest_similarity
+from model.onnx_graphs import EXPORT_FORMAT, export_model, flat_rep_task, graph_paths
 
 logger = logging.getLogger("metanet.onnx")
 Neighbors = tuple[torch.Tensor, torch.Tensor]
@@ -32,18 +33,14 @@ Neighbors = tuple[torch.Tensor, torch.Tensor]
 
 def default_onnx_path(checkpoint: str | Path, folder: str | Path) -> Path:
     """Where a checkpoint's export is kept: named by the checkpoint's contents and the graphs' format
-    (``training.export.EXPORT_FORMAT``), so a changed checkpoint or exporter is exported again instead
+    (``model.onnx_graphs.EXPORT_FORMAT``), so a changed checkpoint or exporter is exported again instead
     of serving stale graphs."""
-    from training.export import EXPORT_FORMAT
-
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:12]
     return Path(folder) / f"{Path(checkpoint).stem}-{digest}-v{EXPORT_FORMAT}.onnx"
 
 
 def ensure_export(checkpoint: str | Path, out: str | Path) -> None:
     """Export ``checkpoint`` to ``out`` unless that export is already there."""
-    from training.export import graph_paths
-
     if not all(path.exists() for path in graph_paths(out).values()):
         _export_if_missing(load_checkpoint(checkpoint)[0], out)
 
@@ -51,8 +48,6 @@ def ensure_export(checkpoint: str | Path, out: str | Path) -> None:
 def _export_if_missing(model: MetaNet, out: str | Path) -> None:
     """Export into a scratch folder, then move each graph into place (the query graph last), so that
     a concurrent reader never sees a partial export and concurrent exporters do not clash."""
-    from training.export import export_model, graph_paths
-
     out = Path(out)
     if all(path.exists() for path in graph_paths(out).values()):
         return
@@ -118,8 +113,6 @@ class OnnxQueryPath:
     def __init__(
         self, model: MetaNet, out: str | Path, device: str | torch.device = "cpu", threads: int | None = None
     ) -> None:
-        from training.export import graph_paths
-
         self.model = model
         self.device = torch.device(device)
         threads = threads or torch.get_num_threads()
@@ -140,8 +133,6 @@ class OnnxQueryPath:
 
     def embed(self, x: torch.Tensor, rep_task_weights: dict[str, torch.Tensor] | None) -> torch.Tensor:
         """[q, C] query keys: ``MetaNet.embed`` for one task."""
-        from training.export import flat_rep_task
-
         feeds = {"images": x, "rep_task": flat_rep_task(rep_task_weights, x)}
         return self.embedder.run(feeds, [(x.shape[0], self.channels)])[0].to(x.device)
 
