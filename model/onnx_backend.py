@@ -1,11 +1,11 @@
-"""The query side of the model on ONNX Runtime: the graphs ``model/onnx_graphs.py`` exports, fed a task's
-memory tensors as inputs.
+"""The query side of the model on ONNX Runtime: the graphs ``model/onnx_graphs.py`` exports, fed a
+task's memory tensors as inputs.
 
-``OnnxQueryPath`` has the two methods of ``model.inference.QueryPath`` (``embed`` and
-``classify_tasks``) that the torch backend, ``MetaNet`` itself, has, and gives the same numbers
-(tests/metanet/test_onnx.py). The attention and the memory read (W* = a^T M from compact rows) run in
-the model, in torch; the query embedding, b with per-query fast weights and the output layer run in
-the graphs. Execution provider: CUDA when the predictor's device is a GPU and the
+``OnnxQueryBackend`` is a ``model.metanet.QueryBackend``: it supplies the query embedding and the output
+head that ``MetaNet`` itself supplies to ``MetaNet.classify_tasks``, and gives the same numbers
+(tests/metanet/test_onnx.py). The scheduling, the attention and the memory read (W* = a^T M from compact
+rows) run in the model, in torch; the query embedding, b with per-query fast weights and the output
+layer run in the graphs. Execution provider: CUDA when the predictor's device is a GPU and the
 installed ONNX Runtime has it (``onnxruntime-gpu``, the ``gpu`` extra), with inputs and outputs bound
 in GPU memory (no copies through the host); the CPU provider otherwise.
 """
@@ -24,11 +24,10 @@ import onnxruntime as ort
 import torch
 
 from model.checkpoint import load_checkpoint
-from model.metanet import Memory, MetaNet, QueryAnswer, attention_rows, nearest_similarity
+from model.metanet import MetaNet, QueryRows, SparseAttention
 from model.onnx_graphs import EXPORT_FORMAT, export_model, flat_rep_task, graph_paths
 
 logger = logging.getLogger("metanet.onnx")
-Neighbors = tuple[torch.Tensor, torch.Tensor]
 
 
 def default_onnx_path(checkpoint: str | Path, folder: str | Path) -> Path:
@@ -107,7 +106,7 @@ def _numpy_dtype(t: torch.Tensor) -> type:
     return {torch.float32: np.float32, torch.int64: np.int64, torch.float16: np.float16}[t.dtype]
 
 
-class OnnxQueryPath:
+class OnnxQueryBackend:
     """The exported query graphs (dense attention, top-k attention, query embedding) on ONNX Runtime."""
 
     def __init__(
@@ -124,7 +123,9 @@ class OnnxQueryPath:
         self.channels = self.embedder.session.get_outputs()[0].shape[1]  # static in the graph
 
     @classmethod
-    def for_model(cls, model: MetaNet, out: str | Path, device: str | torch.device = "cpu") -> OnnxQueryPath:
+    def for_model(
+        cls, model: MetaNet, out: str | Path, device: str | torch.device = "cpu"
+    ) -> OnnxQueryBackend:
         """Sessions over ``model``'s export at ``out``, exporting it there first if it is missing."""
         _export_if_missing(model, out)
         path = cls(model, out, device)
@@ -136,31 +137,23 @@ class OnnxQueryPath:
         feeds = {"images": x, "rep_task": flat_rep_task(rep_task_weights, x)}
         return self.embedder.run(feeds, [(x.shape[0], self.channels)])[0].to(x.device)
 
-    def classify_tasks(
-        self,
-        memories: list[Memory],
-        queries: list[torch.Tensor],
-        neighbors: list[Neighbors | None],
-        chunk: int = 256,
-    ) -> list[QueryAnswer]:
-        """``MetaNet.classify_tasks`` with graph runs per task of at most ``chunk`` queries (bounds the
-        per-query fast weights W*, ~0.6 MB each)."""
-        answers = []
-        for memory, x, near in zip(memories, queries, neighbors, strict=True):
-            keys = None if near is not None else self.embed(x, memory.rep_task_weights)
-            attention = self.model.read_attention(memory, keys, near)
-            feeds = {"labels": memory.labels, "label_codes": memory.label_codes, "fast_out": memory.fast_out}
-            session = self.dense if near is None else self.topk
-            parts = []
-            for start in range(0, len(x), chunk):
-                rows = slice(start, start + chunk)
-                part = attention_rows(attention, rows)
-                read = {"images": x[rows], "fast_weights": self.model.read_memory(memory, part)}
-                if near is None:
-                    read["attention"] = part
-                else:
-                    read |= {"ids": part.ids, "weights": part.weights}
-                shape = (len(x[rows]), memory.label_codes.shape[0])
-                parts.append(session.run(feeds | read, [shape])[0])
-            answers.append(QueryAnswer(torch.cat(parts).to(x.device), nearest_similarity(memory, keys, near)))
-        return answers
+    def output_head(self, parts: list[QueryRows]) -> list[torch.Tensor]:
+        """``MetaNet.output_head``: one graph run per part (the graphs take one task's memory)."""
+        logits = []
+        for part in parts:
+            memory, dense = part.memory, not isinstance(part.attention, SparseAttention)
+            feeds = {
+                "images": part.images,
+                "fast_weights": part.fast_weights,
+                "labels": memory.labels,
+                "label_codes": memory.label_codes,
+                "fast_out": memory.fast_out,
+            }
+            if dense:
+                feeds["attention"] = part.attention
+            else:
+                feeds |= {"ids": part.attention.ids, "weights": part.attention.weights}
+            shape = (len(part.images), memory.label_codes.shape[0])
+            session = self.dense if dense else self.topk
+            logits.append(session.run(feeds, [shape])[0].to(part.images.device))
+        return logits

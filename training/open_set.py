@@ -41,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, metadata_path, read_metadata
-from model.metanet import MetaNet
+from model.metanet import MetaNet, label_matrix, shots_per_row
 from model.novelty import SCORE, OpenSetCalibration, novelty
 from model.preprocess import to_tensor
 from training.data import DEFAULT_DATA
@@ -125,9 +125,8 @@ def candidate_scores(
     queries = episode.open_set_queries()[0]
     query_keys = model.embed(queries, rep_task)  # [E, q + u, C]
     cosine = query_keys @ keys.transpose(-1, -2)  # [E, q, n]
-    label_of = torch.nn.functional.one_hot(labels, codes.shape[-1]).to(cosine.dtype)  # [E, n, K]
-    shots = (label_of @ label_of.sum(-2).unsqueeze(-1)).squeeze(-1).unsqueeze(-2)  # [E, 1, n]
-    attention = model.attention(cosine, shots)
+    label_of = label_matrix(labels, codes.shape[-1], cosine.dtype)  # [E, n, K]
+    attention = model.attention(cosine, shots_per_row(labels, codes.shape[-1], cosine.dtype).unsqueeze(-2))
     votes = attention @ label_of  # [E, q, K]
     per_label = cosine.unsqueeze(-1).masked_fill(label_of.unsqueeze(-3) == 0, -2.0).amax(-2)  # [E, q, K]
     top2 = per_label.topk(min(2, per_label.shape[-1]), dim=-1).values
