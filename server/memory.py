@@ -150,6 +150,7 @@ class TaskMemories:
         predictor: Predictor,
         store: TaskStore,
         cache: MemoryCache,
+        *,
         topk_min_examples: int,
         topk_neighbors: int,
         inline_examples: int = 8,
@@ -157,7 +158,9 @@ class TaskMemories:
         checkpoint: str = "",
         derived_min_examples: int = 64,
     ) -> None:
-        """``derived``: where build jobs save (and load) the memories of tasks of at least
+        """``topk_min_examples``, ``topk_neighbors``: tasks of at least that many examples are searched
+        for each query's nearest keys, that many of them. ``inline_examples``: extensions by more run on
+        the build thread. ``derived``: where build jobs save (and load) the memories of tasks of at least
         ``derived_min_examples`` examples, made with the checkpoint of fingerprint ``checkpoint``."""
         self.predictor = predictor
         self.store = store

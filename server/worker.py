@@ -84,12 +84,12 @@ class MetaNetAPI(ls.LitAPI):
             predictor,
             self.store,
             MemoryCache(s.cache_bytes),
-            s.topk_min_examples,
-            s.topk_neighbors,
-            s.build_inline_examples,
-            DerivedMemoryFiles(s.derived_dir) if s.derived_memory else None,
-            fingerprint(s.checkpoint),
-            s.derived_min_examples,
+            topk_min_examples=s.topk_min_examples,
+            topk_neighbors=s.topk_neighbors,
+            inline_examples=s.build_inline_examples,
+            derived=DerivedMemoryFiles(s.derived_dir) if s.derived_memory else None,
+            checkpoint=fingerprint(s.checkpoint),
+            derived_min_examples=s.derived_min_examples,
         )
         calibration = OpenSetCalibration.from_metadata(read_metadata(s.checkpoint))
         self.novelty_threshold = s.novelty_threshold

@@ -82,7 +82,14 @@ def store(tmp_path) -> SQLiteTaskStore:
 
 
 def memories(store, predictor, topk_min_examples=100, budget=10**9, inline=8) -> TaskMemories:
-    return TaskMemories(predictor, store, MemoryCache(budget), topk_min_examples, 2, inline)
+    return TaskMemories(
+        predictor,
+        store,
+        MemoryCache(budget),
+        topk_min_examples=topk_min_examples,
+        topk_neighbors=2,
+        inline_examples=inline,
+    )
 
 
 def test_extend_reuses_cached_examples_and_rebuilds_after_removal(store) -> None:
