@@ -229,13 +229,32 @@ class TaskMemories:
         retry = max(0.1, job.examples * self.seconds_per_example - elapsed)
         return Building(job.examples, elapsed, retry)
 
-    def refresh_if_cached(self, tenant: str, task_id: str) -> Refresh | None:
-        """Bring a task this worker already holds up to date (after a support call): a small extend
-        inline, anything larger as a build job. Returns what happened now (None: nothing held, or a job)."""
-        if (tenant, task_id) not in self.cache:
+    def refresh_after_support(
+        self, tenant: str, task_id: str, state: TaskState, images: np.ndarray, labels: list[str]
+    ) -> Refresh | None:
+        """Bring a task this worker already holds up to date after a support call, from what the call
+        wrote: ``state``, the task after the write, and the ``images`` and ``labels`` it added. A small
+        extend runs inline, anything larger as a build job. The store is read only where the held memory
+        is not at the version just before the write (another writer came between, or a job holds the
+        task). Returns what happened now (None: nothing held, or a job)."""
+        key = (tenant, task_id)
+        with self._lock:
+            cached, job = self.cache.get(key), self._jobs.get(key)
+        if cached is None:
             return None
-        found = self.current(tenant, task_id)
-        return found[1] if isinstance(found, tuple) else None
+        written = TaskSnapshot(state, state.version - 1, images, list(labels))
+        if (
+            job is not None
+            or cached.version != written.since_version
+            or not self._extendable(cached, written)
+        ):
+            found = self.current(tenant, task_id)
+            return found[1] if isinstance(found, tuple) else None
+        if len(labels) <= self.inline_examples and cached.memory.num_examples >= self.predictor.task_examples:
+            self._refresh(key, cached, written)
+            return "extend"
+        self._schedule(key, len(labels))
+        return None
 
     @property
     def builds_in_progress(self) -> int:

@@ -130,10 +130,13 @@ class MetaNetAPI(ls.LitAPI):
         state = self.store.add_examples(
             item.tenant, item.task_id, item.images, list(item.labels), self.settings.max_examples_per_task
         )
-        # Durable from here on. Refresh this worker's memory of the task if it holds one (an extend:
-        # only the new examples' fast weights are computed); otherwise the first classify builds it.
+        # Durable from here on. Refresh this worker's memory of the task if it holds one, from what was
+        # just written (an extend: only the new examples' fast weights are computed); otherwise the
+        # first classify builds it.
         try:
-            refresh = self.memories.refresh_if_cached(item.tenant, item.task_id)
+            refresh = self.memories.refresh_after_support(
+                item.tenant, item.task_id, state, item.images, list(item.labels)
+            )
             if refresh:
                 metrics.CACHE_REFRESHES.labels(refresh).inc()
         except Exception:
