@@ -49,7 +49,8 @@ from model.inference import MetaNetPredictor, TaskMemory
 from model.onnx_backend import default_onnx_path
 from server.config import ServerSettings
 from server.images import ImageDecoder
-from server.memory import CachedTask, MemoryCache, TaskMemories
+from server.memory import TaskMemories
+from server.memory_cache import CachedTask, MemoryCache
 from testkit import CHECKPOINT, REPO, b64, free_port, omniglot, running_server
 
 SIZES = (5, 20, 100)

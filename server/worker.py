@@ -24,7 +24,8 @@ from server import metrics
 from server.config import ServerSettings
 from server.derived import DerivedMemoryFiles, fingerprint
 from server.litserve_adapter import DrainingBatchedLoop, WorkerBridge
-from server.memory import Building, CachedTask, MemoryCache, TaskMemories
+from server.memory import Building, TaskMemories
+from server.memory_cache import CachedTask, MemoryCache
 from server.protocol import (
     ClassifyResult,
     ClassifyWork,

@@ -9,7 +9,8 @@ import torch
 
 from model.inference import MetaNetPredictor
 from server.derived import DerivedMemoryFiles, fingerprint
-from server.memory import MemoryCache, TaskMemories
+from server.memory import TaskMemories
+from server.memory_cache import MemoryCache
 from server.store import SQLiteTaskStore
 from testkit import CHECKPOINT
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from model.inference import Classified
-from server.memory import Building, CachedTask, MemoryCache, TaskMemories
+from server.memory import Building, TaskMemories
+from server.memory_cache import CachedTask, MemoryCache
 from server.protocol import EmptyTask, TaskTooLarge
 from server.store import SQLiteTaskStore
 
