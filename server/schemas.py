@@ -176,6 +176,9 @@ class ModelInfo(BaseModel):
 class ServerInfo(BaseModel):
     model: ModelInfo
     limits: Limits
+    api_keys: bool = Field(
+        description="whether the /tasks routes need an API key (``Authorization: Bearer <key>``)"
+    )
     task_id_pattern: str = NAME_PATTERN
     label_pattern: str = LABEL_PATTERN
 
