@@ -8,7 +8,9 @@ from model.metanet import MetaNet
 from model.novelty import SCORE
 from training.episodes import UNKNOWN
 from training.evaluate import summarize_both, task_accuracies
-from training.open_set import auroc, open_set_episodes, open_set_outputs
+from training.novelty_scores import open_set_outputs
+from training.open_set_metrics import auroc
+from training.open_set_tasks import open_set_episodes
 
 
 def validate(

@@ -37,7 +37,7 @@ def test_a_restarted_worker_loads_and_extends_the_saved_memory(tmp_path, predict
     derived = DerivedMemoryFiles(tmp_path / "derived")
     checkpoint = fingerprint(CHECKPOINT)
 
-    def worker() -> TaskMemories:
+    def worker(made_with: str = checkpoint) -> TaskMemories:
         return TaskMemories(
             predictor,
             store,
@@ -46,7 +46,7 @@ def test_a_restarted_worker_loads_and_extends_the_saved_memory(tmp_path, predict
             topk_neighbors=16,
             inline_examples=8,
             derived=derived,
-            checkpoint=checkpoint,
+            checkpoint=made_with,
             derived_min_examples=64,
         )
 
@@ -67,17 +67,7 @@ def test_a_restarted_worker_loads_and_extends_the_saved_memory(tmp_path, predict
     reloaded = restarted.classify([(entry, queries)])[0].probabilities
     assert (reloaded.argmax(-1) == expected.argmax(-1)).all()
 
-    wrong = TaskMemories(
-        predictor,
-        store,
-        MemoryCache(10**9),
-        topk_min_examples=32,
-        topk_neighbors=16,
-        inline_examples=8,
-        derived=derived,
-        checkpoint="other checkpoint",
-        derived_min_examples=64,
-    )
+    wrong = worker("other checkpoint")
     wrong.current("t", "big", wait=True)
     assert CountingPredictor.builds == builds + 1  # made by other weights: rebuilt
 
