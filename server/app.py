@@ -74,7 +74,12 @@ def build_server(settings: ServerSettings, keys: KeyRing) -> ls.LitServer:
     app.title, app.version, app.description = TITLE, VERSION, DESCRIPTION
     # LitServe's own /, /health and /info answer untyped plain text; ours answer JSON.
     remove_builtin_routes(server)
-    info = ServerInfo(model=model, limits=Limits.of(settings), idempotency_ttl=settings.idempotency_ttl)
+    info = ServerInfo(
+        model=model,
+        limits=Limits.of(settings),
+        idempotency_ttl=settings.idempotency_ttl,
+        api_keys=keys.enabled,
+    )
     index = Index(name=TITLE, version=VERSION)
     app.include_router(service_router(store, lambda: workers_ready(server), index, info))
     app.include_router(task_router(settings, api.spec, store, model))

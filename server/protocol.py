@@ -7,9 +7,11 @@ never fails the others of its batch. Everything here crosses a process boundary 
 plain data: frozen dataclasses and exceptions constructed from a message alone.
 
 To extend it: a new classify option is a field with a default on ``ClassifyWork`` (and on the request
-schema); a new per-prediction field goes on ``Prediction`` here and on ``server.schemas.Prediction``
-(the route copies results into responses field by name) and on the SDK's model, which
-clients/python/tests/test_client_contract.py checks against the schema.
+schema); a new per-prediction field goes on ``Prediction`` here, the one result type the workers
+answer with, and on ``server.schemas.Prediction``, its HTTP form (the route copies results into responses
+field by name; tests/server/test_server_protocol.py checks that every result's fields and types are in
+its HTTP form), and on the SDK's model, which clients/python/tests/test_client_contract.py checks
+against the schema.
 
 The errors are the service's vocabulary of failures, raised where they are detected (store, memory,
 worker, image decoding, routes); ``server.errors`` maps each kind to its HTTP status in one table.

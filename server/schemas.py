@@ -226,6 +226,9 @@ class ServerInfo(BaseModel):
     model: ModelInfo
     limits: Limits
     idempotency_ttl: float = Field(description="seconds a support call's Idempotency-Key is remembered")
+    api_keys: bool = Field(
+        description="whether the /tasks routes need an API key (``Authorization: Bearer <key>``)"
+    )
     task_id_pattern: str = NAME_PATTERN
     label_pattern: str = LABEL_PATTERN
 

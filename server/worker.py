@@ -24,7 +24,8 @@ from server import metrics
 from server.config import ServerSettings
 from server.derived import DerivedMemoryFiles, fingerprint
 from server.litserve_adapter import DrainingBatchedLoop, WorkerBridge
-from server.memory import Building, CachedTask, MemoryCache, TaskMemories
+from server.memory import Building, TaskMemories
+from server.memory_cache import CachedTask, MemoryCache
 from server.protocol import (
     ClassifyResult,
     ClassifyWork,
@@ -86,12 +87,12 @@ class MetaNetAPI(ls.LitAPI):
             predictor,
             self.store,
             MemoryCache(s.cache_bytes),
-            s.topk_min_examples,
-            s.topk_neighbors,
-            s.build_inline_examples,
-            DerivedMemoryFiles(s.derived_dir) if s.derived_memory else None,
-            fingerprint(s.checkpoint),
-            s.derived_min_examples,
+            topk_min_examples=s.topk_min_examples,
+            topk_neighbors=s.topk_neighbors,
+            inline_examples=s.build_inline_examples,
+            derived=DerivedMemoryFiles(s.derived_dir) if s.derived_memory else None,
+            checkpoint=fingerprint(s.checkpoint),
+            derived_min_examples=s.derived_min_examples,
         )
         calibration = OpenSetCalibration.from_metadata(read_metadata(s.checkpoint))
         self.novelty_threshold = s.novelty_threshold
@@ -138,10 +139,13 @@ class MetaNetAPI(ls.LitAPI):
             item.idempotency_key,
         )
         state = written.state
-        # Durable from here on. Refresh this worker's memory of the task if it holds one (an extend:
-        # only the new examples' fast weights are computed); otherwise the first classify builds it.
+        # Durable from here on. Refresh this worker's memory of the task if it holds one, from what was
+        # just written (an extend: only the new examples' fast weights are computed); otherwise the
+        # first classify builds it.
         try:
-            refresh = self.memories.refresh_if_cached(item.tenant, item.task_id)
+            refresh = self.memories.refresh_after_support(
+                item.tenant, item.task_id, state, item.images, list(item.labels)
+            )
             if refresh:
                 metrics.CACHE_REFRESHES.labels(refresh).inc()
         except Exception:

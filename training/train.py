@@ -50,21 +50,19 @@ from model.checkpoint import read_metadata, save_checkpoint, training_metadata
 from model.config import MetaNetConfig
 from model.fast_weights import init_quiet
 from model.metanet import MetaNet
-from model.novelty import SCORE
-from training.average import clear_snapshots, save_snapshot
 from training.data import DEFAULT_DATA
 from training.episodes import (
     STANDARD_VALIDATION_ALPHABETS,
-    UNKNOWN,
     DeviceEpisodeSampler,
     Episode,
     load_split,
     validation_alphabets,
 )
-from training.evaluate import default_device, summarize_both, task_accuracies
-from training.open_set import auroc, open_set_episodes, open_set_outputs
+from training.evaluate import default_device
 from training.plots import plot_learning_curve
 from training.recipe import parse_with_recipe
+from training.snapshots import clear_snapshots, save_snapshot
+from training.validation import validate
 
 # how often the loop reads its clock and the stop signal (a broadcast under torchrun), in steps
 CLOCK_EVERY_STEPS = 10
@@ -204,21 +202,6 @@ def learning_rate(base: float, step: int, warmup: int, progress: float, schedule
     if schedule == "constant":
         return base * warm
     return base * warm * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def validate(
-    model: MetaNet, pool, way: int, shot: int, tasks: int, device: torch.device, open_set: bool = False
-) -> dict[str, float]:
-    """Accuracy on validation tasks (always the same tasks: fixed seed, 5 queries per class), and with
-    ``open_set`` the AUROC of the served novelty score on the same tasks with as many unknown classes
-    mixed in (``training.open_set``; u and d only)."""
-    result = summarize_both(task_accuracies(model, pool, way, shot, 5, tasks, seed=1234, device=device))
-    if open_set:
-        episodes = open_set_episodes(pool, way, shot, 5, None, seed=1234)
-        outputs = open_set_outputs(model, episodes, tasks, 1, device, full_model=False)
-        score, known = outputs.scores[SCORE], outputs.labels != UNKNOWN
-        result["auroc"] = 100 * auroc(score[known], score[~known])
-    return result
 
 
 def revive_silent_heads(model: MetaNet) -> None:

@@ -63,6 +63,7 @@ async function api(method, path, body) {
     const error = data && data.error;
     const message = error ? error.message : `${response.status} ${response.statusText}`;
     if (response.status === 401) {
+      $("key-button").hidden = false;
       $("key-form").hidden = false;
       $("api-key").focus();
       throw new ApiError(401, "unauthorized", `This server needs an API key: ${message}`);
@@ -398,14 +399,21 @@ function renderPrediction(name, prediction, threshold) {
   const limit = threshold === null ? "no threshold set" : `threshold ${threshold.toFixed(3)}`;
   detail.textContent = known
     ? `${name}: ${(100 * prediction.score).toFixed(1)}% · novelty ${novelty} (${limit})`
-    : `${name}: unlike every concept of this task (novelty ${novelty} > ${limit}). Closest guesses:`;
+    : `${name}: unlike every concept of this task (novelty ${novelty} > ${limit}). Nearest concepts:`;
   const list = document.createElement("ol");
-  list.className = "topk";
+  list.className = known ? "topk" : "topk guesses";
   for (const entry of prediction.top_k) {
     const li = document.createElement("li");
     const label = document.createElement("span");
     label.className = "name";
     label.textContent = entry.label;
+    if (!known) {
+      // The scores share out certainty among the task's concepts, assuming the drawing is one of
+      // them; for a drawing judged to be none of them they are no confidence, so none is shown.
+      li.append(label);
+      list.append(li);
+      continue;
+    }
     const bar = document.createElement("span");
     bar.className = "bar";
     const fill = document.createElement("span");
@@ -466,8 +474,15 @@ $("key-forget").addEventListener("click", () => {
   showStatus("Key forgotten for this tab.", "info");
 });
 
+async function showKeyButton() {
+  // The key button only where the server asks for keys; a 401 shows it too (see api).
+  const info = await api("GET", "/info");
+  $("key-button").hidden = !info.api_keys && !sessionStorage.getItem(KEY_STORAGE);
+}
+
 async function start() {
   showStatus("");
+  await showKeyButton();
   await loadTasks();
   await loadConcepts();
 }

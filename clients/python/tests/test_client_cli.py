@@ -60,7 +60,7 @@ def test_folder_round_trip(
     assert row.split()[:2] == [str(queries / "a0-taught.png"), "char-0"] and row.count("char-") == 4
 
     code, out, _ = run(capsys, *url, "add", task_id, "--label", "extra", str(queries / "b1-other.png"))
-    assert code == 0 and "6 labels" in out
+    assert code == 0 and out.startswith(f"added 1 image to {task_id}:") and "6 labels" in out
     code, out, _ = run(capsys, *url, "info", task_id, "--json")
     info = json.loads(out)
     assert info["num_examples"] == 6 and info["labels"] == {**dict.fromkeys(labels, 1), "extra": 1}

@@ -80,6 +80,11 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
@@ -105,8 +110,8 @@ def cmd_add(client: Client, args: argparse.Namespace) -> None:
         _print_json(result.model_dump())
     else:
         print(
-            f"added {len(examples)} images to {result.task_id}: version {result.version}, "
-            f"{result.num_examples} examples, {len(result.labels)} labels"
+            f"added {_count(len(examples), 'image')} to {result.task_id}: version {result.version}, "
+            f"{_count(result.num_examples, 'example')}, {_count(len(result.labels), 'label')}"
         )
 
 
