@@ -6,7 +6,8 @@ that an upgrade that changes one fails there, loudly, instead of somewhere in a 
 
 - a ``LitSpec`` gets ``response_buffer`` (uid -> ``ResponseBufferItem``), ``request_queue`` and
   ``response_queue_id`` from the server; a request is the tuple
-  ``(response_queue_id, uid, enqueued_at, payload)`` on that queue, its answer arrives in the buffer as
+  ``(response_queue_id, uid, enqueued_at, payload)`` on that queue (here the payload is a
+  ``(Ticket, work item)`` pair), its answer arrives in the buffer as
   ``(output, LitAPIStatus)``, with HTTP 504 as the error of a request that waited too long;
 - ``BatchedLoop.get_batch_requests(lit_api, request_queue, transport)`` returns ``(batch, timed_out)``,
   ``_SENTINEL_VALUE`` on the queue asks the loop to stop by raising ``_StopLoopError``, and a loop
@@ -29,6 +30,7 @@ import multiprocessing as mp
 import os
 import time
 import uuid
+from collections.abc import Callable
 from queue import Empty
 from typing import Any
 
@@ -40,14 +42,17 @@ from litserve.transport.base import MessageTransport
 from litserve.utils import LitAPIStatus, LoopResponseType, ResponseBufferItem, WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 
-from server.protocol import Outcome, Result, ServiceError, TaskBuilding, Work, WorkerFailed, WorkerTimeout
+from server import metrics
+from server.admission import FairQueue, Ticket
+from server.protocol import Outcome, Overloaded, Result, ServiceError, Work, WorkerFailed, WorkerTimeout
 
 LITSERVE_VERSIONS = (">=0.2.19", "<0.3")
 
 
 class WorkerBridge(LitSpec):
-    """Submits work items to the inference workers and awaits their answers (no routes of its own:
-    LitServe forwards only a request body to its workers, so the HTTP routes build the work items)."""
+    """Sends work items to the inference workers and awaits their answers (no routes of its own:
+    LitServe forwards only a request body to its workers, so the HTTP routes build the work items, and
+    ``server.dispatch`` sends them)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -59,26 +64,14 @@ class WorkerBridge(LitSpec):
     def encode_response(self, output: Outcome, context_kwargs: dict | None = None) -> Outcome:
         return output
 
-    async def submit(self, work: Work, wait_for_build: float = 0.0) -> Result:
-        """The worker's result for ``work``; raises the ServiceError the worker answered with. While the
-        work's task memory is building (``TaskBuilding``: a worker never waits for a build itself), ask
-        again, every 20 ms at first and then every 250 ms, for up to ``wait_for_build`` seconds."""
-        deadline, pause = time.monotonic() + wait_for_build, 0.02
-        while True:
-            try:
-                return await self._submit_once(work)
-            except TaskBuilding:
-                if time.monotonic() + pause > deadline:
-                    raise
-            await asyncio.sleep(pause)
-            pause = min(2 * pause, 0.25)
-
-    async def _submit_once(self, work: Work) -> Result:
+    async def send(self, ticket: Ticket, work: Work) -> Result:
+        """The worker's result for ``work`` (scheduled by ``ticket``); raises the ServiceError the worker
+        answered with."""
         uid = str(uuid.uuid4())
         event = asyncio.Event()
         self.response_buffer[uid] = ResponseBufferItem(event=event)
         try:
-            self.request_queue.put((self.response_queue_id, uid, time.monotonic(), work))
+            self.request_queue.put((self.response_queue_id, uid, time.monotonic(), (ticket, work)))
             await event.wait()
         finally:  # also when the client went away: a late answer for uid is then dropped
             buffered = self.response_buffer.pop(uid)
@@ -92,45 +85,66 @@ class WorkerBridge(LitSpec):
         return output
 
 
-class DrainingBatchedLoop(BatchedLoop):
-    """Dynamic batching without idle polling.
+class FairBatchedLoop(BatchedLoop):
+    """Dynamic batching, fair between tenants, without idle polling.
 
     LitServe's stock batched loop polls its queue every millisecond (or spins when ``batch_timeout`` is
-    0). This loop blocks for the first request, then takes every request already queued, up to
-    ``max_batch_size``, waiting at most ``batch_timeout`` for more. A lone request pays no batching delay;
-    requests that arrive while a batch runs form the next batch.
+    0) and serves requests in arrival order. This loop blocks only while it holds no work; otherwise it
+    takes everything already on the shared queue into its ``FairQueue`` (waiting at most
+    ``batch_timeout`` for more) and hands the worker the next batch by deficit round robin over tenants,
+    of at most ``quantum`` images beyond its first item. A lone request pays no batching delay; a
+    request not started by its ticket's deadline is answered ``Overloaded`` without being run.
     """
 
+    def __init__(self, quantum: int, share: Callable[[str], float]) -> None:
+        super().__init__()
+        self.quantum = quantum
+        self.share = share
+        self.held: FairQueue | None = None  # made in the worker process
+
     def get_batch_requests(self, lit_api, request_queue, transport):
-        batch, timed_out = [], []
+        if self.held is None:
+            self.held = FairQueue(self.quantum, self.share)
+        held = self.held
         deadline = None
-        while len(batch) < lit_api.max_batch_size:
-            if deadline is None:  # nothing yet: block (bounded, so shutdown sentinels are seen)
+        while True:
+            if not held.count:  # nothing to do: block (bounded, so shutdown sentinels are seen)
                 block, timeout = True, 1.0
             else:
-                remaining = deadline - time.monotonic()
-                block, timeout = remaining > 0, max(remaining, 0.0)
+                if deadline is None:
+                    deadline = time.monotonic() + lit_api.batch_timeout
+                timeout = deadline - time.monotonic()
+                block = timeout > 0 and held.count < lit_api.max_batch_size
             try:
                 item = request_queue.get(block=block, timeout=timeout if block else None)
             except Empty:
-                if deadline is None:
+                if not held.count:
                     return [], []
                 break
             if item == _SENTINEL_VALUE:
                 raise _StopLoopError()
-            response_queue_id, uid, timestamp, payload = item
+            response_queue_id, uid, timestamp, (ticket, work) = item
             self.put_response(
                 transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR
             )
-            if (
-                lit_api.request_timeout not in (-1, False)
-                and time.monotonic() - timestamp > lit_api.request_timeout
-            ):
+            held.push(ticket, (response_queue_id, uid, timestamp, work))
+        now = time.monotonic()
+        taken, expired = held.pop_batch(now, self.quantum, lit_api.max_batch_size)
+        metrics.WORKER_QUEUE_IMAGES.set(held.images)
+        for response_queue_id, uid, timestamp, _ in expired:
+            metrics.EXPIRED.inc()
+            late = Overloaded(
+                f"the request did not start within {now - timestamp:.1f} s (METANET_QUEUE_DEADLINE)"
+            )
+            self.put_response(
+                transport, response_queue_id, uid, late, LitAPIStatus.OK, LoopResponseType.REGULAR
+            )
+        batch, timed_out = [], []
+        for response_queue_id, uid, timestamp, work in taken:
+            if lit_api.request_timeout not in (-1, False) and now - timestamp > lit_api.request_timeout:
                 timed_out.append((response_queue_id, uid))
             else:
-                batch.append((response_queue_id, uid, payload))
-            if deadline is None:
-                deadline = time.monotonic() + lit_api.batch_timeout
+                batch.append((response_queue_id, uid, work))
         return batch, timed_out
 
 

@@ -16,9 +16,9 @@ from starlette.concurrency import run_in_threadpool
 
 from server.config import NAME_PATTERN, ServerSettings
 from server.derived import DerivedMemoryFiles
+from server.dispatch import Dispatcher
 from server.errors import error_responses, service_error_response
 from server.images import ImageDecoder, decode_images
-from server.litserve_adapter import WorkerBridge
 from server.metrics import exposition
 from server.protocol import (
     ClassifyWork,
@@ -28,7 +28,11 @@ from server.protocol import (
     InvalidImage,
     LabelNotFound,
     NotReady,
+    Overloaded,
+    OverShare,
     PayloadTooLarge,
+    QuotaExceeded,
+    RateLimited,
     StoreOutcomeUnknown,
     StoreUnavailable,
     StoreUnreachable,
@@ -73,22 +77,28 @@ def _info(state: TaskState) -> TaskInfo:
 
 
 def task_router(
-    settings: ServerSettings, bridge: WorkerBridge, store: TaskStore, image_size: int
+    settings: ServerSettings, dispatcher: Dispatcher, store: TaskStore, image_size: int
 ) -> APIRouter:
-    """Routes under ``/tasks``; support and classify run in the inference workers, the rest on the store."""
+    """Routes under ``/tasks``; support and classify run in the inference workers (through admission:
+    ``Dispatcher``), the rest on the store. ``GuardMiddleware`` checks key, rates and body size first."""
     router = APIRouter(
         prefix="/tasks",
         tags=["tasks"],
         responses=error_responses(
-            Unauthorized, PayloadTooLarge, StoreUnavailable, StoreOutcomeUnknown, statuses=(422, 500)
+            Unauthorized,
+            RateLimited,
+            PayloadTooLarge,
+            StoreUnavailable,
+            StoreOutcomeUnknown,
+            statuses=(422, 500),
         ),
-        max_body_size=settings.max_body_bytes,
     )
     decoder = ImageDecoder(settings.max_image_side, image_size, settings.normalize_polarity)
     derived = DerivedMemoryFiles(settings.derived_dir)  # saved task memories: removed with the data
     SupportRequest, ClassifyRequest = request_models(settings)
     Label = Annotated[str, Path(**label_constraints(settings))]
     image_errors = (InvalidImage, ImageTooLarge, TooManyImages, WorkerTimeout, WorkerFailed)
+    queue_errors = (OverShare, Overloaded)
 
     def check_count(n: int) -> None:
         if n > settings.max_images_per_request:
@@ -97,32 +107,37 @@ def task_router(
     @router.post(
         "/{task_id}/support",
         summary="Teach a task labeled examples",
-        responses=error_responses(*image_errors, ExampleLimit),
+        responses=error_responses(*image_errors, *queue_errors, ExampleLimit, QuotaExceeded),
     )
     async def add_support(task_id: TaskId, body: SupportRequest, tenant: Tenant) -> SupportResponse:
         """Adds the examples durably (all or nothing) and answers with the task's new version.
-        A label the task has not seen becomes a new concept at once."""
+        A label the task has not seen becomes a new concept at once. Over a tenant quota: 507
+        ``quota_exceeded`` naming it, and nothing is written."""
         check_count(len(body.examples))
+        dispatcher.admit(tenant, len(body.examples))
         labels = tuple(e.label for e in body.examples)
         images = await decode_images(decoder, [e.image for e in body.examples], "examples[{}].image".format)
-        result = await bridge.submit(SupportWork(tenant, task_id, images, labels))
+        result = await dispatcher.support(SupportWork(tenant, task_id, images, labels))
         return SupportResponse(task_id=task_id, **asdict(result))
 
     @router.post(
         "/{task_id}/classify",
         summary="Classify images against a task's concepts",
-        responses=error_responses(*image_errors, TaskNotFound, EmptyTask, TaskBuilding, TaskTooLarge),
+        responses=error_responses(
+            *image_errors, *queue_errors, TaskNotFound, EmptyTask, TaskBuilding, TaskTooLarge
+        ),
     )
     async def classify(task_id: TaskId, body: ClassifyRequest, tenant: Tenant) -> ClassifyResponse:
         """One prediction per image, in request order, with the task version used. While the task's
         memory is being built the call waits for it, up to ``METANET_BUILD_WAIT`` seconds, then answers
-        503 ``task_building`` with a Retry-After header."""
+        503 ``task_building`` with a Retry-After header. A request that cannot start within
+        ``METANET_QUEUE_DEADLINE`` is refused at once: 429 ``over_share`` or 503 ``overloaded``, with
+        Retry-After."""
         check_count(len(body.images))
+        dispatcher.admit(tenant, len(body.images))
         images = await decode_images(decoder, body.images, "images[{}]".format)
-        work = ClassifyWork(
-            tenant, task_id, images, body.top_k, body.reject == "on", body.novelty_threshold
-        )
-        result = await bridge.submit(work, settings.build_wait)
+        work = ClassifyWork(tenant, task_id, images, body.top_k, body.reject == "on", body.novelty_threshold)
+        result = await dispatcher.classify(work)
         return ClassifyResponse.of(task_id, result)
 
     @router.get("", summary="The caller's tasks")

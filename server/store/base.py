@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from server.protocol import QuotaExceeded
+
 
 @dataclass(frozen=True)
 class TaskState:
@@ -57,6 +59,25 @@ class StoreCounts:
     images: int  # distinct images: an image sent again (to any task of its tenant) is stored once
 
 
+@dataclass(frozen=True)
+class StorageQuota:
+    """What one tenant may hold in the task store (docs/API.md, "Quotas")."""
+
+    max_tasks: int
+    max_examples: int
+    max_stored_bytes: int  # bytes of its distinct preprocessed images (each stored once per tenant)
+
+    def check(self, tenant: str, tasks: int, examples: int, stored_bytes: int) -> None:
+        """Raise QuotaExceeded, naming the limit, if a write would leave the tenant with more than this."""
+        for name, value, limit in (
+            ("max_tasks", tasks, self.max_tasks),
+            ("max_examples", examples, self.max_examples),
+            ("max_stored_bytes", stored_bytes, self.max_stored_bytes),
+        ):
+            if value > limit:
+                raise QuotaExceeded(f"tenant {tenant!r} would hold {value} (over its quota {name}={limit})")
+
+
 def image_digest(image: np.ndarray) -> bytes:
     """SHA-256 of a preprocessed image's pixels: the key under which a tenant's image is stored once."""
     return hashlib.sha256(np.ascontiguousarray(image).tobytes()).digest()
@@ -83,9 +104,17 @@ class TaskStore(ABC):
 
     @abstractmethod
     def add_examples(
-        self, tenant: str, task_id: str, images: np.ndarray, labels: list[str], max_examples: int
+        self,
+        tenant: str,
+        task_id: str,
+        images: np.ndarray,
+        labels: list[str],
+        max_examples: int,
+        quota: StorageQuota | None = None,
     ) -> TaskState:
-        """Durably add examples (creating the task if needed) as one new version; all or nothing."""
+        """Durably add examples (creating the task if needed) as one new version; all or nothing. Raises
+        ExampleLimit over ``max_examples`` in the task and QuotaExceeded over the tenant's ``quota``,
+        checked in the write's transaction."""
 
     @abstractmethod
     def get_task(self, tenant: str, task_id: str) -> TaskState | None: ...

@@ -17,6 +17,7 @@ import numpy as np
 
 from server.protocol import ExampleLimit, LabelNotFound
 from server.store.base import (
+    StorageQuota,
     StoreCounts,
     TaskSnapshot,
     TaskState,
@@ -114,8 +115,30 @@ class SQLiteTaskStore(TaskStore):
         ).fetchall()
         return TaskState(uid, task_id, version, rebuild_version, dict(counts))
 
+    def _check_quota(
+        self, con: sqlite3.Connection, tenant: str, new_task: bool, digests: list[bytes], quota: StorageQuota
+    ) -> None:
+        (tasks,) = con.execute("SELECT COUNT(*) FROM tasks WHERE tenant = ?", (tenant,)).fetchone()
+        (examples,) = con.execute("SELECT COUNT(*) FROM examples WHERE tenant = ?", (tenant,)).fetchone()
+        (images,) = con.execute("SELECT COUNT(*) FROM images WHERE tenant = ?", (tenant,)).fetchone()
+        unique = list(set(digests))
+        marks = ",".join("?" * len(unique))
+        stored = con.execute(
+            f"SELECT COUNT(*) FROM images WHERE tenant = ? AND digest IN ({marks})", (tenant, *unique)
+        ).fetchone()[0]
+        pixels = self.image_shape[0] * self.image_shape[1]
+        quota.check(
+            tenant, tasks + new_task, examples + len(digests), (images + len(unique) - stored) * pixels
+        )
+
     def add_examples(
-        self, tenant: str, task_id: str, images: np.ndarray, labels: list[str], max_examples: int
+        self,
+        tenant: str,
+        task_id: str,
+        images: np.ndarray,
+        labels: list[str],
+        max_examples: int,
+        quota: StorageQuota | None = None,
     ) -> TaskState:
         self.check_images(images, labels)
         now = time.time()
@@ -127,6 +150,8 @@ class SQLiteTaskStore(TaskStore):
                 raise ExampleLimit(
                     f"task holds {stored} examples; {len(labels)} more exceed the limit of {max_examples}"
                 )
+            if quota is not None:
+                self._check_quota(con, tenant, state is None, digests, quota)
             if state is None:
                 con.execute("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, ?)", (tenant, now))
                 uid = con.execute(

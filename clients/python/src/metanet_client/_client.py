@@ -14,7 +14,7 @@ import httpx
 
 from . import _calls
 from ._calls import Call, Limits, Request
-from ._errors import APIConnectionError, error_from_response
+from ._errors import APIConnectionError, error_from_response, retry_after
 from ._images import Image, Images, iter_images
 from ._models import ClassifyResult, SupportResult, TaskInfo
 from ._version import __version__
@@ -47,8 +47,9 @@ class _BaseClient:
         timeout: float | httpx.Timeout = 120.0,
         max_retries: int = 2,
         backoff: float = 0.5,
+        max_retry_after: float = 30.0,
         max_images_per_request: int | None = None,
-        max_request_bytes: int | None = None,
+        max_body_bytes: int | None = None,
     ) -> None:
         self.base_url = base_url or os.environ.get("METANET_URL") or DEFAULT_URL
         api_key = api_key if api_key is not None else os.environ.get("METANET_API_KEY")
@@ -57,7 +58,8 @@ class _BaseClient:
             headers["Authorization"] = f"Bearer {api_key}"
         self.max_retries = max_retries
         self.backoff = backoff
-        self._limits_given = (max_images_per_request, max_request_bytes)
+        self.max_retry_after = max_retry_after
+        self._limits_given = (max_images_per_request, max_body_bytes)
         self._limits: Limits | None = None
         self._http = self._http_class(base_url=self.base_url, headers=headers, timeout=timeout)
 
@@ -72,6 +74,11 @@ class _BaseClient:
         if attempt >= self.max_retries:
             return None
         if isinstance(outcome, httpx.Response):
+            wait = retry_after(outcome)
+            if wait is not None and outcome.status_code in (429, 503):
+                # Refused before any work, with the server's word on when to come back: any call may
+                # be sent again then (a little later, so that refused clients do not return together).
+                return wait * random.uniform(1.0, 1.2) if wait <= self.max_retry_after else None
             retry = outcome.is_server_error and request.idempotent
         else:
             retry = request.idempotent or isinstance(outcome, _NOT_SENT)
@@ -82,12 +89,15 @@ class Client(_BaseClient):
     """Synchronous client of a MetaNet server.
 
     `base_url` and `api_key` default to the environment variables `METANET_URL` and
-    `METANET_API_KEY` (then to http://127.0.0.1:8000 and no key). Idempotent calls (info,
-    classify, forget, delete, health) are retried `max_retries` times with exponential backoff on
-    connection errors and 5xx answers; adding examples is retried only when the connection could
-    not be opened. Uploads of more than `max_images_per_request` images or `max_request_bytes`
-    bytes (by default the server's limits, read once from `GET /info`) are split into several
-    requests: such an upload is not all-or-nothing, as the requests before a failed one stay stored.
+    `METANET_API_KEY` (then to http://127.0.0.1:8000 and no key). Every call is sent again, up to
+    `max_retries` times, after a 429 or 503 answer with a `Retry-After` header (the server refused it
+    before doing anything), once that many seconds have passed, unless the server asks for more than
+    `max_retry_after`. Idempotent calls (info, classify, forget, delete, health) are also retried with
+    exponential backoff on connection errors and other 5xx answers; adding examples only when the
+    connection could not be opened. Uploads of more than `max_images_per_request` images or
+    `max_body_bytes` bytes (by default the server's limits, read once from `GET /info`) are split into
+    several requests: such an upload is not all-or-nothing, as the requests before a failed one stay
+    stored.
     """
 
     _http_class = httpx.Client
@@ -101,7 +111,6 @@ class Client(_BaseClient):
         """The server's health answer; raises unless the server is ready."""
         return self._call(_calls.health())
 
-    @property
     def limits(self) -> Limits:
         """The per-request limits uploads are split by (the server's unless given to the client)."""
         if self._limits is None:
@@ -193,7 +202,7 @@ class Task:
 
     def add_examples(self, examples: Iterable[tuple[str, Image]]) -> SupportResult:
         """Add `(label, image)` pairs; the result is the task's state after the last request."""
-        return self.client._call(_calls.add_examples(self.id, examples, self.client.limits))
+        return self.client._call(_calls.add_examples(self.id, examples, self.client.limits()))
 
     def classify(
         self,
@@ -207,7 +216,7 @@ class Task:
         reject: True (the server's default) gives an image unlike every label of the task the label
         None ("none of these"); False always gives the most likely label. novelty_threshold: this
         call's threshold instead of the server's. Each prediction carries `known` and `novelty`."""
-        call = _calls.classify(self.id, images, top_k, self.client.limits, reject, novelty_threshold)
+        call = _calls.classify(self.id, images, top_k, self.client.limits(), reject, novelty_threshold)
         return self.client._call(call)
 
     def info(self) -> TaskInfo:

@@ -1,0 +1,147 @@
+"""``Dispatcher``: how an HTTP process sends the routes' work to the inference workers: rate limits and
+admission first (server/quotas.py, server/admission.py), then each request as tickets, a classify in
+parts of at most ``queue_quantum`` images, and the parts' answers put back together."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import replace
+
+from server import metrics
+from server.admission import Admission, Refusal, Ticket, parts
+from server.litserve_adapter import WorkerBridge
+from server.protocol import (
+    ClassifyResult,
+    ClassifyWork,
+    Overloaded,
+    OverShare,
+    Result,
+    ServiceError,
+    SupportResult,
+    SupportWork,
+    TaskBuilding,
+    Work,
+)
+from server.quotas import RateLimiter
+
+
+class Dispatcher:
+    """One per HTTP process. ``refuse_early`` and ``admit`` raise a ServiceError (with Retry-After) for a
+    request that must not go to the workers; ``support`` and ``classify`` run one that may."""
+
+    def __init__(
+        self,
+        bridge: WorkerBridge,
+        admission: Admission,
+        limiter: RateLimiter,
+        build_wait: float,
+        max_images_per_request: int,
+    ) -> None:
+        self.bridge = bridge
+        self.admission = admission
+        self.limiter = limiter
+        self.build_wait = build_wait
+        self.max_images_per_request = max_images_per_request
+
+    def refuse_early(self, tenant: str, queued: bool) -> None:
+        """Before the body is read: the tenant's request rate, and for work for the queue (``queued``)
+        whether it could start within the deadline (that does not depend on the body)."""
+        self.limiter.request(tenant, time.monotonic())
+        if queued and (refusal := self.admission.check(tenant)) is not None:
+            raise self._refused(refusal)
+
+    def admit(self, tenant: str, images: int) -> None:
+        """Once the image count is known, before the images are decoded: the tenant's image rate, and
+        again whether the request can start within the deadline."""
+        self.limiter.images(tenant, images, time.monotonic(), self.max_images_per_request)
+        if (refusal := self.admission.check(tenant)) is not None:
+            raise self._refused(refusal)
+
+    def _refused(self, refusal: Refusal) -> ServiceError:
+        deadline = self.admission.deadline
+        waits = f"it would wait {refusal.wait:.1f} s to start (METANET_QUEUE_DEADLINE={deadline:g})"
+        if refusal.over_share:
+            return OverShare(
+                f"this tenant has {refusal.queued_images} images queued, more than its share of the "
+                f"inference queue; {waits}",
+                refusal.retry_after,
+            )
+        return Overloaded(f"the inference workers are at capacity: {waits}", refusal.retry_after)
+
+    async def support(self, work: SupportWork) -> SupportResult:
+        ticket = Ticket(work.tenant, len(work.images), uuid.uuid4().hex, start_by=self._start_by())
+        return await self._send(ticket, work)
+
+    async def classify(self, work: ClassifyWork) -> ClassifyResult:
+        """The images in parts, answered together. Parts answered from different versions of the task (a
+        support landed between them) are asked again, so that all predictions use one version."""
+        request, start_by = uuid.uuid4().hex, self._start_by()
+        ranges = parts(len(work.images), self.admission.quantum)
+        pieces = [replace(work, images=work.images[r.start : r.stop]) for r in ranges]
+        count = len(ranges)
+        tickets = [Ticket(work.tenant, len(r), request, i, count, start_by) for i, r in enumerate(ranges)]
+        results: list[ClassifyResult] = await self._gather(tickets, pieces)
+        for _ in range(3):
+            newest = max(result.version for result in results)
+            stale = [i for i, result in enumerate(results) if result.version != newest]
+            if not stale:
+                break
+            again = await self._gather([self._started(tickets[i]) for i in stale], [pieces[i] for i in stale])
+            for i, result in zip(stale, again, strict=True):
+                results[i] = result
+        return ClassifyResult(
+            max(result.version for result in results),
+            results[0].novelty_threshold,
+            tuple(prediction for result in results for prediction in result.predictions),
+        )
+
+    def _start_by(self) -> float:
+        return time.monotonic() + self.admission.deadline
+
+    @staticmethod
+    def _started(ticket: Ticket) -> Ticket:
+        """The ticket of a part sent again: a request of its own that has started."""
+        return replace(ticket, request=uuid.uuid4().hex, part=0, parts=1, start_by=None)
+
+    async def _gather(self, tickets: list[Ticket], works: list[Work]) -> list:
+        outcomes = await asyncio.gather(
+            *(self._send(t, w) for t, w in zip(tickets, works, strict=True)), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes
+
+    async def _send(self, ticket: Ticket, work: Work) -> Result:
+        """The worker's answer; while the task's memory is being built (``TaskBuilding``: a worker never
+        waits for a build), ask again, every 20 ms at first and then every 250 ms, for up to
+        ``build_wait`` seconds."""
+        give_up, pause = time.monotonic() + self.build_wait, 0.02
+        while True:
+            try:
+                return await self._send_once(ticket, work)
+            except TaskBuilding:
+                if time.monotonic() + pause > give_up:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.25)
+            ticket = self._started(ticket)
+
+    async def _send_once(self, ticket: Ticket, work: Work) -> Result:
+        admission = self.admission
+        admission.sent(ticket.tenant, ticket.images, time.monotonic())
+        metrics.QUEUE_IMAGES.set(admission.queued_images)
+        served = False
+        try:
+            result = await self.bridge.send(ticket, work)
+            served = True
+            return result
+        except Overloaded as exc:  # the worker found it had not started by its deadline
+            retry = max(1.0, admission.wait(ticket.tenant) - admission.deadline)
+            raise Overloaded(exc.message, retry) from None
+        finally:
+            admission.answered(ticket.tenant, ticket.images, time.monotonic(), served)
+            metrics.QUEUE_IMAGES.set(admission.queued_images)
+            metrics.QUEUE_RATE.set(admission.rate)
