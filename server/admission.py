@@ -89,7 +89,7 @@ class FairQueue(Generic[T]):
         first item, ``max_images`` images) and the items that expired on the way: not started by their
         ticket's ``start_by``."""
         batch: list[T] = []
-        expired: list[T] = []
+        expired = self._sweep(now)
         images = 0
         while self._round and len(batch) < max_items:
             tenant = self._round[0]
@@ -113,6 +113,35 @@ class FairQueue(Generic[T]):
             batch.append(item)
             images += ticket.images
         return batch, expired
+
+    def _sweep(self, now: float) -> list[T]:
+        """Take out every item, wherever it waits, whose request did not start by its deadline: it is
+        refused one batch after its deadline at the latest, not when its turn would have come."""
+        if not any(self._expired(ticket, now) for line in self._lines.values() for ticket, _ in line):
+            return []
+        expired: list[T] = []
+        for tenant in list(self._lines):
+            line = self._lines[tenant]
+            kept = deque()
+            for ticket, item in line:
+                if self._expired(ticket, now):
+                    expired.append(item)
+                    self.images -= ticket.images
+                    self.count -= 1
+                    if ticket.part + 1 < ticket.parts:
+                        self._refused.add(ticket.request)
+                    else:
+                        self._refused.discard(ticket.request)
+                else:
+                    kept.append((ticket, item))
+            if kept:
+                self._lines[tenant] = kept
+            else:
+                del self._lines[tenant], self._deficit[tenant]
+                self._round.remove(tenant)
+                if self._turn == tenant:
+                    self._turn = None
+        return expired
 
     def _expired(self, ticket: Ticket, now: float) -> bool:
         if ticket.request in self._refused:

@@ -27,6 +27,26 @@ from server.protocol import (
 from server.quotas import RateLimiter
 
 
+class Reservation:
+    """Images of an admitted request counted as queued while it is decoded (``Dispatcher.admit``)."""
+
+    def __init__(self, admission: Admission, tenant: str, images: int, now: float) -> None:
+        self.admission, self.tenant, self.images = admission, tenant, images
+        admission.sent(tenant, images, now)
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.admission.answered(self.tenant, self.images, time.monotonic(), served=False)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
 class Dispatcher:
     """One per HTTP process. ``refuse_early`` and ``admit`` raise a ServiceError (with Retry-After) for a
     request that must not go to the workers; ``support`` and ``classify`` run one that may."""
@@ -52,12 +72,16 @@ class Dispatcher:
         if queued and (refusal := self.admission.check(tenant)) is not None:
             raise self._refused(refusal)
 
-    def admit(self, tenant: str, images: int) -> None:
+    def admit(self, tenant: str, images: int) -> Reservation:
         """Once the image count is known, before the images are decoded: the tenant's image rate, and
-        again whether the request can start within the deadline."""
-        self.limiter.images(tenant, images, time.monotonic(), self.max_images_per_request)
+        again whether the request can start within the deadline. The images count as queued from here
+        (so that a burst of requests decoding at once cannot all pass): ``support`` or ``classify``
+        takes the reservation over, and leaving its ``with`` block ends it in any case."""
+        now = time.monotonic()
+        self.limiter.images(tenant, images, now, self.max_images_per_request)
         if (refusal := self.admission.check(tenant)) is not None:
             raise self._refused(refusal)
+        return Reservation(self.admission, tenant, images, now)
 
     def _refused(self, refusal: Refusal) -> ServiceError:
         deadline = self.admission.deadline
@@ -70,13 +94,15 @@ class Dispatcher:
             )
         return Overloaded(f"the inference workers are at capacity: {waits}", refusal.retry_after)
 
-    async def support(self, work: SupportWork) -> SupportResult:
+    async def support(self, work: SupportWork, reservation: Reservation) -> SupportResult:
         ticket = Ticket(work.tenant, len(work.images), uuid.uuid4().hex, start_by=self._start_by())
+        reservation.release()
         return await self._send(ticket, work)
 
-    async def classify(self, work: ClassifyWork) -> ClassifyResult:
+    async def classify(self, work: ClassifyWork, reservation: Reservation) -> ClassifyResult:
         """The images in parts, answered together. Parts answered from different versions of the task (a
         support landed between them) are asked again, so that all predictions use one version."""
+        reservation.release()  # the parts count themselves from here (no await in between)
         request, start_by = uuid.uuid4().hex, self._start_by()
         ranges = parts(len(work.images), self.admission.quantum)
         pieces = [replace(work, images=work.images[r.start : r.stop]) for r in ranges]

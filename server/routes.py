@@ -114,10 +114,11 @@ def task_router(
         A label the task has not seen becomes a new concept at once. Over a tenant quota: 507
         ``quota_exceeded`` naming it, and nothing is written."""
         check_count(len(body.examples))
-        dispatcher.admit(tenant, len(body.examples))
         labels = tuple(e.label for e in body.examples)
-        images = await decode_images(decoder, [e.image for e in body.examples], "examples[{}].image".format)
-        result = await dispatcher.support(SupportWork(tenant, task_id, images, labels))
+        with dispatcher.admit(tenant, len(body.examples)) as reservation:
+            where = "examples[{}].image".format
+            images = await decode_images(decoder, [e.image for e in body.examples], where)
+            result = await dispatcher.support(SupportWork(tenant, task_id, images, labels), reservation)
         return SupportResponse(task_id=task_id, **asdict(result))
 
     @router.post(
@@ -134,10 +135,10 @@ def task_router(
         ``METANET_QUEUE_DEADLINE`` is refused at once: 429 ``over_share`` or 503 ``overloaded``, with
         Retry-After."""
         check_count(len(body.images))
-        dispatcher.admit(tenant, len(body.images))
-        images = await decode_images(decoder, body.images, "images[{}]".format)
-        work = ClassifyWork(tenant, task_id, images, body.top_k, body.reject == "on", body.novelty_threshold)
-        result = await dispatcher.classify(work)
+        with dispatcher.admit(tenant, len(body.images)) as reservation:
+            images = await decode_images(decoder, body.images, "images[{}]".format)
+            options = (body.top_k, body.reject == "on", body.novelty_threshold)
+            result = await dispatcher.classify(ClassifyWork(tenant, task_id, images, *options), reservation)
         return ClassifyResponse.of(task_id, result)
 
     @router.get("", summary="The caller's tasks")

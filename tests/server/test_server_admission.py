@@ -74,6 +74,16 @@ def test_a_request_not_started_by_its_deadline_expires_with_all_its_parts() -> N
     assert queue.count == 0 and queue.images == 0
 
 
+def test_expired_work_is_refused_wherever_it_waits() -> None:
+    queue: FairQueue[str] = FairQueue(quantum=32)
+    for i in range(4):
+        queue.push(Ticket("a", 32, f"a{i}", start_by=10.0), f"a{i}")
+    queue.push(Ticket("a", 32, "late", start_by=1.0), "late")  # behind four others of its tenant
+    batch, expired = queue.pop_batch(now=2.0, max_images=32, max_items=16)
+    assert expired == ["late"] and batch == ["a0"]
+    assert queue.count == 3 and queue.images == 96
+
+
 def test_admission_refuses_a_tenant_over_its_share_and_lets_another_in() -> None:
     admission = Admission(deadline=2.0, quantum=32, initial_rate=100.0)  # 200 images within the deadline
     admission.sent("heavy", 256, now=0.0)

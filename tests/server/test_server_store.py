@@ -15,8 +15,9 @@ import numpy as np
 import psycopg
 import pytest
 
-from server.protocol import ExampleLimit, LabelNotFound, StoreOutcomeUnknown, StoreUnavailable
+from server.protocol import ExampleLimit, LabelNotFound, QuotaExceeded, StoreOutcomeUnknown, StoreUnavailable
 from server.store import TaskStore, TaskVersion, open_store
+from server.store.base import StorageQuota
 from server.store.migrations import POSTGRESQL, SQLITE
 from testkit.postgres import PostgresServer
 
@@ -65,6 +66,23 @@ def test_tenants_are_isolated(store: TaskStore) -> None:
     assert list(store.get_task("alice", "task").labels) == ["a"]
     assert list(store.get_task("bob", "task").labels) == ["b"]
     assert store.counts().tenants == 2
+
+
+def test_tenant_quotas_are_checked_in_the_write_and_name_the_limit(store: TaskStore) -> None:
+    quota = StorageQuota(max_tasks=2, max_examples=5, max_stored_bytes=4 * 28 * 28)
+    store.add_examples("t", "one", images(2), ["a", "b"], 10, quota)
+    store.add_examples("t", "two", images(1, 1), ["c"], 10, quota)
+    with pytest.raises(QuotaExceeded, match="max_tasks=2"):
+        store.add_examples("t", "three", images(1, 2), ["d"], 10, quota)
+    assert store.get_task("t", "three") is None  # nor its tenant's counts changed
+    with pytest.raises(QuotaExceeded, match=f"max_stored_bytes={4 * 28 * 28}"):
+        store.add_examples("t", "one", images(2, 3), ["e", "f"], 10, quota)  # 5 distinct images
+    store.add_examples("t", "one", images(2), ["a", "b"], 10, quota)  # stored once: no new bytes
+    with pytest.raises(QuotaExceeded, match="max_examples=5"):
+        store.add_examples("t", "two", images(1, 1), ["c"], 10, quota)
+    assert {s.task_id: s.num_examples for s in store.list_tasks("t")} == {"one": 4, "two": 1}
+    assert store.counts().images == 3
+    store.add_examples("u", "three", images(1, 2), ["d"], 10, quota)  # another tenant's own quota
 
 
 def test_example_limit_is_all_or_nothing(store: TaskStore) -> None:
