@@ -49,7 +49,8 @@ from model.inference import MetaNetPredictor, TaskMemory
 from model.onnx_backend import default_onnx_path
 from server.config import ServerSettings
 from server.images import ImageDecoder
-from server.memory import CachedTask, MemoryCache, TaskMemories
+from server.memory import TaskMemories
+from server.memory_cache import CachedTask, MemoryCache
 from testkit import CHECKPOINT, REPO, b64, free_port, omniglot, running_server
 
 SIZES = (5, 20, 100)
@@ -229,7 +230,7 @@ def bench_attention(sizes: list[int], tiled_sizes: list[int], neighbors: list[in
     labels = [f"c{i}" for i in range(len(chars))]
 
     def memories(threshold: int, k: int) -> TaskMemories:
-        return TaskMemories(predictor, None, MemoryCache(0), threshold, k)
+        return TaskMemories(predictor, None, MemoryCache(0), topk_min_examples=threshold, topk_neighbors=k)
 
     def measure(memory: TaskMemory, n_queries: int) -> dict:
         row = {"examples": memory.num_examples}
@@ -279,7 +280,13 @@ def bench_compute_floor(predictor: MetaNetPredictor, images: np.ndarray, big: Ta
 
     images: [characters >= 100, drawers, 28, 28]; big: the memory of the large throughput task."""
     settings = ServerSettings()
-    tasks = TaskMemories(predictor, None, MemoryCache(0), settings.topk_min_examples, settings.topk_neighbors)
+    tasks = TaskMemories(
+        predictor,
+        None,
+        MemoryCache(0),
+        topk_min_examples=settings.topk_min_examples,
+        topk_neighbors=settings.topk_neighbors,
+    )
     labels = [f"c{i}" for i in range(images.shape[0])]
     report: dict = {"classify": {}, "support": {}, "throughput": {}}
     for size in SIZES:

@@ -4,6 +4,7 @@
     python -m benchmarks.train_speed --processes 2                    # two gloo ranks, 1 thread each
     python -m benchmarks.train_speed --d-kernel torch                 # d without its fused CPU kernel
     python -m benchmarks.train_speed --device cuda --way 20 --batch 16
+    python -m benchmarks.train_speed --stage keys --threads 1         # stage 1 (training.train_keys)
 
 Runs the training engine itself (training.train.train_step on a DeviceEpisodeSampler meta-batch,
 compiled as training compiles it) and the evaluation loop (training.evaluate), and prints and
@@ -20,6 +21,10 @@ saves (``--json``, default docs/results/train_speed_<device>_<way>way.json):
 - evaluation tasks per second (``--way``-way, 5 queries per class);
 - with ``--profile PATH``, where a training step's time goes: the profiler's table of the
   operators (and GPU kernels) with the most self time over three more steps, written to PATH.
+
+``--stage keys`` times stage 1 instead (``training.train_keys``: u alone on 60-way prototypical
+episodes, augmented, compiled as it trains): images per second, FLOPs per image and the floor
+(default JSON docs/results/train_speed_<device>_keys.json).
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ from training.data import DEFAULT_DATA
 from training.episodes import DeviceEpisodeSampler, load_split
 from training.evaluate import default_batch, task_accuracies
 from training.train import EpisodeModel, train_step
+from training.train_keys import augment, episode_loss
+
+KEYS_WAY, KEYS_QUERIES = 60, 5  # configs/keys-*.toml
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
@@ -143,6 +151,57 @@ def training_speed(
     return steps * batch / (clock() - warmed), warmed - began
 
 
+def keys_speed(args: argparse.Namespace, device: torch.device) -> dict:
+    """Stage 1's step (``training.train_keys``): images/s against the floor of its arithmetic."""
+    torch.manual_seed(0)
+    model = MetaNet(MetaNetConfig(signed_keys=True)).to(device)
+    trained = [p for name, p in model.named_parameters() if name.startswith(("rep.", "log_attention"))]
+    optimizer = torch.optim.Adam(trained)
+    pool = load_split("standard", "train", args.data)
+    sampler = DeviceEpisodeSampler(pool, KEYS_WAY, 1, KEYS_QUERIES, 1, device, 0, KEYS_WAY)
+    rng = torch.Generator(device).manual_seed(0)
+    compiled = torch.compile(episode_loss, dynamic=False)
+
+    def step(loss_fn) -> None:
+        episode = sampler.sample()
+        support, query = augment(episode.support[0], 1.0, rng), augment(episode.query[0], 1.0, rng)
+        loss, _ = loss_fn(model, support, query, episode.query_labels[0])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    images = KEYS_WAY * (1 + KEYS_QUERIES)
+    steps = args.steps or 20
+    began = time.perf_counter()
+    for _ in range(max(args.warmup, 2)):
+        step(compiled)
+    warmed = time.perf_counter()
+    for _ in range(steps):
+        step(compiled)
+    sync(device)
+    measured = steps * images / (time.perf_counter() - warmed)
+    print(f"keys stage: {measured:.0f} images/s (warm-up {warmed - began:.0f} s)", flush=True)
+    with FlopCounterMode(
+        display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops}
+    ) as c:
+        step(episode_loss)
+    flops = c.get_total_flops() / images
+    rate = matmul_rate(device)
+    return {
+        "stage": f"keys: {KEYS_WAY}-way prototypical episodes, 1 support + {KEYS_QUERIES} queries per class",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "images_per_s": round(measured, 1),
+        "mflop_per_image": round(flops / 1e6, 2),
+        "matmul_gflop_per_s": round(rate / 1e9, 1),
+        "floor_images_per_s": round(rate / flops, 1),
+        "fraction_of_floor": round(measured * flops / rate, 3),
+        "torch": torch.__version__,
+    }
+
+
 def _rank(rank: int, world: int, init_file: str, args: argparse.Namespace, batch, steps, compile_mode, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -193,12 +252,26 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Omniglot zips and splits/")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--profile", type=Path, default=None, help="write a profile of 3 training steps here")
+    parser.add_argument(
+        "--stage", choices=["metanet", "keys"], default="metanet", help="which training stage"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
+    if args.stage == "keys":
+        result = keys_speed(args, device)
+        for key, value in result.items():
+            print(f"{key:>22}: {value}")
+        path = args.json or RESULTS / f"train_speed_{device.type}_keys.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"saved {path}")
+        return
     batch = args.batch or (16 if device.type == "cuda" else 1)
     steps = args.steps or max(3, math.ceil(30 / batch))
     compile_mode = args.compile or ("all" if device.type == "cuda" else "d")

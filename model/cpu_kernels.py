@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 from pathlib import Path
 
 import torch
@@ -47,6 +48,11 @@ def available() -> bool:
     parts = [*(s.read_text() for s in SOURCES), " ".join(CFLAGS), torch.__version__, platform.machine()]
     key = "\n".join([*parts, _cpu_flags()])
     name = "metanet_kernels_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    compiler = os.environ.get("CXX") or "c++"  # the one torch.utils.cpp_extension calls
+    if shutil.which(compiler.split()[0]) is None:
+        logger.warning("the CPU kernels are unavailable (no C++ compiler %r); PyTorch operations run instead",
+                       compiler)
+        return False
     try:
         from torch.utils.cpp_extension import load
 

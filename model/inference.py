@@ -22,14 +22,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import torch
 
 from model.checkpoint import load_checkpoint
 from model.compact import FastWeightRows, RowLayout, Storage, StoragePolicy
-from model.metanet import Memory, MemoryFormat, MetaNet, QueryAnswer
+from model.metanet import Memory, MemoryFormat, MetaNet, QueryBackend
 from model.novelty import novelty_from_similarity
 from model.preprocess import to_tensor
 
@@ -37,16 +37,6 @@ Backend = Literal["torch", "onnxruntime"]
 DEFAULT_STORAGE: Storage = "int8"  # docs/SERVER.md, "Compact memories": accuracy vs bytes per example
 DEFAULT_CHUNK = 32  # support examples per vectorized pass (benchmarks/big_task.py measures the rate)
 Neighbors = tuple[torch.Tensor, torch.Tensor]  # (ids [q, k] int64, cosines [q, k]) of a query's nearest keys
-
-
-class QueryPath(Protocol):
-    """The query side of the model: what ``MetaNet`` itself and the ONNX Runtime backend both provide."""
-
-    def embed(self, x: torch.Tensor, rep_task_weights: dict[str, torch.Tensor] | None) -> torch.Tensor: ...
-
-    def classify_tasks(
-        self, memories: list[Memory], queries: list[torch.Tensor], neighbors: list[Neighbors | None]
-    ) -> list[QueryAnswer]: ...
 
 
 @dataclass(frozen=True)
@@ -111,13 +101,13 @@ class MetaNetPredictor:
         self.form = self.model.memory_format(self.policy.large, chunk_size, self.device)
         self.backend = backend
         if backend == "torch":
-            self.queries: QueryPath = self.model
+            self.queries: QueryBackend = self.model
         elif backend == "onnxruntime":
-            from model.onnx_backend import OnnxQueryPath
+            from model.onnx_backend import OnnxQueryBackend
 
             if onnx_path is None:
                 raise ValueError("the onnxruntime backend needs onnx_path")
-            self.queries = OnnxQueryPath.for_model(self.model, onnx_path, self.device)
+            self.queries = OnnxQueryBackend.for_model(self.model, onnx_path, self.device)
         else:
             raise ValueError(f"unknown backend {backend!r}")
 
@@ -241,8 +231,11 @@ class MetaNetPredictor:
         """Classify queries of several tasks in one base-learner pass: probabilities [q_i, K_i] and
         novelty [q_i] per item (novelty from the same query keys, or neighbours, as the attention)."""
         near = [None if n is None else self._neighbors(*n) for n in (neighbors or [None] * len(items))]
-        answers = self.queries.classify_tasks(
-            [task.memory for task, _ in items], [self._inputs(images) for _, images in items], near
+        answers = self.model.classify_tasks(
+            [task.memory for task, _ in items],
+            [self._inputs(images) for _, images in items],
+            near,
+            backend=self.queries,
         )
         return [
             Classified(

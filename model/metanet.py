@@ -17,7 +17,7 @@ depend on that example alone and a memory grows one row at a time.
 
 Every function takes any number of leading batch dimensions: a single task (support
 [n, 1, H, W]) or a meta-batch of episodes (support [E, n, 1, H, W]) run the same code. Training,
-evaluation, the server (``model/inference.py``) and the ONNX export (``training/export.py``) call
+evaluation, the server (``model/inference.py``) and the ONNX export (``model/onnx_graphs.py``) call
 the same passes: ``build_memory`` / ``extend_memory`` on the support side, ``read_attention`` and
 ``query_logits`` (or ``classify_tasks`` for several tasks at once) on the query side.
 """
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,29 @@ class QueryAnswer:
 
     logits: torch.Tensor  # [q, K]
     nearest: torch.Tensor  # [q] cosine of each query's key to its nearest memory key (model/novelty.py)
+
+
+@dataclass
+class QueryRows:
+    """Some queries of one task, read from its memory: what the output head takes (``classify_tasks``)."""
+
+    memory: Memory
+    images: torch.Tensor  # [r, 1, H, W]
+    fast_weights: torch.Tensor  # W* = a^T M: [r, P] per-query fast weights of b's conv and fc layers
+    attention: torch.Tensor | SparseAttention  # [r, n] or sparse: what the output layer reads
+
+
+class QueryBackend(Protocol):
+    """What runs the query side's networks: ``MetaNet`` itself, or its ONNX export on ONNX Runtime
+    (``model/onnx_backend.py``). ``MetaNet.classify_tasks`` schedules them."""
+
+    def embed(self, x: torch.Tensor, rep_task_weights: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """[q, C] L2-normalized query keys of one task (``MetaNet.embed``)."""
+        ...
+
+    def output_head(self, parts: list[QueryRows]) -> list[torch.Tensor]:
+        """Logits [r, K] of each part (``MetaNet.output_head``)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -283,17 +307,12 @@ class MetaNet(nn.Module):
     @staticmethod
     def label_matrix(memory: Memory, dtype: torch.dtype) -> torch.Tensor:
         """[..., n, K] one-hot label of each memory row."""
-        slots = torch.arange(memory.label_codes.shape[-1], device=memory.labels.device)
-        return (memory.labels.unsqueeze(-1) == slots).to(dtype)
+        return label_matrix(memory.labels, memory.label_codes.shape[-1], dtype)
 
     @staticmethod
     def shots_per_row(memory: Memory) -> torch.Tensor:
-        """[..., n] number of examples that share each memory row's label (O(n + K): a task of
-        thousands of labels must not build its [n, K] label matrix on every query)."""
-        labels = memory.labels
-        counts = labels.new_zeros(*labels.shape[:-1], memory.label_codes.shape[-1], dtype=memory.keys.dtype)
-        counts.scatter_add_(-1, labels, torch.ones_like(labels, dtype=counts.dtype))  # [..., K]
-        return counts.gather(-1, labels)
+        """[..., n] number of examples that share each memory row's label."""
+        return shots_per_row(memory.labels, memory.label_codes.shape[-1], memory.keys.dtype)
 
     def label_attention(self, memory: Memory, attention: torch.Tensor) -> torch.Tensor:
         """[..., q, K] total attention on each label's rows: the memory's own vote (no base learner)."""
@@ -498,50 +517,66 @@ class MetaNet(nn.Module):
         queries: list[torch.Tensor],
         neighbors: list[tuple[torch.Tensor, torch.Tensor] | None],
         chunk: int = 256,
+        backend: QueryBackend | None = None,
     ) -> list[QueryAnswer]:
-        """``query_logits`` for queries of several tasks (each a single task), batched across tasks.
+        """The query side for queries of several tasks (each a single task), batched across tasks.
 
         queries[i]: [q_i, 1, H, W] against memories[i]; neighbors[i]: None (dense attention) or its
-        queries' top-k rows (see ``read_attention``). The base learner runs over up to ``chunk``
-        queries of any tasks at a time (each query has its own fast weights W* [P] anyway, ~0.6 MB:
-        the chunk bounds their memory). Returns per task its logits [q_i, K_i] and, from the same query
-        keys (or neighbours), each query's cosine to its nearest memory key.
+        queries' top-k rows (see ``read_attention``). ``backend`` (default: the model itself; the ONNX
+        Runtime one is ``model/onnx_backend.py``) supplies the query embedding and the output head; the
+        attention and the memory read run here. The head runs over up to ``chunk`` queries of any tasks
+        at a time (each query has its own fast weights W* [P] anyway, ~0.6 MB: the chunk bounds their
+        memory). Returns per task its logits [q_i, K_i] and, from the same query keys (or neighbours),
+        each query's cosine to its nearest memory key.
         """
+        backend = backend or self
         keys = [
-            None if near is not None else self.embed(x, m.rep_task_weights)
+            None if near is not None else backend.embed(x, m.rep_task_weights)
             for m, x, near in zip(memories, queries, neighbors, strict=True)
         ]
         attentions = [
             self.read_attention(m, k, near) for m, k, near in zip(memories, keys, neighbors, strict=True)
         ]
-        features: list[list[torch.Tensor]] = [[] for _ in memories]
-        pending: list[tuple[int, slice]] = []  # (task, rows) of the next base-learner pass
+        logits: list[list[torch.Tensor]] = [[] for _ in memories]
+        pending: list[tuple[int, slice]] = []  # (task, rows) of the next pass of the head
 
         def run() -> None:
-            rows = [
-                (queries[i][s], self.read_memory(memories[i], attention_rows(attentions[i], s)))
-                for i, s in pending
-            ]
-            task_weights = memories[pending[0][0]].base_task_weights  # one task per pass for MetaNet+
-            h = self.base_features(
-                torch.cat([x for x, _ in rows]), torch.cat([f for _, f in rows]), task_weights
-            )
-            for (i, _), part in zip(pending, h.split([len(x) for x, _ in rows]), strict=True):
-                features[i].append(part)
+            parts = []
+            for i, s in pending:
+                attention = attention_rows(attentions[i], s)
+                parts.append(
+                    QueryRows(memories[i], queries[i][s], self.read_memory(memories[i], attention), attention)
+                )
+            for (i, _), part in zip(pending, backend.output_head(parts), strict=True):
+                logits[i].append(part)
             pending.clear()
 
         for i, x in enumerate(queries):
             for start in range(0, len(x), chunk):
-                if pending and self.config.variant == "plus" and pending[-1][0] != i:
-                    run()  # task-level base weights differ per task
+                if pending and memories[i].base_task_weights is not None and pending[-1][0] != i:
+                    run()  # MetaNet+: task-level base weights differ per task, one task per pass
                 pending.append((i, slice(start, start + chunk)))
                 if sum(len(queries[j][s]) for j, s in pending) >= chunk:
                     run()
         if pending:
             run()
         return [
-            QueryAnswer(self.output_logits(torch.cat(h), m, a), nearest_similarity(m, k, near))
-            for h, m, a, k, near in zip(features, memories, attentions, keys, neighbors, strict=True)
+            QueryAnswer(torch.cat(parts), nearest_similarity(m, k, near))
+            for parts, m, k, near in zip(logits, memories, keys, neighbors, strict=True)
+        ]
+
+    def output_head(self, parts: list[QueryRows]) -> list[torch.Tensor]:
+        """The query side after the memory read, for rows of one or more tasks (one task for MetaNet+):
+        b with each query's own fast weights in one pass over all rows, then each task's augmented
+        output layer. Returns logits [r, K] per part."""
+        h = self.base_features(
+            torch.cat([p.images for p in parts]),
+            torch.cat([p.fast_weights for p in parts]),
+            parts[0].memory.base_task_weights,
+        )
+        return [
+            self.output_logits(features, p.memory, p.attention)
+            for features, p in zip(h.split([len(p.images) for p in parts]), parts, strict=True)
         ]
 
     def forward_with_attention(
@@ -560,6 +595,19 @@ class MetaNet(nn.Module):
     ) -> torch.Tensor:
         """Logits [..., q, K] of episodes (see ``forward_with_attention``)."""
         return self.forward_with_attention(support, labels, query, label_codes)[0]
+
+
+def label_matrix(labels: torch.Tensor, num_labels: int, dtype: torch.dtype) -> torch.Tensor:
+    """[..., n, K] one-hot of labels [..., n] in 0..K-1."""
+    return (labels.unsqueeze(-1) == torch.arange(num_labels, device=labels.device)).to(dtype)
+
+
+def shots_per_row(labels: torch.Tensor, num_labels: int, dtype: torch.dtype) -> torch.Tensor:
+    """[..., n] number of rows that share each row's label (labels [..., n] in 0..K-1). O(n + K): a task
+    of thousands of labels must not build its [n, K] label matrix on every query."""
+    counts = labels.new_zeros(*labels.shape[:-1], num_labels, dtype=dtype)
+    counts.scatter_add_(-1, labels, torch.ones_like(labels, dtype=dtype))  # [..., K]
+    return counts.gather(-1, labels)
 
 
 def nearest_similarity(

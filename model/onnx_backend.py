@@ -1,11 +1,11 @@
-"""The query side of the model on ONNX Runtime: the graphs ``training/export.py`` writes, fed a task's
-memory tensors as inputs.
+"""The query side of the model on ONNX Runtime: the graphs ``model/onnx_graphs.py`` exports, fed a
+task's memory tensors as inputs.
 
-``OnnxQueryPath`` has the two methods of ``model.inference.QueryPath`` (``embed`` and
-``classify_tasks``) that the torch backend, ``MetaNet`` itself, has, and gives the same numbers
-(tests/metanet/test_onnx.py). The attention and the memory read (W* = a^T M from compact rows) run in
-the model, in torch; the query embedding, b with per-query fast weights and the output layer run in
-the graphs. Execution provider: CUDA when the predictor's device is a GPU and the
+``OnnxQueryBackend`` is a ``model.metanet.QueryBackend``: it supplies the query embedding and the output
+head that ``MetaNet`` itself supplies to ``MetaNet.classify_tasks``, and gives the same numbers
+(tests/metanet/test_onnx.py). The scheduling, the attention and the memory read (W* = a^T M from compact
+rows) run in the model, in torch; the query embedding, b with per-query fast weights and the output
+layer run in the graphs. Execution provider: CUDA when the predictor's device is a GPU and the
 installed ONNX Runtime has it (``onnxruntime-gpu``, the ``gpu`` extra), with inputs and outputs bound
 in GPU memory (no copies through the host); the CPU provider otherwise.
 """
@@ -24,26 +24,22 @@ import onnxruntime as ort
 import torch
 
 from model.checkpoint import load_checkpoint
-from model.metanet import Memory, MetaNet, QueryAnswer, attention_rows, nearest_similarity
+from model.metanet import MetaNet, QueryRows, SparseAttention
+from model.onnx_graphs import EXPORT_FORMAT, export_model, flat_rep_task, graph_paths
 
 logger = logging.getLogger("metanet.onnx")
-Neighbors = tuple[torch.Tensor, torch.Tensor]
 
 
 def default_onnx_path(checkpoint: str | Path, folder: str | Path) -> Path:
     """Where a checkpoint's export is kept: named by the checkpoint's contents and the graphs' format
-    (``training.export.EXPORT_FORMAT``), so a changed checkpoint or exporter is exported again instead
+    (``model.onnx_graphs.EXPORT_FORMAT``), so a changed checkpoint or exporter is exported again instead
     of serving stale graphs."""
-    from training.export import EXPORT_FORMAT
-
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:12]
     return Path(folder) / f"{Path(checkpoint).stem}-{digest}-v{EXPORT_FORMAT}.onnx"
 
 
 def ensure_export(checkpoint: str | Path, out: str | Path) -> None:
     """Export ``checkpoint`` to ``out`` unless that export is already there."""
-    from training.export import graph_paths
-
     if not all(path.exists() for path in graph_paths(out).values()):
         _export_if_missing(load_checkpoint(checkpoint)[0], out)
 
@@ -51,8 +47,6 @@ def ensure_export(checkpoint: str | Path, out: str | Path) -> None:
 def _export_if_missing(model: MetaNet, out: str | Path) -> None:
     """Export into a scratch folder, then move each graph into place (the query graph last), so that
     a concurrent reader never sees a partial export and concurrent exporters do not clash."""
-    from training.export import export_model, graph_paths
-
     out = Path(out)
     if all(path.exists() for path in graph_paths(out).values()):
         return
@@ -112,14 +106,12 @@ def _numpy_dtype(t: torch.Tensor) -> type:
     return {torch.float32: np.float32, torch.int64: np.int64, torch.float16: np.float16}[t.dtype]
 
 
-class OnnxQueryPath:
+class OnnxQueryBackend:
     """The exported query graphs (dense attention, top-k attention, query embedding) on ONNX Runtime."""
 
     def __init__(
         self, model: MetaNet, out: str | Path, device: str | torch.device = "cpu", threads: int | None = None
     ) -> None:
-        from training.export import graph_paths
-
         self.model = model
         self.device = torch.device(device)
         threads = threads or torch.get_num_threads()
@@ -131,7 +123,9 @@ class OnnxQueryPath:
         self.channels = self.embedder.session.get_outputs()[0].shape[1]  # static in the graph
 
     @classmethod
-    def for_model(cls, model: MetaNet, out: str | Path, device: str | torch.device = "cpu") -> OnnxQueryPath:
+    def for_model(
+        cls, model: MetaNet, out: str | Path, device: str | torch.device = "cpu"
+    ) -> OnnxQueryBackend:
         """Sessions over ``model``'s export at ``out``, exporting it there first if it is missing."""
         _export_if_missing(model, out)
         path = cls(model, out, device)
@@ -140,36 +134,26 @@ class OnnxQueryPath:
 
     def embed(self, x: torch.Tensor, rep_task_weights: dict[str, torch.Tensor] | None) -> torch.Tensor:
         """[q, C] query keys: ``MetaNet.embed`` for one task."""
-        from training.export import flat_rep_task
-
         feeds = {"images": x, "rep_task": flat_rep_task(rep_task_weights, x)}
         return self.embedder.run(feeds, [(x.shape[0], self.channels)])[0].to(x.device)
 
-    def classify_tasks(
-        self,
-        memories: list[Memory],
-        queries: list[torch.Tensor],
-        neighbors: list[Neighbors | None],
-        chunk: int = 256,
-    ) -> list[QueryAnswer]:
-        """``MetaNet.classify_tasks`` with graph runs per task of at most ``chunk`` queries (bounds the
-        per-query fast weights W*, ~0.6 MB each)."""
-        answers = []
-        for memory, x, near in zip(memories, queries, neighbors, strict=True):
-            keys = None if near is not None else self.embed(x, memory.rep_task_weights)
-            attention = self.model.read_attention(memory, keys, near)
-            feeds = {"labels": memory.labels, "label_codes": memory.label_codes, "fast_out": memory.fast_out}
-            session = self.dense if near is None else self.topk
-            parts = []
-            for start in range(0, len(x), chunk):
-                rows = slice(start, start + chunk)
-                part = attention_rows(attention, rows)
-                read = {"images": x[rows], "fast_weights": self.model.read_memory(memory, part)}
-                if near is None:
-                    read["attention"] = part
-                else:
-                    read |= {"ids": part.ids, "weights": part.weights}
-                shape = (len(x[rows]), memory.label_codes.shape[0])
-                parts.append(session.run(feeds | read, [shape])[0])
-            answers.append(QueryAnswer(torch.cat(parts).to(x.device), nearest_similarity(memory, keys, near)))
-        return answers
+    def output_head(self, parts: list[QueryRows]) -> list[torch.Tensor]:
+        """``MetaNet.output_head``: one graph run per part (the graphs take one task's memory)."""
+        logits = []
+        for part in parts:
+            memory, dense = part.memory, not isinstance(part.attention, SparseAttention)
+            feeds = {
+                "images": part.images,
+                "fast_weights": part.fast_weights,
+                "labels": memory.labels,
+                "label_codes": memory.label_codes,
+                "fast_out": memory.fast_out,
+            }
+            if dense:
+                feeds["attention"] = part.attention
+            else:
+                feeds |= {"ids": part.attention.ids, "weights": part.attention.weights}
+            shape = (len(part.images), memory.label_codes.shape[0])
+            session = self.dense if dense else self.topk
+            logits.append(session.run(feeds, [shape])[0].to(part.images.device))
+        return logits

@@ -14,6 +14,7 @@ from model.config import MetaNetConfig
 from server.admission import Admission
 from server.auth import KeyRing
 from server.config import ConfigError, ServerSettings
+from server.derived import fingerprint
 from server.dispatch import Dispatcher
 from server.errors import install_error_handlers
 from server.litserve_adapter import DirectQueueServer, remove_builtin_routes, set_gzip_level, workers_ready
@@ -50,7 +51,10 @@ def model_info(settings: ServerSettings) -> ModelInfo:
             f"set METANET_MAX_EXAMPLES_PER_TASK to at most {config.max_labels}"
         )
     return ModelInfo(
-        checkpoint=str(settings.checkpoint), image_size=config.image_size, max_labels=config.max_labels
+        checkpoint=str(settings.checkpoint),
+        sha256=fingerprint(settings.checkpoint),
+        image_size=config.image_size,
+        max_labels=config.max_labels,
     )
 
 
@@ -67,14 +71,20 @@ def build_server(settings: ServerSettings, keys: KeyRing) -> ls.LitServer:
     )
     set_gzip_level(server, settings.gzip_level)
     # Creates or migrates the schema before any worker starts.
-    store = open_store(settings.store_url, (model.image_size, model.image_size))
+    store = open_store(
+        settings.store_url, (model.image_size, model.image_size), idempotency_ttl=settings.idempotency_ttl
+    )
     app = server.app
     app.title, app.version, app.description = TITLE, VERSION, DESCRIPTION
     # LitServe's own /, /health and /info answer untyped plain text; ours answer JSON.
     remove_builtin_routes(server)
-    queue = Queue(queue_deadline=settings.queue_deadline, queue_quantum=settings.queue_quantum)
     info = ServerInfo(
-        model=model, limits=Limits.of(settings), queue=queue, tenant_quotas=TenantQuotaInfo.of(settings)
+        model=model,
+        limits=Limits.of(settings),
+        queue=Queue(queue_deadline=settings.queue_deadline, queue_quantum=settings.queue_quantum),
+        tenant_quotas=TenantQuotaInfo.of(settings),
+        idempotency_ttl=settings.idempotency_ttl,
+        api_keys=keys.enabled,
     )
     index = Index(name=TITLE, version=VERSION)
     # Each HTTP process gets its own copy (they fork from here) and admits the work it sends.
@@ -83,7 +93,7 @@ def build_server(settings: ServerSettings, keys: KeyRing) -> ls.LitServer:
     limiter = RateLimiter(quotas, processes=s.api_servers or s.workers)
     dispatcher = Dispatcher(api.spec, admission, limiter, s.build_wait, s.max_images_per_request)
     app.include_router(service_router(store, lambda: workers_ready(server), index, info))
-    app.include_router(task_router(settings, dispatcher, store, model.image_size))
+    app.include_router(task_router(settings, dispatcher, store, model, quotas))
     mount_ui(app)
     install_error_handlers(app)
     app.add_middleware(GuardMiddleware, keys=keys, dispatcher=dispatcher, max_body_bytes=s.max_body_bytes)

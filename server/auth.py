@@ -6,7 +6,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from server.config import NAME_PATTERN
+from server.config import NAME_PATTERN, ConfigError
 from server.protocol import Unauthorized
 
 DEFAULT_TENANT = "default"
@@ -55,7 +55,14 @@ class KeyRing:
     def load(cls, env_value: str = "", file: Path | None = None) -> KeyRing:
         keys, options = parse_keys(env_value, "METANET_API_KEYS")
         if file is not None:
-            more, more_options = parse_keys(Path(file).read_text(), str(file))
+            try:
+                text = Path(file).read_text()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read the API keys file {file} ({exc.strerror}): "
+                    "it should hold one 'tenant:key' line per client"
+                ) from None
+            more, more_options = parse_keys(text, str(file))
             keys |= more
             for tenant, given in more_options.items():
                 options.setdefault(tenant, {}).update(given)

@@ -1,10 +1,13 @@
-"""Command line: ``python -m server [options]`` and ``metanet serve [options]``."""
+"""Command line: ``python -m server [options]`` and ``metanet serve [options]``; ``metanet backup DEST``
+and ``metanet restore SRC`` (server/backup.py)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -70,11 +73,81 @@ def serve(argv: list[str] | None = None, prog: str = "python -m server") -> None
         parser.error(str(exc))
 
 
+def _store_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--store", help="task store URL (default: $METANET_STORE, or SQLite in the data dir)")
+    parser.add_argument(
+        "--data-dir", dest="data_dir", help="the server's data dir (default: $METANET_DATA_DIR or data)"
+    )
+    return parser
+
+
+def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ServerSettings:
+    options = {k: v for k, v in (("store", args.store), ("data_dir", args.data_dir)) if v is not None}
+    try:
+        return ServerSettings(**options)
+    except ValidationError as exc:
+        parser.error(str(exc))
+
+
+def _backup(argv: list[str]) -> None:
+    from server.backup import BackupError, backup
+
+    parser = _store_options(
+        argparse.ArgumentParser(
+            prog="metanet backup",
+            description="Copy the task store to DEST while the server runs: a consistent copy as of one "
+            "commit (SQLite: its online backup API; PostgreSQL: pg_dump --format=custom).",
+        )
+    )
+    parser.add_argument("dest", type=Path, help="the backup file to write (replaced if it exists)")
+    args = parser.parse_args(argv)
+    settings = _settings(args, parser)
+    try:
+        summary = backup(settings.store_url, args.dest)
+    except BackupError as exc:
+        sys.exit(f"metanet backup: error: {exc}")
+    held = "" if summary.tasks is None else f": {summary.tasks} tasks, {summary.examples} examples"
+    print(f"backed up to {summary.path} ({summary.bytes} bytes{held}) in {summary.seconds:.2f} s")
+
+
+def _restore(argv: list[str]) -> None:
+    from server.backup import BackupError, restore
+
+    parser = _store_options(
+        argparse.ArgumentParser(
+            prog="metanet restore",
+            description="Replace the task store with the backup SRC (made by metanet backup). Stop the "
+            "server (every replica) first; start it again afterwards.",
+        )
+    )
+    parser.add_argument("source", type=Path, metavar="SRC", help="a backup file")
+    args = parser.parse_args(argv)
+    settings = _settings(args, parser)
+    try:
+        summary = restore(args.source, settings.store_url, settings.derived_dir)
+    except BackupError as exc:
+        sys.exit(f"metanet restore: error: {exc}")
+    held = "" if summary.tasks is None else f": {summary.tasks} tasks, {summary.examples} examples"
+    print(f"restored {summary.path}{held} in {summary.seconds:.2f} s")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``metanet serve [options]``."""
+    """``metanet serve [options]``, ``metanet backup DEST``, ``metanet restore SRC``."""
     parser = argparse.ArgumentParser(prog="metanet", description="MetaNet one-shot concept server")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP server", add_help=False)
+    commands.add_parser("backup", help="copy the task store while the server runs", add_help=False)
+    commands.add_parser(
+        "restore", help="replace the task store with a backup (server stopped)", add_help=False
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "serve":
         serve(rest, prog="metanet serve")
+    elif args.command == "backup":
+        _backup(rest)
+    else:
+        _restore(rest)
+
+
+if __name__ == "__main__":
+    main()

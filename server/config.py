@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model.checkpoint import DEFAULT_CHECKPOINT
 from model.compact import Storage, StoragePolicy, fastest_small_storage
 from server.quotas import TenantQuota
+from server.store.base import IDEMPOTENCY_TTL
 
 # The API's fixed formats; the limits are ServerSettings fields below. Schemas, routes, auth and docs
 # import these (docs/API.md).
@@ -100,6 +101,9 @@ class ServerSettings(BaseSettings):
         None, ge=0, le=2, description="open-set threshold; default: the checkpoint's calibration"
     )
     normalize_polarity: bool = True
+    idempotency_ttl: float = Field(
+        IDEMPOTENCY_TTL, gt=0, description="seconds a support call's Idempotency-Key is remembered"
+    )
 
     # Admission and fairness (docs/SERVER.md, "Admission and fairness"); GET /info publishes them.
     queue_deadline: float = Field(

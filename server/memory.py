@@ -1,5 +1,6 @@
 """Derived task memory per worker: fast weights and keys from the model, a FAISS index over the keys,
-kept in an LRU cache under a byte budget and brought up to date from the task store on use.
+kept in an LRU cache under a byte budget (``server/memory_cache.py``) and brought up to date from the
+task store on use.
 
 Heavy work runs beside serving: building a task's memory (or extending it by many examples) is a job
 for the worker's one build thread, so the worker's request loop never waits for it. A lookup of a
@@ -17,7 +18,6 @@ import os
 import queue
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -27,12 +27,12 @@ import torch
 from model.inference import Classified, TaskMemory
 from server import metrics
 from server.derived import DerivedMemoryFiles
+from server.memory_cache import CachedTask, MemoryCache, TaskKey
 from server.neighbors import KeyIndex, key_index
 from server.protocol import EmptyTask, ServiceError, TaskTooLarge
 from server.store import TaskSnapshot, TaskState, TaskStore, TaskVersion
 
 Refresh = Literal["hit", "extend", "build", "load"]  # load: read back from a derived-memory file
-TaskKey = tuple[str, str]  # (tenant, task_id)
 logger = logging.getLogger("metanet.memory")
 
 
@@ -62,71 +62,12 @@ class Predictor(Protocol):
 
 
 @dataclass(frozen=True)
-class CachedTask:
-    """A task's derived memory at one (uid, version) of the store."""
-
-    uid: int
-    version: int
-    memory: TaskMemory
-    index: KeyIndex | None  # over memory.keys; only for tasks that use top-k attention
-
-    @property
-    def nbytes(self) -> int:
-        """Real bytes: fast weights (with spare capacity), keys, images, task weights and the index."""
-        return self.memory.nbytes() + (self.index.ntotal * self.index.d * 4 if self.index is not None else 0)
-
-
-@dataclass(frozen=True)
 class Building:
     """A task whose memory a build job is computing; ask again in about ``retry_after`` seconds."""
 
     examples: int
     elapsed: float
     retry_after: float
-
-
-class MemoryCache:
-    """LRU of CachedTask by (tenant, task_id) under a byte budget, least recently used evicted first.
-
-    Not thread-safe by itself: TaskMemories serializes access."""
-
-    def __init__(self, budget_bytes: int) -> None:
-        self.budget_bytes = budget_bytes
-        self._entries: OrderedDict[TaskKey, CachedTask] = OrderedDict()
-        self.nbytes = 0
-        self.evictions = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key: TaskKey) -> bool:
-        return key in self._entries
-
-    def get(self, key: TaskKey) -> CachedTask | None:
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-        return entry
-
-    def put(self, key: TaskKey, entry: CachedTask) -> bool:
-        """Cache ``entry``, evicting least recently used ones; False if it alone exceeds the budget."""
-        self.pop(key)
-        size = entry.nbytes
-        if size > self.budget_bytes:
-            return False
-        while self._entries and self.nbytes + size > self.budget_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self.nbytes -= evicted.nbytes
-            self.evictions += 1
-            metrics.CACHE_EVICTIONS.labels(str(os.getpid())).inc()
-        self._entries[key] = entry
-        self.nbytes += size
-        return True
-
-    def pop(self, key: TaskKey) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self.nbytes -= entry.nbytes
 
 
 @dataclass
@@ -150,6 +91,7 @@ class TaskMemories:
         predictor: Predictor,
         store: TaskStore,
         cache: MemoryCache,
+        *,
         topk_min_examples: int,
         topk_neighbors: int,
         inline_examples: int = 8,
@@ -157,7 +99,9 @@ class TaskMemories:
         checkpoint: str = "",
         derived_min_examples: int = 64,
     ) -> None:
-        """``derived``: where build jobs save (and load) the memories of tasks of at least
+        """``topk_min_examples``, ``topk_neighbors``: tasks of at least that many examples are searched
+        for each query's nearest keys, that many of them. ``inline_examples``: extensions by more run on
+        the build thread. ``derived``: where build jobs save (and load) the memories of tasks of at least
         ``derived_min_examples`` examples, made with the checkpoint of fingerprint ``checkpoint``."""
         self.predictor = predictor
         self.store = store
@@ -226,13 +170,32 @@ class TaskMemories:
         retry = max(0.1, job.examples * self.seconds_per_example - elapsed)
         return Building(job.examples, elapsed, retry)
 
-    def refresh_if_cached(self, tenant: str, task_id: str) -> Refresh | None:
-        """Bring a task this worker already holds up to date (after a support call): a small extend
-        inline, anything larger as a build job. Returns what happened now (None: nothing held, or a job)."""
-        if (tenant, task_id) not in self.cache:
+    def refresh_after_support(
+        self, tenant: str, task_id: str, state: TaskState, images: np.ndarray, labels: list[str]
+    ) -> Refresh | None:
+        """Bring a task this worker already holds up to date after a support call, from what the call
+        wrote: ``state``, the task after the write, and the ``images`` and ``labels`` it added. A small
+        extend runs inline, anything larger as a build job. The store is read only where the held memory
+        is not at the version just before the write (another writer came between, or a job holds the
+        task). Returns what happened now (None: nothing held, or a job)."""
+        key = (tenant, task_id)
+        with self._lock:
+            cached, job = self.cache.get(key), self._jobs.get(key)
+        if cached is None:
             return None
-        found = self.current(tenant, task_id)
-        return found[1] if isinstance(found, tuple) else None
+        written = TaskSnapshot(state, state.version - 1, images, list(labels))
+        if (
+            job is not None
+            or cached.version != written.since_version
+            or not self._extendable(cached, written)
+        ):
+            found = self.current(tenant, task_id)
+            return found[1] if isinstance(found, tuple) else None
+        if len(labels) <= self.inline_examples and cached.memory.num_examples >= self.predictor.task_examples:
+            self._refresh(key, cached, written)
+            return "extend"
+        self._schedule(key, len(labels))
+        return None
 
     @property
     def builds_in_progress(self) -> int:

@@ -21,6 +21,8 @@ logger = logging.getLogger("metanet.http")
 _ROUTES = [
     (re.compile(r"^/tasks/[^/]+/support$"), "/tasks/{task_id}/support"),
     (re.compile(r"^/tasks/[^/]+/classify$"), "/tasks/{task_id}/classify"),
+    (re.compile(r"^/tasks/[^/]+/export$"), "/tasks/{task_id}/export"),
+    (re.compile(r"^/tasks/[^/]+/import$"), "/tasks/{task_id}/import"),
     (re.compile(r"^/tasks/[^/]+/labels/.+$"), "/tasks/{task_id}/labels/{label}"),
     (re.compile(r"^/tasks/[^/]+/labels$"), "/tasks/{task_id}/labels"),
     (re.compile(r"^/tasks/[^/]+$"), "/tasks/{task_id}"),
@@ -58,7 +60,8 @@ class GuardMiddleware:
         try:
             tenant = self.keys.tenant_for(headers.get(b"authorization", b"").decode("latin-1"))
             scope.setdefault("state", {})["tenant"] = tenant
-            self.dispatcher.refuse_early(tenant, queued=scope["method"] == "POST")
+            queued = scope["method"] == "POST" and scope["path"].endswith(("/support", "/classify"))
+            self.dispatcher.refuse_early(tenant, queued=queued)
             length = headers.get(b"content-length", b"0")
             if length.isdigit() and int(length) > self.max_body_bytes:
                 raise self._too_large()

@@ -7,9 +7,11 @@ never fails the others of its batch. Everything here crosses a process boundary 
 plain data: frozen dataclasses and exceptions constructed from a message alone.
 
 To extend it: a new classify option is a field with a default on ``ClassifyWork`` (and on the request
-schema); a new per-prediction field goes on ``Prediction`` here and on ``server.schemas.Prediction``
-(the route copies results into responses field by name) and on the SDK's model, which
-clients/python/tests/test_client_contract.py checks against the schema.
+schema); a new per-prediction field goes on ``Prediction`` here, the one result type the workers
+answer with, and on ``server.schemas.Prediction``, its HTTP form (the route copies results into responses
+field by name; tests/server/test_server_protocol.py checks that every result's fields and types are in
+its HTTP form), and on the SDK's model, which clients/python/tests/test_client_contract.py checks
+against the schema.
 
 The errors are the service's vocabulary of failures, raised where they are detected (store, memory,
 worker, image decoding, routes); ``server.errors`` maps each kind to its HTTP status in one table.
@@ -31,6 +33,7 @@ class SupportWork:
     task_id: str
     images: np.ndarray  # uint8 [n, H, W], preprocessed
     labels: tuple[str, ...]  # one per image
+    idempotency_key: str | None = None  # a repeat with this key answers the first call's result
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class SupportResult:
     version: int
     num_examples: int
     labels: tuple[str, ...]  # the task's labels in label-index order
+    replayed: bool = False  # the answer of an earlier call with the same idempotency key; nothing written
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,24 @@ class ExampleLimit(ServiceError):
     """Adding the examples would take the task over its example limit."""
 
     code = "too_many_examples"
+
+
+class IdempotencyKeyReused(ServiceError):
+    """An ``Idempotency-Key`` sent again with a different request (another task or other examples)."""
+
+    code = "idempotency_key_reused"
+
+
+class TaskExists(ServiceError):
+    """An import into a task id that already holds a task."""
+
+    code = "task_exists"
+
+
+class ModelMismatch(ServiceError):
+    """An import of examples whose images are not the size this server's model takes."""
+
+    code = "model_mismatch"
 
 
 class WorkerFailed(ServiceError):

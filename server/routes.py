@@ -1,14 +1,15 @@
 """The HTTP API (docs/API.md): thin routes over the task store and the inference workers."""
 
 import base64
+import binascii
 import io
 from collections.abc import Callable
-from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -24,9 +25,11 @@ from server.protocol import (
     ClassifyWork,
     EmptyTask,
     ExampleLimit,
+    IdempotencyKeyReused,
     ImageTooLarge,
     InvalidImage,
     LabelNotFound,
+    ModelMismatch,
     NotReady,
     Overloaded,
     OverShare,
@@ -38,6 +41,7 @@ from server.protocol import (
     StoreUnreachable,
     SupportWork,
     TaskBuilding,
+    TaskExists,
     TaskNotFound,
     TaskTooLarge,
     TooManyImages,
@@ -45,17 +49,22 @@ from server.protocol import (
     WorkerFailed,
     WorkerTimeout,
 )
+from server.quotas import TenantQuotas
 from server.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
     ClassifyResponse,
     DeletedTask,
     Health,
+    ImportedTask,
     Index,
     LabelExample,
+    ModelInfo,
     ServerInfo,
     SupportResponse,
     TaskInfo,
     TaskLabels,
     TaskList,
+    export_model,
     label_constraints,
     request_models,
 )
@@ -68,6 +77,17 @@ async def _tenant(request: Request) -> str:  # async: FastAPI runs a plain def i
 
 Tenant = Annotated[str, Depends(_tenant)]
 TaskId = Annotated[str, Path(pattern=NAME_PATTERN, description=f"task id, matching {NAME_PATTERN}")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="a key unique to this call (a UUID): a repeat with the same key within the server's "
+        "`idempotency_ttl` (GET /info) writes nothing and answers the first call's result, with header "
+        "`Idempotent-Replayed: true`; the same key with another request is 409 `idempotency_key_reused`",
+    ),
+]
+REPLAYED = {"Idempotent-Replayed": "true"}
 
 
 def _info(state: TaskState) -> TaskInfo:
@@ -77,10 +97,11 @@ def _info(state: TaskState) -> TaskInfo:
 
 
 def task_router(
-    settings: ServerSettings, dispatcher: Dispatcher, store: TaskStore, image_size: int
+    settings: ServerSettings, dispatcher: Dispatcher, store: TaskStore, model: ModelInfo, quotas: TenantQuotas
 ) -> APIRouter:
     """Routes under ``/tasks``; support and classify run in the inference workers (through admission:
-    ``Dispatcher``), the rest on the store. ``GuardMiddleware`` checks key, rates and body size first."""
+    ``Dispatcher``), the rest on the store (an import within the tenant's ``quotas``). ``GuardMiddleware``
+    checks key, rates and body size first."""
     router = APIRouter(
         prefix="/tasks",
         tags=["tasks"],
@@ -93,9 +114,11 @@ def task_router(
             statuses=(422, 500),
         ),
     )
+    image_size = model.image_size
     decoder = ImageDecoder(settings.max_image_side, image_size, settings.normalize_polarity)
     derived = DerivedMemoryFiles(settings.derived_dir)  # saved task memories: removed with the data
     SupportRequest, ClassifyRequest = request_models(settings)
+    TaskExport = export_model(settings)
     Label = Annotated[str, Path(**label_constraints(settings))]
     image_errors = (InvalidImage, ImageTooLarge, TooManyImages, WorkerTimeout, WorkerFailed)
     queue_errors = (OverShare, Overloaded)
@@ -107,19 +130,33 @@ def task_router(
     @router.post(
         "/{task_id}/support",
         summary="Teach a task labeled examples",
-        responses=error_responses(*image_errors, *queue_errors, ExampleLimit, QuotaExceeded),
+        responses=error_responses(
+            *image_errors, *queue_errors, ExampleLimit, QuotaExceeded, IdempotencyKeyReused
+        ),
     )
-    async def add_support(task_id: TaskId, body: SupportRequest, tenant: Tenant) -> SupportResponse:
+    async def add_support(
+        task_id: TaskId,
+        body: SupportRequest,
+        tenant: Tenant,
+        response: Response,
+        idempotency_key: IdempotencyKey = None,
+    ) -> SupportResponse:
         """Adds the examples durably (all or nothing) and answers with the task's new version.
         A label the task has not seen becomes a new concept at once. Over a tenant quota: 507
-        ``quota_exceeded`` naming it, and nothing is written."""
+        ``quota_exceeded`` naming it, and nothing is written. With an ``Idempotency-Key`` the call can be
+        retried safely: a repeat writes nothing and answers the first call's result."""
         check_count(len(body.examples))
         labels = tuple(e.label for e in body.examples)
         with dispatcher.admit(tenant, len(body.examples)) as reservation:
             where = "examples[{}].image".format
             images = await decode_images(decoder, [e.image for e in body.examples], where)
-            result = await dispatcher.support(SupportWork(tenant, task_id, images, labels), reservation)
-        return SupportResponse(task_id=task_id, **asdict(result))
+            work = SupportWork(tenant, task_id, images, labels, idempotency_key)
+            result = await dispatcher.support(work, reservation)
+        if result.replayed:
+            response.headers.update(REPLAYED)
+        return SupportResponse(
+            task_id=task_id, version=result.version, num_examples=result.num_examples, labels=result.labels
+        )
 
     @router.post(
         "/{task_id}/classify",
@@ -140,6 +177,79 @@ def task_router(
             options = (body.top_k, body.reject == "on", body.novelty_threshold)
             result = await dispatcher.classify(ClassifyWork(tenant, task_id, images, *options), reservation)
         return ClassifyResponse.of(task_id, result)
+
+    @router.get(
+        "/{task_id}/export",
+        summary="A task as a portable file: its examples, labels and the model it was taught under",
+        responses=error_responses(TaskNotFound),
+    )
+    async def export_task(task_id: TaskId, tenant: Tenant, response: Response) -> TaskExport:
+        """Every example in the order it was added, as the stored image (a PNG of the model's input),
+        with the checkpoint's name and SHA-256; ``POST /tasks/{id}/import`` recreates the task."""
+        snapshot = await run_in_threadpool(store.snapshot, tenant, task_id)
+        if snapshot is None:
+            raise TaskNotFound(f"task {task_id!r} not found")
+        pngs = await run_in_threadpool(lambda: [_png(image) for image in snapshot.images])
+        response.headers["Content-Disposition"] = f'attachment; filename="{task_id}.metanet.json"'
+        return TaskExport(
+            task_id=task_id,
+            version=snapshot.state.version,
+            exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            model={
+                "checkpoint": FilePath(model.checkpoint).name,
+                "sha256": model.sha256,
+                "image_size": image_size,
+            },
+            examples=[
+                {"label": label, "image": png} for label, png in zip(snapshot.labels, pngs, strict=True)
+            ],
+        )
+
+    @router.post(
+        "/{task_id}/import",
+        summary="Recreate a task from an export (of this server or another, of any tenant)",
+        responses=error_responses(
+            InvalidImage, TaskExists, ModelMismatch, ExampleLimit, QuotaExceeded, IdempotencyKeyReused
+        ),
+    )
+    async def import_task(
+        task_id: TaskId,
+        body: TaskExport,
+        tenant: Tenant,
+        response: Response,
+        idempotency_key: IdempotencyKey = None,
+    ) -> ImportedTask:
+        """Creates the task ``task_id`` (any id: the export's own is not used) with the export's examples,
+        in their order, as version 1, all or nothing; 409 ``task_exists`` if the task exists. The images
+        are stored exactly as exported, so under the same checkpoint the task answers as the exported one
+        did; under another checkpoint of the same image size its memory is derived anew."""
+        if body.model.image_size != image_size:
+            raise ModelMismatch(
+                f"the export holds {body.model.image_size}x{body.model.image_size} images; this server's "
+                f"model takes {image_size}x{image_size}"
+            )
+        images = await run_in_threadpool(_stored_images, [e.image for e in body.examples], image_size)
+        written = await run_in_threadpool(
+            store.write_examples,
+            tenant,
+            task_id,
+            images,
+            [e.label for e in body.examples],
+            settings.max_examples_per_task,
+            idempotency_key,
+            True,
+            quotas(tenant).storage,
+        )
+        if written.replayed:
+            response.headers.update(REPLAYED)
+        state = written.state
+        return ImportedTask(
+            task_id=task_id,
+            version=state.version,
+            num_examples=state.num_examples,
+            labels=state.labels,
+            model_matches=body.model.sha256 == model.sha256,
+        )
 
     @router.get("", summary="The caller's tasks")
     async def list_tasks(tenant: Tenant) -> TaskList:
@@ -200,6 +310,25 @@ def task_router(
         return _info(state)
 
     return router
+
+
+def _stored_images(encoded: list[str], image_size: int) -> np.ndarray:
+    """Exported example images back to stored pixels, uint8 [n, image_size, image_size], unchanged (no
+    preprocessing: they were stored preprocessed); 400 ``invalid_image`` names the first bad one."""
+    images = np.zeros((len(encoded), image_size, image_size), dtype=np.uint8)
+    for i, text in enumerate(encoded):
+        where = f"examples[{i}].image"
+        try:
+            with Image.open(io.BytesIO(base64.b64decode(text.partition(",")[2] or text))) as image:
+                if image.size != (image_size, image_size):
+                    raise InvalidImage(
+                        f"{where}: {image.size[0]}x{image.size[1]} pixels; an exported example is "
+                        f"{image_size}x{image_size}"
+                    )
+                images[i] = np.asarray(image.convert("L"))
+        except (OSError, ValueError, binascii.Error) as exc:
+            raise InvalidImage(f"{where}: not an image file ({type(exc).__name__})") from None
+    return images
 
 
 def _png(image: np.ndarray) -> str:

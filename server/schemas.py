@@ -80,6 +80,54 @@ def request_models(settings: ServerSettings) -> tuple[type[BaseModel], type[Base
     return SupportRequest, ClassifyRequest
 
 
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+"""An ``Idempotency-Key`` header: 1-255 printable ASCII characters, no spaces (a UUID suits)."""
+
+EXPORT_FORMAT = "metanet-task"
+
+
+def export_model(settings: ServerSettings) -> type[BaseModel]:
+    """``TaskExport``: the portable file of one task (``GET /tasks/{id}/export``), also the body of
+    ``POST /tasks/{id}/import``; its labels obey the configured label rule."""
+
+    class ExportedExample(BaseModel):
+        label: str = Field(**label_constraints(settings))
+        image: str = Field(
+            pattern=IMAGE_PATTERN,
+            description="base64 PNG of the example as stored: image_size x image_size, 8-bit gray, "
+            "white strokes on black (imported without preprocessing)",
+        )
+
+    class ExportedModel(BaseModel):
+        checkpoint: str = Field(description="file name of the checkpoint the task was taught under")
+        sha256: str = Field(description="SHA-256 of that checkpoint file")
+        image_size: int
+
+    class TaskExport(BaseModel):
+        format: Literal["metanet-task"] = EXPORT_FORMAT
+        format_version: Literal[1] = 1
+        task_id: str
+        version: int = Field(description="the task's version when exported")
+        exported_at: str = Field(description="UTC time of the export, ISO 8601")
+        model: ExportedModel
+        examples: list[ExportedExample] = Field(
+            description="every example in the order it was added (label indices follow first appearance)"
+        )
+
+    return TaskExport
+
+
+class ImportedTask(BaseModel):
+    task_id: str
+    version: int
+    num_examples: int
+    labels: dict[str, int] = Field(description="label -> number of support examples")
+    model_matches: bool = Field(
+        description="the export was made under this server's checkpoint (same SHA-256): predictions are "
+        "the same as on the server it came from"
+    )
+
+
 class SupportResponse(BaseModel):
     task_id: str
     version: int
@@ -193,6 +241,7 @@ class TenantQuotaInfo(BaseModel):
 
 class ModelInfo(BaseModel):
     checkpoint: str
+    sha256: str = Field(description="SHA-256 of the checkpoint file (task exports record it)")
     image_size: int = Field(description="images are resized to image_size x image_size")
     max_labels: int = Field(description="labels one task can hold")
 
@@ -202,6 +251,10 @@ class ServerInfo(BaseModel):
     limits: Limits
     queue: Queue
     tenant_quotas: TenantQuotaInfo
+    idempotency_ttl: float = Field(description="seconds a support call's Idempotency-Key is remembered")
+    api_keys: bool = Field(
+        description="whether the /tasks routes need an API key (``Authorization: Bearer <key>``)"
+    )
     task_id_pattern: str = NAME_PATTERN
     label_pattern: str = LABEL_PATTERN
 

@@ -25,7 +25,8 @@ from server import metrics
 from server.config import ServerSettings
 from server.derived import DerivedMemoryFiles, fingerprint
 from server.litserve_adapter import FairBatchedLoop, WorkerBridge
-from server.memory import Building, CachedTask, MemoryCache, TaskMemories
+from server.memory import Building, TaskMemories
+from server.memory_cache import CachedTask, MemoryCache
 from server.protocol import (
     ClassifyResult,
     ClassifyWork,
@@ -78,7 +79,9 @@ class MetaNetAPI(ls.LitAPI):
         torch.set_num_threads(s.torch_threads)
         faiss.omp_set_num_threads(s.torch_threads)
         # The main process migrated the schema.
-        self.store = open_store(s.store_url, (self.image_size, self.image_size), migrate=False)
+        self.store = open_store(
+            s.store_url, (self.image_size, self.image_size), migrate=False, idempotency_ttl=s.idempotency_ttl
+        )
         predictor = MetaNetPredictor.load(
             s.checkpoint, device, s.storage_policy(device), s.build_chunk, s.backend, s.onnx_path
         )
@@ -87,12 +90,12 @@ class MetaNetAPI(ls.LitAPI):
             predictor,
             self.store,
             MemoryCache(s.cache_bytes),
-            s.topk_min_examples,
-            s.topk_neighbors,
-            s.build_inline_examples,
-            DerivedMemoryFiles(s.derived_dir) if s.derived_memory else None,
-            fingerprint(s.checkpoint),
-            s.derived_min_examples,
+            topk_min_examples=s.topk_min_examples,
+            topk_neighbors=s.topk_neighbors,
+            inline_examples=s.build_inline_examples,
+            derived=DerivedMemoryFiles(s.derived_dir) if s.derived_memory else None,
+            checkpoint=fingerprint(s.checkpoint),
+            derived_min_examples=s.derived_min_examples,
         )
         calibration = OpenSetCalibration.from_metadata(read_metadata(s.checkpoint))
         self.novelty_threshold = s.novelty_threshold
@@ -130,18 +133,23 @@ class MetaNetAPI(ls.LitAPI):
 
     def _support(self, item: SupportWork) -> SupportResult:
         started = time.perf_counter()
-        state = self.store.add_examples(
+        written = self.store.write_examples(
             item.tenant,
             item.task_id,
             item.images,
             list(item.labels),
             self.settings.max_examples_per_task,
-            self.quotas(item.tenant).storage,
+            item.idempotency_key,
+            quota=self.quotas(item.tenant).storage,
         )
-        # Durable from here on. Refresh this worker's memory of the task if it holds one (an extend:
-        # only the new examples' fast weights are computed); otherwise the first classify builds it.
+        state = written.state
+        # Durable from here on. Refresh this worker's memory of the task if it holds one, from what was
+        # just written (an extend: only the new examples' fast weights are computed); otherwise the
+        # first classify builds it.
         try:
-            refresh = self.memories.refresh_if_cached(item.tenant, item.task_id)
+            refresh = self.memories.refresh_after_support(
+                item.tenant, item.task_id, state, item.images, list(item.labels)
+            )
             if refresh:
                 metrics.CACHE_REFRESHES.labels(refresh).inc()
         except Exception:
@@ -149,14 +157,15 @@ class MetaNetAPI(ls.LitAPI):
             self.memories.cache.pop((item.tenant, item.task_id))
         metrics.INFERENCE_SECONDS.labels("support").observe(time.perf_counter() - started)
         logger.info(
-            "support tenant=%s task=%s added=%d version=%d examples=%d",
+            "support tenant=%s task=%s added=%d version=%d examples=%d%s",
             item.tenant,
             item.task_id,
-            len(item.labels),
+            0 if written.replayed else len(item.labels),
             state.version,
             state.num_examples,
+            " (replayed: its idempotency key was seen before)" if written.replayed else "",
         )
-        return SupportResult(state.version, state.num_examples, tuple(state.labels))
+        return SupportResult(state.version, state.num_examples, tuple(state.labels), written.replayed)
 
     def _classify(self, items: list[ClassifyWork]) -> list[Outcome]:
         """All items in one batched pass; if that pass fails, each item alone, so that only the items

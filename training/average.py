@@ -7,7 +7,7 @@ UAI 2018) over the points at which the run was validated.
 
 With ``--snapshots`` a run writes its weights at every validation to ``<run-dir>/snapshots/``. The
 model has no batch-norm statistics, so the mean of those weights is the whole averaged model. The
-average is validated on the tasks the run validates on (``training.train.validate``: same split,
+average is validated on the tasks the run validates on (``training.validation.validate``: same split,
 held-out alphabets, way and task count, read from ``--like``'s metadata) and written with
 ``--like``'s metadata, its ``validation`` replaced and the snapshots it averages recorded under
 ``weight_average``. Both validations are printed; with ``--if-better`` the average is written only
@@ -17,44 +17,21 @@ when it beats ``--like`` on the figure the run selects by (``recipe.select``), e
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from model.checkpoint import read_metadata, save_checkpoint, training_metadata, weights
+from model.checkpoint import read_metadata, save_checkpoint, training_metadata
 from model.config import MetaNetConfig
 from model.metanet import MetaNet
 from training.data import DEFAULT_DATA
 from training.episodes import load_split, validation_alphabets
 from training.evaluate import default_device
-
-SNAPSHOT = re.compile(r"episode-(\d+)\.safetensors$")
-
-
-def snapshot_path(run_dir: Path, episodes: int) -> Path:
-    """Where a run keeps its weights after ``episodes`` episodes."""
-    return run_dir / "snapshots" / f"episode-{episodes:09d}.safetensors"
-
-
-def save_snapshot(model: MetaNet, run_dir: Path, episodes: int) -> None:
-    path = snapshot_path(run_dir, episodes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(weights(model), str(path))
-
-
-def clear_snapshots(run_dir: Path) -> None:
-    """Remove a run's snapshots (a fresh run in the same folder must not average an older run's)."""
-    for path in run_snapshots(run_dir):
-        path.unlink()
-
-
-def run_snapshots(run_dir: Path) -> list[Path]:
-    """A run's snapshots, oldest first."""
-    return sorted((run_dir / "snapshots").glob("episode-*.safetensors"))
+from training.snapshots import run_snapshots, snapshot_episodes
+from training.validation import validate
 
 
 def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -86,8 +63,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from training.train import validate  # training.train imports this module
-
     args = parse_args(argv)
     command = "python -m training.average " + shlex.join(sys.argv[1:] if argv is None else argv)
     run_dir = args.run_dir or args.like.parent
@@ -106,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     before = metadata["validation"]
     open_set = "auroc" in before
     val = validate(model, pool, before["way"], before["shot"], before["tasks"], device, open_set)
-    episodes = [int(SNAPSHOT.search(p.name).group(1)) for p in paths]
+    episodes = [snapshot_episodes(p) for p in paths]
     for name, figures in (("--like", before), (f"average of {len(paths)} snapshots", val)):
         auroc = f", AUROC {figures['auroc']:.2f}" if open_set else ""
         print(f"{name}: validation accuracy {figures['accuracy']:.2f}{auroc}")

@@ -283,6 +283,28 @@ def within_alphabet_episodes(pool: ClassPool, way: int, trials: int, seed: int) 
     return episodes
 
 
+def all_classes_episode(pool: ClassPool, queries: int, rng: np.random.Generator) -> Episode:
+    """One task holding every class of the pool, the way a user's task grows on the server: one
+    support drawing of each class by a random drawer, and ``queries`` drawings of each by other
+    drawers. Labels are pool indices; label slot k uses codebook row k, as the server's does."""
+    n = len(pool)
+    drawings = rng.random((n, DRAWINGS_PER_CHARACTER)).argsort(axis=1)[:, : 1 + queries]  # [N, 1+L]
+    images = np.stack(
+        [
+            np.rot90(pool.images[char, drawings[i]], turns, axes=(1, 2))
+            for i, (char, turns) in enumerate(pool.classes)
+        ]
+    )  # [N, 1+L, 28, 28]
+    labels = torch.arange(n)
+    return Episode(
+        support=to_tensor(images[:, 0]),
+        support_labels=labels,
+        query=to_tensor(images[:, 1:].reshape(n * queries, 28, 28)),
+        query_labels=labels.repeat_interleave(queries),
+        label_codes=labels,
+    )
+
+
 def _vinyals_pool(split: str, merged: Characters, split_dir: Path) -> ClassPool:
     lookup = {character: i for i, character in enumerate(merged.names)}
     classes = []

@@ -11,6 +11,11 @@ Protocols:
 - ``within-alphabet`` (Lake et al. 2015): N classes of one alphabet (at one rotation), the support
   drawings by one drawer and one query per class by another; ``--tasks`` trials.
 
+``--way all`` is the server's scale: one task holds every class of the pool (659 characters of the
+standard split's evaluation alphabets), one drawing each, and ``--queries`` other drawers' drawings
+of each are classified against all of them (``--tasks`` such tasks, other drawers each time); it
+reports top-1 and top-5 accuracy of the full model and of attention only.
+
 ``--open-set`` (random protocol, one-shot) adds ``--unknown`` other classes of the test pool
 (default: as many as ``--way``), ``--queries`` drawings each, to every task's queries and reports
 AUROC known-vs-unknown of every candidate novelty score, closed-set accuracy on the known queries
@@ -44,6 +49,7 @@ from training.episodes import (
     ClassPool,
     Episode,
     EpisodeSampler,
+    all_classes_episode,
     load_split,
     validation_alphabets,
     within_alphabet_episodes,
@@ -121,6 +127,39 @@ def task_accuracies(
     return episode_accuracies(
         model, episodes, tasks, batch or default_batch(device), device, progress, f"{way}-way {protocol}"
     )
+
+
+@torch.no_grad()
+def all_classes_accuracies(
+    model: MetaNet,
+    pool: ClassPool,
+    queries: int,
+    tasks: int,
+    seed: int,
+    device: torch.device | str,
+    k: int = 5,
+) -> dict[str, float]:
+    """Top-1 and top-``k`` accuracy (mean and 95% half-width over ``tasks``) of the full model and of
+    attention only, in tasks that hold every class of ``pool`` (``all_classes_episode``)."""
+    model.eval()
+    rng = np.random.default_rng(seed)
+    hits: dict[str, list[float]] = {"top1": [], f"top{k}": [], "attention_top1": [], f"attention_top{k}": []}
+    for _ in tqdm(range(tasks), desc=f"all {len(pool)} classes", unit="task"):
+        episode = all_classes_episode(pool, queries, rng).to(device)
+        memory = model.build_memory(episode.support, episode.support_labels, episode.label_codes)
+        keys = model.embed(episode.query, memory.rep_task_weights)
+        votes = model.label_attention(memory, model.read_attention(memory, keys))  # [q, K]
+        (answer,) = model.classify_tasks([memory], [episode.query], [None])
+        truth = episode.query_labels.unsqueeze(-1)
+        for prefix, scores in (("", answer.logits), ("attention_", votes)):
+            ranked = scores.topk(k, dim=-1).indices  # [q, k]
+            hits[f"{prefix}top1"].append((ranked[:, 0] == truth[:, 0]).float().mean().item())
+            hits[f"{prefix}top{k}"].append((ranked == truth).any(-1).float().mean().item())
+    result: dict[str, float] = {"classes": len(pool), "queries": queries * len(pool)}
+    for name, values in hits.items():
+        summary = summarize(np.array(values))
+        result[name], result[f"{name}_ci95"] = summary["accuracy"], summary["ci95"]
+    return result
 
 
 def summarize(accuracies: np.ndarray) -> dict[str, float]:
@@ -211,6 +250,33 @@ def evaluate_open_set(args: argparse.Namespace, model: MetaNet, pool: ClassPool)
         )
 
 
+def evaluate_all_classes(args: argparse.Namespace, model: MetaNet, pool: ClassPool) -> None:
+    """``--way all``: print (and with ``--record`` store) top-1 / top-5 in tasks of every class."""
+    if args.protocol != "random" or args.shot != 1 or args.open_set:
+        raise SystemExit("--way all runs one-shot tasks of the random protocol, closed set")
+    args.queries = args.queries or 2
+    result = all_classes_accuracies(model, pool, args.queries, args.tasks, args.seed, args.device) | {
+        "way": "all",
+        "tasks": args.tasks,
+        "split": args.split,
+        "part": args.part,
+        "seed": args.seed,
+        "command": "python -m training.evaluate " + " ".join(sys.argv[1:]),
+    }
+    if args.record:
+        metadata = read_metadata(args.checkpoint)
+        metadata.setdefault("test", {})[f"{args.split}/{args.part} all-way 1-shot"] = result
+        metadata_path(args.checkpoint).write_text(json.dumps(metadata, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"{args.split} all {result['classes']} classes at once, {args.tasks} tasks: "
+        f"top-1 {result['top1']:.2f}% ± {result['top1_ci95']:.2f}, top-5 {result['top5']:.2f}%; "
+        f"attention only: top-1 {result['attention_top1']:.2f}%, top-5 {result['attention_top5']:.2f}%"
+    )
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -226,9 +292,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", choices=["vinyals", "standard"], required=True)
     parser.add_argument("--part", choices=["train", "val", "test"], default="test")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="random")
-    parser.add_argument("--way", type=int, default=5)
+    parser.add_argument(
+        "--way", type=lambda v: v if v == "all" else int(v), default=5, help="classes per task, or all"
+    )
     parser.add_argument("--shot", type=int, default=1)
-    parser.add_argument("--queries", type=int, default=5, help="query images per class (random protocol)")
+    parser.add_argument(
+        "--queries", type=int, default=None, help="query images per class (random protocol: 5, --way all: 2)"
+    )
     parser.add_argument("--tasks", type=int, default=1000, help="tasks (trials, within-alphabet)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=default_device())
@@ -261,6 +331,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile:
         model.compile_meta_learners()
     pool = load_split(args.split, args.part, args.data, held_out=validation_alphabets(metadata))
+    if args.way == "all":
+        evaluate_all_classes(args, model, pool)
+        return
+    args.queries = args.queries or 5
     if args.open_set:
         evaluate_open_set(args, model, pool)
         return

@@ -50,20 +50,19 @@ from model.checkpoint import read_metadata, save_checkpoint, training_metadata
 from model.config import MetaNetConfig
 from model.fast_weights import init_quiet
 from model.metanet import MetaNet
-from model.novelty import SCORE
-from training.average import clear_snapshots, save_snapshot
 from training.data import DEFAULT_DATA
 from training.episodes import (
     STANDARD_VALIDATION_ALPHABETS,
-    UNKNOWN,
     DeviceEpisodeSampler,
     Episode,
     load_split,
     validation_alphabets,
 )
-from training.evaluate import default_device, summarize_both, task_accuracies
-from training.open_set import auroc, open_set_episodes, open_set_outputs
+from training.evaluate import default_device
 from training.plots import plot_learning_curve
+from training.recipe import parse_with_recipe
+from training.snapshots import clear_snapshots, save_snapshot
+from training.validation import validate
 
 # how often the loop reads its clock and the stop signal (a broadcast under torchrun), in steps
 CLOCK_EVERY_STEPS = 10
@@ -205,21 +204,6 @@ def learning_rate(base: float, step: int, warmup: int, progress: float, schedule
     return base * warm * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def validate(
-    model: MetaNet, pool, way: int, shot: int, tasks: int, device: torch.device, open_set: bool = False
-) -> dict[str, float]:
-    """Accuracy on validation tasks (always the same tasks: fixed seed, 5 queries per class), and with
-    ``open_set`` the AUROC of the served novelty score on the same tasks with as many unknown classes
-    mixed in (``training.open_set``; u and d only)."""
-    result = summarize_both(task_accuracies(model, pool, way, shot, 5, tasks, seed=1234, device=device))
-    if open_set:
-        episodes = open_set_episodes(pool, way, shot, 5, None, seed=1234)
-        outputs = open_set_outputs(model, episodes, tasks, 1, device, full_model=False)
-        score, known = outputs.scores[SCORE], outputs.labels != UNKNOWN
-        result["auroc"] = 100 * auroc(score[known], score[~known])
-    return result
-
-
 def revive_silent_heads(model: MetaNet) -> None:
     """Give generator heads that are exactly zero a quiet random start (see model/fast_weights.py)."""
     heads = [model.m_conv.net[-1], model.m_fc.net[-1]] + [d.head for d in (model.d_rep, model.d_base) if d]
@@ -317,7 +301,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="start from a checkpoint's weights (fast-weight heads stuck at exactly zero are re-initialized)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--freeze-keys",
+        action="store_true",
+        help="keep u's slow weights and the attention scale as initialized (stage 2 on top of "
+        "training.train_keys): b, m and d learn, d's Q* still changes the keys",
+    )
+    return parse_with_recipe(parser, argv)
 
 
 def setup_distributed(device_arg: str) -> tuple[int, int, torch.device]:
@@ -411,7 +401,12 @@ def run_training(args: argparse.Namespace, command: str, stop: threading.Event) 
     net: torch.nn.Module = EpisodeModel(model)
     if world > 1:
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=device.type == "cuda")
+    if args.freeze_keys:
+        for name, parameter in model.named_parameters():
+            if name.startswith(("rep.", "log_attention_scale")):
+                parameter.requires_grad_(False)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trained, lr=args.lr, fused=device.type == "cuda")
     train_pool = load_split(
         args.split, "train", args.data, rotation_classes=not args.rotation_augment, held_out=held_out
     )
@@ -565,6 +560,7 @@ def run_training(args: argparse.Namespace, command: str, stop: threading.Event) 
                             "open_set_cosine": args.open_set_cosine,
                             "unknown_classes": sampler.unknown,
                             "select": args.select,
+                            "freeze_keys": args.freeze_keys,
                             "rotations": "augment" if args.rotation_augment else "classes",
                             "compile": compile_mode,
                             "d_dtype": "bfloat16" if args.d_bf16 else "float32",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -78,6 +79,44 @@ class StorageQuota:
                 raise QuotaExceeded(f"tenant {tenant!r} would hold {value} (over its quota {name}={limit})")
 
 
+@dataclass(frozen=True)
+class Written:
+    """What a write of examples answered: the task's state after it, or, when ``replayed``, the state an
+    earlier write with the same idempotency key answered (this one wrote nothing)."""
+
+    state: TaskState
+    replayed: bool = False
+
+
+IDEMPOTENCY_TTL = 24 * 3600.0
+"""Seconds an idempotency key is remembered by default (``METANET_IDEMPOTENCY_TTL``)."""
+
+
+def request_fingerprint(kind: str, task_id: str, labels: list[str], digests: list[bytes]) -> bytes:
+    """SHA-256 naming a write's request: a key sent again with another fingerprint is an error."""
+    h = hashlib.sha256(json.dumps([kind, task_id, labels]).encode())
+    for digest in digests:
+        h.update(digest)
+    return h.digest()
+
+
+def state_to_json(state: TaskState) -> str:
+    return json.dumps(
+        {
+            "uid": state.uid,
+            "task_id": state.task_id,
+            "version": state.version,
+            "rebuild_version": state.rebuild_version,
+            "labels": list(state.labels.items()),
+        }
+    )
+
+
+def state_from_json(text: str) -> TaskState:
+    d = json.loads(text)
+    return TaskState(d["uid"], d["task_id"], d["version"], d["rebuild_version"], dict(d["labels"]))
+
+
 def image_digest(image: np.ndarray) -> bytes:
     """SHA-256 of a preprocessed image's pixels: the key under which a tenant's image is stored once."""
     return hashlib.sha256(np.ascontiguousarray(image).tobytes()).digest()
@@ -102,7 +141,6 @@ class TaskStore(ABC):
         if len(images) != len(labels) or images.shape[1:] != self.image_shape or images.dtype != np.uint8:
             raise ValueError("images must be uint8 [n, *image_shape] with one label each")
 
-    @abstractmethod
     def add_examples(
         self,
         tenant: str,
@@ -115,6 +153,29 @@ class TaskStore(ABC):
         """Durably add examples (creating the task if needed) as one new version; all or nothing. Raises
         ExampleLimit over ``max_examples`` in the task and QuotaExceeded over the tenant's ``quota``,
         checked in the write's transaction."""
+        return self.write_examples(tenant, task_id, images, labels, max_examples, quota=quota).state
+
+    @abstractmethod
+    def write_examples(
+        self,
+        tenant: str,
+        task_id: str,
+        images: np.ndarray,
+        labels: list[str],
+        max_examples: int,
+        idempotency_key: str | None = None,
+        new_task: bool = False,
+        quota: StorageQuota | None = None,
+    ) -> Written:
+        """``add_examples``, and:
+
+        - ``idempotency_key``: stored with the write in its transaction (per tenant). While the key is
+          younger than the store's ``idempotency_ttl``, a write with the same key and the same request
+          (task id, labels, images) writes nothing and answers the first write's state (``replayed``);
+          with another request it raises ``IdempotencyKeyReused``. The key is looked up first: a replay
+          is not refused by ``max_examples`` or ``quota``.
+        - ``new_task``: the write creates the task; raises ``TaskExists`` if it exists already.
+        """
 
     @abstractmethod
     def get_task(self, tenant: str, task_id: str) -> TaskState | None: ...

@@ -6,7 +6,9 @@ Both schemas: ``tenants``; ``tasks`` (``uid`` never reused, ``version``, ``rebui
 (each preprocessed image once per tenant, keyed by the SHA-256 of its pixels); ``examples`` (task, label,
 the version that added it, the image's digest). PostgreSQL also has ``commit_markers``: one random
 token per write, inserted in the write's own transaction, so that a write whose COMMIT answer was lost
-can be resolved (``PostgresTaskStore._committed``).
+can be resolved (``PostgresTaskStore._committed``). Both (migration 3): ``idempotency_keys``, one row
+per tenant and ``Idempotency-Key`` of a write, with the request's fingerprint and the task state the write
+answered, written in the write's own transaction (``TaskStore.write_examples``).
 """
 
 from __future__ import annotations
@@ -78,6 +80,21 @@ SQLITE: tuple[Migration, ...] = (
             "CREATE INDEX examples_by_image ON examples (tenant, digest)",
         ),
     ),
+    Migration(
+        3,
+        "idempotency keys of writes",
+        (
+            """CREATE TABLE idempotency_keys (
+                tenant TEXT NOT NULL,
+                key TEXT NOT NULL,
+                fingerprint BLOB NOT NULL,
+                task_id TEXT NOT NULL,
+                result TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                PRIMARY KEY (tenant, key)) WITHOUT ROWID""",
+            "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)",
+        ),
+    ),
 )
 
 POSTGRESQL: tuple[Migration, ...] = (
@@ -119,6 +136,22 @@ POSTGRESQL: tuple[Migration, ...] = (
             "CREATE TABLE commit_markers "
             "(token UUID PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
             "CREATE INDEX commit_markers_by_age ON commit_markers (created_at)",
+        ),
+    ),
+    Migration(
+        3,
+        "idempotency keys of writes",
+        (
+            # result is NULL only inside the transaction that claimed the key (see write_examples).
+            """CREATE TABLE idempotency_keys (
+                tenant TEXT NOT NULL,
+                key TEXT NOT NULL,
+                fingerprint BYTEA NOT NULL,
+                task_id TEXT NOT NULL,
+                result TEXT,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                PRIMARY KEY (tenant, key))""",
+            "CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)",
         ),
     ),
 )

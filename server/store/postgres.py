@@ -36,16 +36,28 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from server.protocol import ExampleLimit, LabelNotFound, StoreOutcomeUnknown, StoreUnavailable
+from server.protocol import (
+    ExampleLimit,
+    IdempotencyKeyReused,
+    LabelNotFound,
+    StoreOutcomeUnknown,
+    StoreUnavailable,
+    TaskExists,
+)
 from server.store.base import (
+    IDEMPOTENCY_TTL,
     StorageQuota,
     StoreCounts,
     TaskSnapshot,
     TaskState,
     TaskStore,
     TaskVersion,
+    Written,
     image_digest,
     pixels_to_images,
+    request_fingerprint,
+    state_from_json,
+    state_to_json,
 )
 from server.store.migrations import POSTGRESQL
 
@@ -106,8 +118,15 @@ def redacted(url: str) -> str:
 class PostgresTaskStore(TaskStore):
     """PostgreSQL task store (PostgreSQL 13 or newer); safe to share between threads and processes."""
 
-    def __init__(self, url: str, image_shape: tuple[int, int] = (28, 28), migrate: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        image_shape: tuple[int, int] = (28, 28),
+        migrate: bool = True,
+        idempotency_ttl: float = IDEMPOTENCY_TTL,
+    ) -> None:
         self.url = redacted(url)
+        self.idempotency_ttl = idempotency_ttl
         self.conninfo, self.options = parse_url(url)
         self.image_shape = image_shape
         self._pool: ConnectionPool | None = None
@@ -290,8 +309,9 @@ class PostgresTaskStore(TaskStore):
         ) from exc
 
     def _purge_markers(self, conn: psycopg.Connection) -> None:
-        """Delete commit markers older than MARKER_SECONDS, at most once per MARKER_SECONDS per process
-        (only a write still being resolved needs its marker). Never fails the write that calls it."""
+        """Delete commit markers older than MARKER_SECONDS (only a write still being resolved needs its
+        marker) and expired idempotency keys (expiry is also checked on read), at most once per
+        MARKER_SECONDS per process. Never fails the write that calls it."""
         now = time.monotonic()
         with self._purge_lock:
             if now < self._next_purge:
@@ -301,6 +321,10 @@ class PostgresTaskStore(TaskStore):
             conn.execute(
                 "DELETE FROM commit_markers WHERE created_at < now() - make_interval(secs => %s)",
                 (MARKER_SECONDS,),
+            )
+            conn.execute(
+                "DELETE FROM idempotency_keys WHERE created_at <= now() - make_interval(secs => %s)",
+                (self.idempotency_ttl,),
             )
         except psycopg.Error as exc:
             logger.info("commit markers not purged (next try in %d s): %s", MARKER_SECONDS, exc)
@@ -340,15 +364,48 @@ class PostgresTaskStore(TaskStore):
         # A task row this write created is already counted.
         quota.check(tenant, tasks, examples + len(digests), (images + len(unique) - stored) * pixels)
 
-    def add_examples(
+    def _claim_key(
+        self, conn: psycopg.Connection, tenant: str, key: str, fingerprint: bytes, task_id: str
+    ) -> TaskState | None:
+        """Claim ``key`` for this write (a row with no result yet, committed with the write), or answer
+        the state a live earlier write with the key answered. A write holding the key uncommitted makes
+        this wait for its outcome (the primary key's insert waits), so concurrent repeats write once."""
+        claimed = conn.execute(
+            "INSERT INTO idempotency_keys (tenant, key, fingerprint, task_id) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (tenant, key) DO NOTHING RETURNING 1",
+            (tenant, key, fingerprint, task_id),
+        ).fetchone()
+        if claimed is not None:
+            return None
+        row = conn.execute(
+            "SELECT fingerprint, result, created_at > now() - make_interval(secs => %s) "
+            "FROM idempotency_keys WHERE tenant = %s AND key = %s FOR UPDATE",
+            (self.idempotency_ttl, tenant, key),
+        ).fetchone()
+        if row[2]:
+            if bytes(row[0]) != fingerprint:
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key was sent before with another request: use a new key"
+                )
+            return state_from_json(row[1])
+        conn.execute(  # expired: this write takes the key over
+            "UPDATE idempotency_keys SET fingerprint = %s, task_id = %s, result = NULL, created_at = now() "
+            "WHERE tenant = %s AND key = %s",
+            (fingerprint, task_id, tenant, key),
+        )
+        return None
+
+    def write_examples(
         self,
         tenant: str,
         task_id: str,
         images: np.ndarray,
         labels: list[str],
         max_examples: int,
+        idempotency_key: str | None = None,
+        new_task: bool = False,
         quota: StorageQuota | None = None,
-    ) -> TaskState:
+    ) -> Written:
         self.check_images(images, labels)
         digests = [image_digest(image) for image in images]
         bump = (
@@ -356,8 +413,17 @@ class PostgresTaskStore(TaskStore):
             "WHERE tenant = %s AND task_id = %s RETURNING uid, version, rebuild_version"
         )
 
-        def work(conn: psycopg.Connection) -> TaskState:
+        fingerprint = request_fingerprint("import" if new_task else "support", task_id, labels, digests)
+        exists = TaskExists(f"task {task_id!r} exists: delete it first or import under another id")
+
+        def work(conn: psycopg.Connection) -> Written:
+            if idempotency_key is not None:
+                earlier = self._claim_key(conn, tenant, idempotency_key, fingerprint, task_id)
+                if earlier is not None:
+                    return Written(earlier, replayed=True)
             row = conn.execute(bump, (tenant, task_id)).fetchone()  # takes the task's row lock
+            if row is not None and new_task:
+                raise exists
             if row is None:
                 conn.execute("INSERT INTO tenants (name) VALUES (%s) ON CONFLICT DO NOTHING", (tenant,))
                 row = conn.execute(
@@ -366,6 +432,8 @@ class PostgresTaskStore(TaskStore):
                     (tenant, task_id),
                 ).fetchone()
                 if row is None:  # another replica created it first (and has committed)
+                    if new_task:
+                        raise exists
                     row = conn.execute(bump, (tenant, task_id)).fetchone()
             uid, version, rebuild_version = row
             (stored,) = conn.execute("SELECT count(*) FROM examples WHERE task_uid = %s", (uid,)).fetchone()
@@ -385,7 +453,13 @@ class PostgresTaskStore(TaskStore):
                     "VALUES (%s, %s, %s, %s, %s)",
                     [(uid, tenant, label, version, d) for label, d in zip(labels, digests, strict=True)],
                 )
-            return TaskState(uid, task_id, version, rebuild_version, self._labels(conn, uid))
+            written = TaskState(uid, task_id, version, rebuild_version, self._labels(conn, uid))
+            if idempotency_key is not None:
+                conn.execute(
+                    "UPDATE idempotency_keys SET result = %s WHERE tenant = %s AND key = %s",
+                    (state_to_json(written), tenant, idempotency_key),
+                )
+            return Written(written)
 
         return self._write(tenant, exclusive=False, work=work)
 

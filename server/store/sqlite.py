@@ -15,29 +15,43 @@ from pathlib import Path
 
 import numpy as np
 
-from server.protocol import ExampleLimit, LabelNotFound
+from server.protocol import ExampleLimit, IdempotencyKeyReused, LabelNotFound, TaskExists
 from server.store.base import (
+    IDEMPOTENCY_TTL,
     StorageQuota,
     StoreCounts,
     TaskSnapshot,
     TaskState,
     TaskStore,
     TaskVersion,
+    Written,
     image_digest,
     pixels_to_images,
+    request_fingerprint,
+    state_from_json,
+    state_to_json,
 )
 from server.store.migrations import SQLITE
 
 logger = logging.getLogger("metanet.store")
+PURGE_SECONDS = 600.0  # how often a process deletes expired idempotency keys (expiry is checked on read)
 
 
 class SQLiteTaskStore(TaskStore):
     """SQLite task store; safe to share between threads and (after fork or spawn) processes."""
 
-    def __init__(self, path: str | Path, image_shape: tuple[int, int] = (28, 28), busy_timeout: float = 30.0):
+    def __init__(
+        self,
+        path: str | Path,
+        image_shape: tuple[int, int] = (28, 28),
+        busy_timeout: float = 30.0,
+        idempotency_ttl: float = IDEMPOTENCY_TTL,
+    ):
         self.path = Path(path)
         self.image_shape = image_shape
         self.busy_timeout = busy_timeout
+        self.idempotency_ttl = idempotency_ttl
+        self._next_purge = 0.0
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._enable_wal()
@@ -131,20 +145,38 @@ class SQLiteTaskStore(TaskStore):
             tenant, tasks + new_task, examples + len(digests), (images + len(unique) - stored) * pixels
         )
 
-    def add_examples(
+    def write_examples(
         self,
         tenant: str,
         task_id: str,
         images: np.ndarray,
         labels: list[str],
         max_examples: int,
+        idempotency_key: str | None = None,
+        new_task: bool = False,
         quota: StorageQuota | None = None,
-    ) -> TaskState:
+    ) -> Written:
         self.check_images(images, labels)
         now = time.time()
         digests = [image_digest(image) for image in images]
-        with self._transaction(write=True) as con:
+        kind = "import" if new_task else "support"
+        with self._transaction(write=True) as con:  # BEGIN IMMEDIATE: writers, and so keys, serialize
+            if idempotency_key is not None:
+                fingerprint = request_fingerprint(kind, task_id, labels, digests)
+                row = con.execute(
+                    "SELECT fingerprint, result, created_at FROM idempotency_keys "
+                    "WHERE tenant = ? AND key = ?",
+                    (tenant, idempotency_key),
+                ).fetchone()
+                if row is not None and row[2] > now - self.idempotency_ttl:
+                    if row[0] != fingerprint:
+                        raise IdempotencyKeyReused(
+                            "this Idempotency-Key was sent before with another request: use a new key"
+                        )
+                    return Written(state_from_json(row[1]), replayed=True)
             state = self._state(con, tenant, task_id)
+            if new_task and state is not None:
+                raise TaskExists(f"task {task_id!r} exists: delete it first or import under another id")
             stored = state.num_examples if state else 0
             if stored + len(labels) > max_examples:
                 raise ExampleLimit(
@@ -170,7 +202,22 @@ class SQLiteTaskStore(TaskStore):
                 "INSERT INTO examples (task_uid, tenant, label, version, digest) VALUES (?, ?, ?, ?, ?)",
                 [(uid, tenant, label, version, d) for label, d in zip(labels, digests, strict=True)],
             )
-            return self._state(con, tenant, task_id)
+            written = self._state(con, tenant, task_id)
+            if idempotency_key is not None:
+                con.execute(
+                    "INSERT OR REPLACE INTO idempotency_keys "
+                    "(tenant, key, fingerprint, task_id, result, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (tenant, idempotency_key, fingerprint, task_id, state_to_json(written), now),
+                )
+            self._purge_keys(con, now)
+            return Written(written)
+
+    def _purge_keys(self, con: sqlite3.Connection, now: float) -> None:
+        """Delete expired idempotency keys, at most once per PURGE_SECONDS per process."""
+        if now < self._next_purge:
+            return
+        self._next_purge = now + PURGE_SECONDS
+        con.execute("DELETE FROM idempotency_keys WHERE created_at <= ?", (now - self.idempotency_ttl,))
 
     def get_task(self, tenant: str, task_id: str) -> TaskState | None:
         with self._transaction(write=False) as con:

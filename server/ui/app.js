@@ -63,6 +63,7 @@ async function api(method, path, body) {
     const error = data && data.error;
     const message = error ? error.message : `${response.status} ${response.statusText}`;
     if (response.status === 401) {
+      $("key-button").hidden = false;
       $("key-form").hidden = false;
       $("api-key").focus();
       throw new ApiError(401, "unauthorized", `This server needs an API key: ${message}`);
@@ -277,6 +278,41 @@ $("delete-task").addEventListener("click", (event) =>
   }),
 );
 
+// ---- download and upload a task (GET /tasks/{id}/export, POST /tasks/{id}/import) ------------------
+$("export-task").addEventListener("click", (event) =>
+  act(event.currentTarget, async () => {
+    const data = await api("GET", taskPath("/export"));
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([JSON.stringify(data)], { type: "application/json" }));
+    link.download = `${state.task}.metanet.json`;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+    showStatus(`Downloaded task "${state.task}": ${data.examples.length} examples.`, "info");
+  }),
+);
+$("import-task").addEventListener("change", (event) => {
+  const input = event.target;
+  const file = input.files[0];
+  input.value = ""; // the same file can be chosen again
+  if (!file) return;
+  act(null, async () => {
+    let data;
+    try {
+      data = JSON.parse(await file.text());
+    } catch {
+      throw new Error(`${file.name} is not a downloaded task (JSON).`);
+    }
+    const name = $("new-task").value.trim() || data.task_id;
+    const result = await api("POST", `/tasks/${encodeURIComponent(name)}/import`, data);
+    $("new-task").value = "";
+    await switchTask(name);
+    const other = result.model_matches ? "" : " It was made under another model, so answers may differ.";
+    showStatus(`Uploaded ${file.name} as task "${name}": ${result.num_examples} examples.${other}`, "info");
+  });
+});
+
 // ---- concepts -------------------------------------------------------------------------------
 function hint(text) {
   const p = document.createElement("p");
@@ -363,14 +399,21 @@ function renderPrediction(name, prediction, threshold) {
   const limit = threshold === null ? "no threshold set" : `threshold ${threshold.toFixed(3)}`;
   detail.textContent = known
     ? `${name}: ${(100 * prediction.score).toFixed(1)}% · novelty ${novelty} (${limit})`
-    : `${name}: unlike every concept of this task (novelty ${novelty} > ${limit}). Closest guesses:`;
+    : `${name}: unlike every concept of this task (novelty ${novelty} > ${limit}). Nearest concepts:`;
   const list = document.createElement("ol");
-  list.className = "topk";
+  list.className = known ? "topk" : "topk guesses";
   for (const entry of prediction.top_k) {
     const li = document.createElement("li");
     const label = document.createElement("span");
     label.className = "name";
     label.textContent = entry.label;
+    if (!known) {
+      // The scores share out certainty among the task's concepts, assuming the drawing is one of
+      // them; for a drawing judged to be none of them they are no confidence, so none is shown.
+      li.append(label);
+      list.append(li);
+      continue;
+    }
     const bar = document.createElement("span");
     bar.className = "bar";
     const fill = document.createElement("span");
@@ -431,8 +474,15 @@ $("key-forget").addEventListener("click", () => {
   showStatus("Key forgotten for this tab.", "info");
 });
 
+async function showKeyButton() {
+  // The key button only where the server asks for keys; a 401 shows it too (see api).
+  const info = await api("GET", "/info");
+  $("key-button").hidden = !info.api_keys && !sessionStorage.getItem(KEY_STORAGE);
+}
+
 async function start() {
   showStatus("");
+  await showKeyButton();
   await loadTasks();
   await loadConcepts();
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -182,6 +183,30 @@ def test_variants_minus_and_plus():
     memory = plus.build_memory(x, labels, torch.arange(3))
     assert set(memory.base_task_weights) == set(plus.base)
     assert plus(x, labels, q, torch.arange(3)).shape == (2, 3)
+
+
+def test_queries_of_tasks_with_task_level_base_weights_each_read_their_own(model: MetaNet):
+    """classify_tasks packs queries of several tasks into one pass of b, except where b carries
+    task-level weights (MetaNet+): a pass never mixes two tasks' weights."""
+    torch.manual_seed(0)
+    tasks = [episode(n=3, q=4, seed=seed) for seed in (1, 2)]
+    with torch.no_grad():
+        memories = [
+            dataclasses.replace(  # weights of either sign, so that each task's move its logits
+                model.build_memory(x, labels, torch.arange(3)),
+                base_task_weights={name: 0.3 * torch.randn_like(w) for name, w in model.base.items()},
+            )
+            for x, labels, _ in tasks
+        ]
+        answers = model.classify_tasks(memories, [q for *_, q in tasks], [None, None], chunk=3)
+        for answer, memory, (_, _, q) in zip(answers, memories, tasks, strict=True):
+            attention = model.read_attention(memory, model.embed(q, memory.rep_task_weights))
+            expected = model.query_logits(q, memory, attention)
+            scale = expected.abs().max()
+            assert (answer.logits - expected).abs().max() < 1e-5 * scale
+            other = dataclasses.replace(memory, base_task_weights=memories[0].base_task_weights)
+            if memory is not memories[0]:  # the other task's weights would give other logits
+                assert (model.query_logits(q, other, attention) - expected).abs().max() > 1e-2 * scale
 
 
 def test_contrastive_embedding_loss_for_several_shots():

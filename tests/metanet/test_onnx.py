@@ -1,4 +1,4 @@
-"""The ONNX export (training/export.py) on ONNX Runtime against the torch model, on real Omniglot tasks."""
+"""The ONNX export (model/onnx_graphs.py) on ONNX Runtime against the torch model, on real Omniglot tasks."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import torch
 from model.checkpoint import load_checkpoint
 from model.inference import MetaNetPredictor
 from model.meta_info import preprocess_gradient
+from model.onnx_graphs import export_model, graph_paths
 from testkit import CHECKPOINT
-from training.export import export_model, graph_paths, verify
+from training.export import verify
 
 
 @pytest.fixture(scope="module")

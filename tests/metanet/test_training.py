@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from model import MetaNet, MetaNetConfig
 from model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from testkit import REPO
-from training import average, evaluate, train
+from training import average, evaluate, snapshots, train
 from training.data import load_archive
 from training.episodes import (
     FIRST_VALIDATION_ALPHABETS,
@@ -252,9 +252,9 @@ def test_weight_average_of_a_runs_snapshots_is_their_mean_validated_like_the_run
     argv = ["--split", "vinyals", "--way", "3", "--queries", "2", "--episodes", "3", "--val-every", "1"]
     argv += ["--val-tasks", "2", "--device", "cpu", "--compile", "none", "--batch", "1", "--snapshots"]
     train.main([*argv, "--out", str(out), "--run-dir", str(run_dir)])
-    snapshots = average.run_snapshots(run_dir)
-    assert [p.name for p in snapshots] == [f"episode-00000000{n}.safetensors" for n in (1, 2, 3)]
-    states = [load_file(str(p)) for p in snapshots]
+    taken = snapshots.run_snapshots(run_dir)
+    assert [p.name for p in taken] == [f"episode-00000000{n}.safetensors" for n in (1, 2, 3)]
+    states = [load_file(str(p)) for p in taken]
     assert not torch.equal(states[1]["rep.conv1"], states[2]["rep.conv1"])  # the weights moved
 
     averaged = tmp_path / "average.safetensors"
@@ -276,7 +276,7 @@ def test_weight_average_of_a_runs_snapshots_is_their_mean_validated_like_the_run
     assert "not written" in capsys.readouterr().out and not unbeaten.exists()
 
     train.main([*argv[:7], "1", *argv[8:], "--out", str(out), "--run-dir", str(run_dir)])  # a fresh run
-    assert [p.name for p in average.run_snapshots(run_dir)] == ["episode-000000001.safetensors"]
+    assert [p.name for p in snapshots.run_snapshots(run_dir)] == ["episode-000000001.safetensors"]
 
 
 def test_open_set_training_validates_auroc_and_picks_the_checkpoint_by_it(tmp_path, evaluation_characters):

@@ -20,3 +20,12 @@ def test_bad_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFix
     with pytest.raises(SystemExit) as exited:
         serve(argv)
     assert exited.value.code == 2 and "error" in capsys.readouterr().err
+
+
+def test_a_missing_api_keys_file_is_a_usage_error(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "api-keys"
+    with pytest.raises(SystemExit) as exited:
+        serve(["--data-dir", str(tmp_path / "data"), "--api-keys-file", str(missing)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert f"cannot read the API keys file {missing} (No such file or directory)" in err

@@ -9,7 +9,8 @@ import torch
 
 from model.inference import MetaNetPredictor
 from server.derived import DerivedMemoryFiles, fingerprint
-from server.memory import MemoryCache, TaskMemories
+from server.memory import TaskMemories
+from server.memory_cache import MemoryCache
 from server.store import SQLiteTaskStore
 from testkit import CHECKPOINT
 
@@ -36,8 +37,18 @@ def test_a_restarted_worker_loads_and_extends_the_saved_memory(tmp_path, predict
     derived = DerivedMemoryFiles(tmp_path / "derived")
     checkpoint = fingerprint(CHECKPOINT)
 
-    def worker() -> TaskMemories:
-        return TaskMemories(predictor, store, MemoryCache(10**9), 32, 16, 8, derived, checkpoint, 64)
+    def worker(made_with: str = checkpoint) -> TaskMemories:
+        return TaskMemories(
+            predictor,
+            store,
+            MemoryCache(10**9),
+            topk_min_examples=32,
+            topk_neighbors=16,
+            inline_examples=8,
+            derived=derived,
+            checkpoint=made_with,
+            derived_min_examples=64,
+        )
 
     labels = [f"c{i}" for i in range(70)]
     store.add_examples("t", "big", drawings(evaluation_characters, 70, 0), labels, 1000)
@@ -56,7 +67,7 @@ def test_a_restarted_worker_loads_and_extends_the_saved_memory(tmp_path, predict
     reloaded = restarted.classify([(entry, queries)])[0].probabilities
     assert (reloaded.argmax(-1) == expected.argmax(-1)).all()
 
-    wrong = TaskMemories(predictor, store, MemoryCache(10**9), 32, 16, 8, derived, "other checkpoint", 64)
+    wrong = worker("other checkpoint")
     wrong.current("t", "big", wait=True)
     assert CountingPredictor.builds == builds + 1  # made by other weights: rebuilt
 

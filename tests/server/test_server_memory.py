@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from model.inference import Classified
-from server.memory import Building, CachedTask, MemoryCache, TaskMemories
+from server.memory import Building, TaskMemories
+from server.memory_cache import CachedTask, MemoryCache
 from server.protocol import EmptyTask, TaskTooLarge
 from server.store import SQLiteTaskStore
 
@@ -82,7 +83,14 @@ def store(tmp_path) -> SQLiteTaskStore:
 
 
 def memories(store, predictor, topk_min_examples=100, budget=10**9, inline=8) -> TaskMemories:
-    return TaskMemories(predictor, store, MemoryCache(budget), topk_min_examples, 2, inline)
+    return TaskMemories(
+        predictor,
+        store,
+        MemoryCache(budget),
+        topk_min_examples=topk_min_examples,
+        topk_neighbors=2,
+        inline_examples=inline,
+    )
 
 
 def test_extend_reuses_cached_examples_and_rebuilds_after_removal(store) -> None:
@@ -168,14 +176,36 @@ def test_a_task_larger_than_the_budget_is_an_error_not_a_rebuild_loop(store) -> 
     assert predictor.calls == [("build", 3)]
 
 
-def test_refresh_if_cached_only_touches_held_tasks(store) -> None:
+def test_a_support_call_hands_what_it_wrote_to_the_memory(store, monkeypatch) -> None:
+    """After a support call, a held memory is extended with the examples the call wrote, without reading
+    them back from the store; where another writer came between, what changed is read."""
     predictor = RecordingPredictor()
     tasks = memories(store, predictor)
-    store.add_examples("t", "task", images(2), ["a", "b"], max_examples=100)
-    assert tasks.refresh_if_cached("t", "task") is None and predictor.calls == []
+    state = store.add_examples("t", "task", images(2), ["a", "b"], max_examples=100)
+    assert tasks.refresh_after_support("t", "task", state, images(2), ["a", "b"]) is None
+    assert predictor.calls == []  # nothing held: the first classify builds it
     tasks.current("t", "task", wait=True)
-    store.add_examples("t", "task", images(1, 1), ["a"], max_examples=100)
-    assert tasks.refresh_if_cached("t", "task") == "extend"
+
+    reads = []
+    for name in ("snapshot", "current_version", "get_task", "label_examples"):
+        read = getattr(store, name)
+        monkeypatch.setattr(
+            store, name, lambda *a, _read=read, _name=name, **kw: reads.append(_name) or _read(*a, **kw)
+        )
+    added = images(1, 1)
+    state = store.add_examples("t", "task", added, ["c"], max_examples=100)
+    assert tasks.refresh_after_support("t", "task", state, added, ["c"]) == "extend"
+    assert reads == [] and predictor.calls[-1] == ("extend", 1)
+    entry, refresh = tasks.current("t", "task")
+    assert refresh == "hit" and entry.version == state.version and entry.memory.labels == ["a", "b", "c"]
+
+    store.add_examples("t", "task", images(1, 2), ["d"], max_examples=100)  # another writer
+    added = images(1, 3)
+    state = store.add_examples("t", "task", added, ["e"], max_examples=100)
+    reads.clear()
+    assert tasks.refresh_after_support("t", "task", state, added, ["e"]) == "extend"
+    assert "snapshot" in reads and predictor.calls[-1] == ("extend", 2)
+    assert tasks.current("t", "task")[0].memory.labels == ["a", "b", "c", "d", "e"]
 
 
 def test_large_tasks_use_faiss_top_k(store) -> None:

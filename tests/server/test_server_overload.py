@@ -67,6 +67,7 @@ def test_info_publishes_the_queue_settings_and_default_quotas(server: ServerProc
     info = httpx.get(f"{server.url}/info").json()
     assert info["queue"] == {"queue_deadline": DEADLINE, "queue_quantum": 32}
     assert info["tenant_quotas"]["max_tasks"] == 100_000 and info["tenant_quotas"]["share"] == 1.0
+    assert info["api_keys"] is True and info["idempotency_ttl"] == 86400  # beside main's fields
 
 
 def test_another_tenants_small_request_goes_ahead_of_a_backlog(
@@ -147,8 +148,17 @@ def test_storage_quotas_refuse_507_naming_the_limit_and_write_nothing(server: Se
         # Three distinct images are the byte quota: a fourth is refused, the same image again is not.
         assert http.post("/tasks/a/support", json=support_body([("w", tibetan[2][0])])).status_code == 200
         refused("a", [("v", tibetan[3][0])], f"max_stored_bytes={3 * PIXELS}")
-        assert http.post("/tasks/b/support", json=support_body([("y", tibetan[1][0])])).status_code == 200
+        key = {"Idempotency-Key": "fills-the-quota"}
+        filling = support_body([("y", tibetan[1][0])])
+        assert http.post("/tasks/b/support", json=filling, headers=key).status_code == 200
         refused("b", [("y", tibetan[1][0])], "max_examples=4")
+        # The filling call sent again with its key is answered from the first: no quota refuses a replay.
+        again = http.post("/tasks/b/support", json=filling, headers=key)
+        assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+        # An import is a write like a support call: a third task is over max_tasks.
+        export = http.get("/tasks/a/export").json()
+        imported = http.post("/tasks/c/import", json=export)
+        assert imported.status_code == 507 and "max_tasks=2" in imported.json()["error"]["message"]
         # Only what was acknowledged is stored: two tasks, four examples.
         tasks = {t["task_id"]: t["labels"] for t in http.get("/tasks").json()["tasks"]}
         assert tasks == {"a": {"x": 1, "w": 1}, "b": {"y": 2}}

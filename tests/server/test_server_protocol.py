@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import types
+import typing
 
 import numpy as np
 import pytest
+from pydantic import BaseModel
 
-from server import protocol
+from server import protocol, schemas
 from server.errors import HTTP_STATUS, error_responses
 
 
@@ -77,3 +80,35 @@ def test_a_classify_result_becomes_the_http_answer_field_for_field() -> None:
             for p in result.predictions
         ]
     }
+
+
+def _shape(annotation: object) -> object:
+    """A type as the two result types can agree on: sequences alike, result classes by name."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (tuple, list):
+        return ("sequence", _shape(args[0]))
+    if origin in (typing.Union, types.UnionType):
+        return frozenset(_shape(arg) for arg in args)
+    if isinstance(annotation, type) and (
+        dataclasses.is_dataclass(annotation) or issubclass(annotation, BaseModel)
+    ):
+        return annotation.__name__
+    return annotation
+
+
+@pytest.mark.parametrize(
+    ("internal", "http"),
+    [
+        (protocol.LabelScore, schemas.LabelScore),
+        (protocol.Prediction, schemas.Prediction),
+        (protocol.ClassifyResult, schemas.ClassifyResponse),
+        (protocol.SupportResult, schemas.SupportResponse),
+    ],
+)
+def test_each_http_result_has_the_fields_of_the_workers_result(internal: type, http: type[BaseModel]) -> None:
+    """The responses are read from the workers' results field by name (``ClassifyResponse.of``): the
+    HTTP schema must name every field of the internal result, with the same type (and the task id)."""
+    hints = typing.get_type_hints(internal)
+    expected = {field.name: _shape(hints[field.name]) for field in dataclasses.fields(internal)}
+    got = {name: _shape(field.annotation) for name, field in http.model_fields.items() if name != "task_id"}
+    assert got == expected

@@ -15,7 +15,15 @@ import numpy as np
 import psycopg
 import pytest
 
-from server.protocol import ExampleLimit, LabelNotFound, QuotaExceeded, StoreOutcomeUnknown, StoreUnavailable
+from server.protocol import (
+    ExampleLimit,
+    IdempotencyKeyReused,
+    LabelNotFound,
+    QuotaExceeded,
+    StoreOutcomeUnknown,
+    StoreUnavailable,
+    TaskExists,
+)
 from server.store import TaskStore, TaskVersion, open_store
 from server.store.base import StorageQuota
 from server.store.migrations import POSTGRESQL, SQLITE
@@ -198,6 +206,88 @@ def test_rejects_mismatched_input(store: TaskStore) -> None:
         store.add_examples("t", "task", images(2), ["a"], max_examples=10)
     with pytest.raises(ValueError):
         store.add_examples("t", "task", images(1).astype(np.float32), ["a"], max_examples=10)
+
+
+def test_a_repeated_idempotency_key_writes_nothing_and_answers_the_first_state(store: TaskStore) -> None:
+    first = store.write_examples("t", "task", images(2), ["a", "b"], 10, idempotency_key="k1")
+    assert not first.replayed and first.state.version == 1
+    store.add_examples("t", "task", images(1, 1), ["c"], 10)  # another write in between
+    again = store.write_examples("t", "task", images(2), ["a", "b"], 10, idempotency_key="k1")
+    assert again.replayed and again.state == first.state  # the first call's answer, not today's state
+    assert store.get_task("t", "task").labels == {"a": 1, "b": 1, "c": 1}
+    for other in [  # the same key with another request: another label, image, task or kind of write
+        dict(task_id="task", images=images(2), labels=["a", "x"]),
+        dict(task_id="task", images=images(2, 5), labels=["a", "b"]),
+        dict(task_id="other", images=images(2), labels=["a", "b"]),
+        dict(task_id="task", images=images(2), labels=["a", "b"], new_task=True),
+    ]:
+        with pytest.raises(IdempotencyKeyReused):
+            store.write_examples("t", max_examples=10, idempotency_key="k1", **other)
+    assert store.get_task("t", "task").version == 2 and store.get_task("t", "other") is None
+    # Keys are per tenant; a new key is a new write.
+    assert not store.write_examples("u", "task", images(2), ["a", "b"], 10, idempotency_key="k1").replayed
+    fresh = store.write_examples("t", "task", images(2), ["a", "b"], 10, idempotency_key="k2")
+    assert fresh.state.version == 3
+
+
+def test_a_replay_passes_the_quota_its_first_write_filled_and_a_refusal_keeps_no_key(
+    store: TaskStore,
+) -> None:
+    full = StorageQuota(max_tasks=1, max_examples=2, max_stored_bytes=10**9)
+    first = store.write_examples("t", "task", images(2), ["a", "b"], 10, idempotency_key="k1", quota=full)
+    again = store.write_examples("t", "task", images(2), ["a", "b"], 10, idempotency_key="k1", quota=full)
+    assert again.replayed and again.state == first.state
+    with pytest.raises(QuotaExceeded, match="max_examples=2"):
+        store.write_examples("t", "task", images(1, 1), ["c"], 10, idempotency_key="k2", quota=full)
+    assert store.get_task("t", "task").version == 1
+    # The refused write stored nothing, its key included: sent again with room, it writes.
+    roomy = StorageQuota(max_tasks=1, max_examples=3, max_stored_bytes=10**9)
+    later = store.write_examples("t", "task", images(1, 1), ["c"], 10, idempotency_key="k2", quota=roomy)
+    assert not later.replayed and later.state.version == 2
+
+
+def test_an_expired_idempotency_key_is_a_new_write(store_url: str) -> None:
+    remembering, forgetful = open_store(store_url), open_store(store_url, idempotency_ttl=1e-6)
+    try:
+        remembering.write_examples("t", "task", images(1), ["a"], 10, idempotency_key="k")
+        assert remembering.write_examples("t", "task", images(1), ["a"], 10, idempotency_key="k").replayed
+        expired = forgetful.write_examples("t", "task", images(1), ["a"], 10, idempotency_key="k")
+        assert not expired.replayed and expired.state.labels == {"a": 2}
+    finally:
+        remembering.close()
+        forgetful.close()
+
+
+def test_concurrent_repeats_of_one_idempotency_key_write_once(store_url: str) -> None:
+    """Eight writers (four store instances, as replicas) send the same keyed write at once: one writes,
+    the others answer its state."""
+    stores = [open_store(store_url) for _ in range(4)]
+    barrier = threading.Barrier(8)
+
+    def write(i: int):
+        barrier.wait()
+        return stores[i % 4].write_examples(
+            "t", "task", images(3), ["a", "b", "a"], 10, idempotency_key="once"
+        )
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            written = list(pool.map(write, range(8)))
+        assert sum(not w.replayed for w in written) == 1
+        assert all(w.state == written[0].state for w in written)
+        assert stores[0].get_task("t", "task").labels == {"a": 2, "b": 1}
+    finally:
+        for opened in stores:
+            opened.close()
+
+
+def test_a_new_task_write_refuses_an_existing_task(store: TaskStore) -> None:
+    store.add_examples("t", "task", images(1), ["a"], 10)
+    with pytest.raises(TaskExists):
+        store.write_examples("t", "task", images(2), ["b", "c"], 10, new_task=True)
+    assert store.get_task("t", "task").labels == {"a": 1}
+    created = store.write_examples("t", "fresh", images(2), ["b", "c"], 10, new_task=True)
+    assert (created.state.version, created.state.labels) == (1, {"b": 1, "c": 1})
 
 
 def test_open_store_urls(tmp_path, monkeypatch) -> None:

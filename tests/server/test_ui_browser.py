@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import math
 import os
 import shutil
@@ -125,15 +126,20 @@ def test_teach_classify_forget_and_none_of_these(page, server: ServerProcess) ->
         teach(page, label, strokes)
     assert page.locator("#concepts li[data-label]").count() == 3
     assert page.locator('#concepts li[data-label="cross"] .count').inner_text() == "1 example"
+    assert page.locator("#key-button").is_hidden()  # this server asks for no key
 
     # A fourth drawing, smaller and shifted: the right concept comes back, with top-k scores.
     assert classify(page, cross(shift=0.05, size=0.5)) == "cross"
     assert page.locator("#result .topk li").count() == 3
     screenshot(page, "desktop.png")
 
-    # A drawing unlike any concept of the task: "None of these", with the closest guesses.
+    # A drawing unlike any concept of the task: "None of these", with the nearest concepts named but
+    # no scores (they assume the drawing is one of the concepts: no confidence for one that is not).
     assert classify(page, letter_e()) == "None of these"
     assert "unlike every concept" in page.locator("#result .hint").first.inner_text()
+    guesses = page.locator("#result .topk.guesses li")
+    assert guesses.count() == 3 and page.locator("#result .topk .bar").count() == 0
+    assert "%" not in page.locator("#result .topk").inner_text()
     screenshot(page, "none-of-these.png")
 
     # Forget a concept: it leaves the list, and the task keeps the others after a reload.
@@ -173,6 +179,29 @@ def test_upload_image_file_and_delete_task(page, server: ServerProcess, tmp_path
     assert "browser-upload" not in page.locator("#task-select").inner_text()
 
 
+def test_download_and_upload_a_task(page, server: ServerProcess, tmp_path: Path) -> None:
+    page.goto(server.url + "/ui/")
+    page.fill("#new-task", "browser-move")
+    page.click("#new-task-form button")
+    teach(page, "circle", circle())
+    teach(page, "cross", cross())
+    with page.expect_download() as download:
+        page.click("#export-task")
+    assert download.value.suggested_filename == "browser-move.metanet.json"
+    path = tmp_path / "moved.json"
+    download.value.save_as(path)
+    assert [e["label"] for e in json.loads(path.read_text())["examples"]] == ["circle", "cross"]
+
+    page.fill("#new-task", "browser-moved")  # the upload's task id; the file's own when left empty
+    page.set_input_files("#import-task", str(path))
+    page.locator("#status.info", has_text='as task "browser-moved": 2 examples').wait_for()
+    assert page.locator("#task-select").input_value() == "browser-moved"
+    page.locator('#concepts li[data-label="cross"]').wait_for()
+    assert classify(page, cross(shift=0.05, size=0.5)) == "cross"
+    page.set_input_files("#import-task", str(path))  # again: the task exists now
+    page.locator("#status", has_text="exists").wait_for()
+
+
 def test_errors_are_shown_in_words(page, server: ServerProcess) -> None:
     page.goto(server.url + "/ui/")
     page.fill("#new-task", "browser-empty")
@@ -197,6 +226,7 @@ def test_api_key_is_asked_once_and_kept_for_the_tab(browser, keyed_server: Serve
     with contextlib.ExitStack() as stack:
         stack.callback(context.close)
         page.goto(keyed_server.url + "/ui/")
+        page.locator("#key-button").wait_for()  # shown where the server asks for keys
         page.locator("#key-form").wait_for()  # the server answered 401: the page asks for a key
         page.locator("#status", has_text="needs an API key").wait_for()
         page.fill("#api-key", "secret-key")

@@ -81,10 +81,12 @@ class Stub(BaseHTTPRequestHandler):
     answers: list[tuple[int, bytes]] = []
     seen: list[str] = []
     extra_headers: dict[str, str] = {}  # sent with every answer
+    keys: list[str | None] = []  # the Idempotency-Key header of each request seen
 
     def _answer(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.seen.append(f"{self.command} {self.path}")
+        self.keys.append(self.headers.get("Idempotency-Key"))
         status, body = self.answers.pop(0) if self.answers else (200, b'{"status": "ok"}')
         self.send_response(status)
         for name, value in self.extra_headers.items():
@@ -103,7 +105,7 @@ class Stub(BaseHTTPRequestHandler):
 def stub() -> Iterator[type[Stub]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    Stub.url, Stub.answers, Stub.seen = f"http://127.0.0.1:{server.server_port}", [], []
+    Stub.url, Stub.answers, Stub.seen, Stub.keys = f"http://127.0.0.1:{server.server_port}", [], [], []
     Stub.extra_headers = {}
     yield Stub
     server.shutdown()

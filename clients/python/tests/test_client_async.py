@@ -12,11 +12,13 @@ from metanet_client import (
     AsyncClient,
     AuthenticationError,
     ClassifyResult,
+    ImportResult,
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
     ServerError,
     SupportResult,
+    TaskExport,
     TaskInfo,
 )
 
@@ -115,3 +117,22 @@ async def test_server_errors_retries_and_connection_errors(stub: Any) -> None:
     async with AsyncClient("http://127.0.0.1:9", max_retries=1, backoff=0.01) as client:
         with pytest.raises(APIConnectionError):
             await client.task("t").info()
+
+
+async def test_export_import_and_idempotency_keys(
+    server_url: str, task_id: str, drawings: list[list[bytes]]
+) -> None:
+    async with AsyncClient(server_url) as client:
+        task = client.task(task_id)
+        examples = [(f"c{i}", drawings[i][0]) for i in range(3)]
+        first = await task.add_examples(examples, idempotency_key=f"{task_id}-once")
+        assert await task.add_examples(examples, idempotency_key=f"{task_id}-once") == first
+        assert (await task.info()).num_examples == 3
+
+        export = await task.export()
+        assert isinstance(export, TaskExport) and [e.label for e in export.examples] == ["c0", "c1", "c2"]
+        copy = client.task(f"{task_id}-copy")
+        imported = await copy.import_from(export)
+        assert isinstance(imported, ImportResult) and imported.num_examples == 3 and imported.model_matches
+        queries = [drawings[i][4] for i in range(3)]
+        assert (await copy.classify(queries)).labels == (await task.classify(queries)).labels

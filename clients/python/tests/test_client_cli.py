@@ -60,7 +60,7 @@ def test_folder_round_trip(
     assert row.split()[:2] == [str(queries / "a0-taught.png"), "char-0"] and row.count("char-") == 4
 
     code, out, _ = run(capsys, *url, "add", task_id, "--label", "extra", str(queries / "b1-other.png"))
-    assert code == 0 and "6 labels" in out
+    assert code == 0 and out.startswith(f"added 1 image to {task_id}:") and "6 labels" in out
     code, out, _ = run(capsys, *url, "info", task_id, "--json")
     info = json.loads(out)
     assert info["num_examples"] == 6 and info["labels"] == {**dict.fromkeys(labels, 1), "extra": 1}
@@ -111,3 +111,21 @@ def test_console_entry_point_and_environment(
     assert added.stderr == ""  # no progress bar when stderr is not a terminal
     health = cli("health", key=api_keys["alice"])
     assert health.returncode == 0 and "ready" in health.stdout
+
+
+def test_export_and_import(
+    capsys: pytest.CaptureFixture[str], server_url: str, task_id: str, folders: tuple[Path, Path, list[str]],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    support, _, _ = folders
+    url = ["--url", server_url]
+    assert run(capsys, *url, "add", task_id, str(support))[0] == 0
+    file = tmp_path / "export.json"
+    code, out, _ = run(capsys, *url, "export", task_id, str(file))
+    assert code == 0 and out.strip() == f"exported task {task_id} (version 1, 5 examples) to {file}"
+    assert json.loads(file.read_text())["task_id"] == task_id
+
+    code, out, _ = run(capsys, *url, "import", f"{task_id}-copy", str(file), "--json")
+    assert code == 0 and json.loads(out)["num_examples"] == 5
+    code, _, err = run(capsys, *url, "import", f"{task_id}-copy", str(file))
+    assert code == 1 and "409 task_exists" in err

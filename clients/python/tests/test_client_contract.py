@@ -21,6 +21,10 @@ PAIRS: dict[str, type[BaseModel]] = {
     "Prediction": _models.Prediction,
     "LabelScore": _models.LabelScore,
     "TaskInfo": _models.TaskInfo,
+    "ImportedTask": _models.ImportResult,
+    "TaskExport": _models.TaskExport,
+    "ExportedExample": _models.ExportedExample,
+    "ExportedModel": _models.ExportedModel,
 }
 REF = "#/components/schemas/{model}"
 

@@ -17,12 +17,14 @@ from metanet_client import (
     AuthenticationError,
     ClassifyResult,
     Client,
+    ImportResult,
     InvalidRequestError,
     MetaNetError,
     NotFoundError,
     PayloadTooLargeError,
     ServerError,
     SupportResult,
+    TaskExport,
     TaskInfo,
 )
 from PIL import Image
@@ -242,10 +244,16 @@ def test_server_errors_and_retries(stub: Any) -> None:
             "warming up",
         )
 
-        stub.answers, stub.seen = [unavailable], []
-        with pytest.raises(ServerError):
-            client.task("t").add("a", b"png")  # adding is not idempotent: never resent after an answer
-        assert stub.seen == ["POST /tasks/t/support"]
+        # Adding is resent with its Idempotency-Key, the same on every retry: the server writes once.
+        added = {"task_id": "t", "version": 1, "num_examples": 1, "labels": ["a"]}
+        stub.answers, stub.seen, stub.keys = [unavailable, (200, json.dumps(added).encode())], [], []
+        assert client.task("t").add("a", b"png").version == 1
+        assert stub.seen == ["POST /tasks/t/support"] * 2
+        assert stub.keys[0] and stub.keys == [stub.keys[0]] * 2
+        first_key = stub.keys[0]
+        stub.answers, stub.keys = [(200, json.dumps(added).encode())], []
+        client.task("t").add("a", b"png")
+        assert stub.keys[0] != first_key  # each call has its own key
 
         stub.answers = [(500, b"Internal Server Error")] * 3
         with pytest.raises(ServerError) as raised:
@@ -289,3 +297,45 @@ def test_any_label_and_task_id_round_trip(client: Client, drawings: list[list[by
             assert label in task.info().labels
             assert label not in task.forget(label).labels
         task.delete()
+
+
+def test_a_repeated_idempotency_key_writes_once(
+    server_url: str, task_id: str, drawings: list[list[bytes]]
+) -> None:
+    examples = [(f"k{i}", drawings[i][0]) for i in range(5)]
+    with Client(server_url, max_images_per_request=2) as client:  # three requests: keys k, k.1, k.2
+        task = client.task(task_id)
+        first = task.add_examples(examples, idempotency_key=f"{task_id}-upload")
+        again = task.add_examples(examples, idempotency_key=f"{task_id}-upload")
+        assert again == first and first.num_examples == 5
+        assert task.info().num_examples == 5
+        with pytest.raises(APIError) as raised:
+            task.add_examples(examples[:1], idempotency_key=f"{task_id}-upload.1")  # k.1 named other images
+        assert (raised.value.status_code, raised.value.code) == (409, "idempotency_key_reused")
+
+
+def test_export_and_import(client: Client, task_id: str, drawings: list[list[bytes]], tmp_path: Path) -> None:
+    task = client.task(task_id)
+    task.add_examples([(f"c{i}", drawings[i][0]) for i in range(4)] + [("c1", drawings[1][1])])
+    queries = [drawings[i][6] for i in range(4)]
+    before = task.classify(queries, top_k=2)
+
+    export = task.export(tmp_path / "task.json")
+    assert isinstance(export, TaskExport) and export.task_id == task_id and len(export.examples) == 5
+    assert TaskExport.model_validate_json((tmp_path / "task.json").read_text()) == export
+
+    file = tmp_path / "task.json"
+    for source in (file, str(file), export, export.model_dump_json().encode()):
+        copy = client.task(f"{task_id}-copy")
+        imported = copy.import_from(source)
+        assert isinstance(imported, ImportResult) and imported.model_matches
+        assert (imported.num_examples, imported.labels) == (5, {"c0": 1, "c1": 2, "c2": 1, "c3": 1})
+        after = copy.classify(queries, top_k=2)
+        assert after.labels == before.labels
+        assert [[s.label for s in p.top_k] for p in after.predictions] == [
+            [s.label for s in p.top_k] for p in before.predictions
+        ]
+        with pytest.raises(APIError) as raised:
+            copy.import_from(source)
+        assert (raised.value.status_code, raised.value.code) == (409, "task_exists")
+        copy.delete()

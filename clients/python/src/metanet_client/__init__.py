@@ -21,7 +21,17 @@ from ._errors import (
     ServerError,
 )
 from ._images import Image, Images
-from ._models import ClassifyResult, LabelScore, Prediction, SupportResult, TaskInfo
+from ._models import (
+    ClassifyResult,
+    ExportedExample,
+    ExportedModel,
+    ImportResult,
+    LabelScore,
+    Prediction,
+    SupportResult,
+    TaskExport,
+    TaskInfo,
+)
 from ._version import __version__
 
 __all__ = [
@@ -33,8 +43,11 @@ __all__ = [
     "AuthenticationError",
     "ClassifyResult",
     "Client",
+    "ExportedExample",
+    "ExportedModel",
     "Image",
     "Images",
+    "ImportResult",
     "InvalidRequestError",
     "LabelScore",
     "Limits",
@@ -47,5 +60,6 @@ __all__ = [
     "ServerError",
     "SupportResult",
     "Task",
+    "TaskExport",
     "TaskInfo",
 ]

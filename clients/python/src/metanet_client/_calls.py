@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -15,7 +16,7 @@ from urllib.parse import quote
 
 from ._errors import MetaNetError
 from ._images import Image, Images, encode_image, iter_images
-from ._models import ClassifyResult, SupportResult, TaskInfo
+from ._models import ClassifyResult, ImportResult, SupportResult, TaskExport, TaskInfo
 
 T = TypeVar("T")
 
@@ -28,6 +29,8 @@ class Request:
     idempotent: bool = True
     """Safe to send again after a connection error or a 5xx answer (any request is sent again after
     a 429 or 503 with Retry-After: the server did nothing with it)."""
+    idempotency_key: str | None = None
+    """Sent as the `Idempotency-Key` header, the same on every retry: the server writes once."""
 
 
 @dataclass(frozen=True)
@@ -82,14 +85,44 @@ def _bodies(items: Iterable[bytes], head: bytes, tail: bytes, limits: Limits) ->
     yield head + b",".join(batch) + tail
 
 
-def add_examples(task_id: str, examples: Iterable[tuple[str, Image]], limits: Limits) -> Call[SupportResult]:
+def new_idempotency_key() -> str:
+    return str(uuid.uuid4())
+
+
+def request_key(key: str, part: int) -> str:
+    """The key of part `part` of a call with key `key`: `key`, then `key.1`, `key.2`, ... for the parts of
+    a split upload, so that the whole call sent again with its key writes only the parts not yet written."""
+    return f"{key}.{part}" if part else key
+
+
+def add_examples(
+    task_id: str,
+    examples: Iterable[tuple[str, Image]],
+    limits: Limits,
+    idempotency_key: str | None = None,
+) -> Call[SupportResult]:
+    """Support requests, each with its own `Idempotency-Key` (derived from `idempotency_key`, a new one
+    per call if None), so each is retried like an idempotent request."""
     items = (_json({"label": label, "image": _b64(image)}) for label, image in examples)
     path = f"{_task_path(task_id)}/support"
+    bodies = _bodies(items, b'{"examples":[', b"]}", limits)
+    key = idempotency_key or new_idempotency_key()
     requests = (
-        Request("POST", path, body, idempotent=False)
-        for body in _bodies(items, b'{"examples":[', b"]}", limits)
+        Request("POST", path, body, idempotency_key=request_key(key, i)) for i, body in enumerate(bodies)
     )
     return Call(requests, lambda answers: SupportResult.model_validate(answers[-1]))
+
+
+def export(task_id: str) -> Call[TaskExport]:
+    path = f"{_task_path(task_id)}/export"
+    return Call([Request("GET", path)], lambda answers: TaskExport.model_validate(answers[0]))
+
+
+def import_task(task_id: str, export: bytes, idempotency_key: str | None = None) -> Call[ImportResult]:
+    """`export` is the JSON of a task export (`TaskExport.model_dump_json()` or a file's bytes)."""
+    path = f"{_task_path(task_id)}/import"
+    request = Request("POST", path, export, idempotency_key=idempotency_key or new_idempotency_key())
+    return Call([request], lambda answers: ImportResult.model_validate(answers[0]))
 
 
 def classify(

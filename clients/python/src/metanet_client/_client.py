@@ -8,6 +8,7 @@ import os
 import random
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -16,7 +17,7 @@ from . import _calls
 from ._calls import Call, Limits, Request
 from ._errors import APIConnectionError, error_from_response, retry_after
 from ._images import Image, Images, iter_images
-from ._models import ClassifyResult, SupportResult, TaskInfo
+from ._models import ClassifyResult, ImportResult, SupportResult, TaskExport, TaskInfo
 from ._version import __version__
 
 T = TypeVar("T")
@@ -24,6 +25,24 @@ T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8000"
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)  # the request never reached the server
+
+
+ExportSource = TaskExport | bytes | str | os.PathLike
+"""A task export: the model `Task.export` returns, the JSON's bytes, or the path of a file."""
+
+
+def _export_bytes(source: ExportSource) -> bytes:
+    if isinstance(source, TaskExport):
+        return source.model_dump_json().encode()
+    if isinstance(source, bytes):
+        return source
+    return Path(source).read_bytes()
+
+
+def _save(export: TaskExport, path: str | os.PathLike | None) -> TaskExport:
+    if path is not None:
+        Path(path).write_text(export.model_dump_json(), encoding="utf-8")
+    return export
 
 
 def _finish(request: Request, outcome: httpx.Response | httpx.TransportError) -> Any:
@@ -64,7 +83,9 @@ class _BaseClient:
         self._http = self._http_class(base_url=self.base_url, headers=headers, timeout=timeout)
 
     def _request_args(self, request: Request) -> dict[str, Any]:
-        headers = _JSON_HEADERS if request.content is not None else None
+        headers = dict(_JSON_HEADERS) if request.content is not None else {}
+        if request.idempotency_key is not None:
+            headers["Idempotency-Key"] = request.idempotency_key
         return {"method": request.method, "url": request.path, "content": request.content, "headers": headers}
 
     def _retry_delay(
@@ -92,12 +113,13 @@ class Client(_BaseClient):
     `METANET_API_KEY` (then to http://127.0.0.1:8000 and no key). Every call is sent again, up to
     `max_retries` times, after a 429 or 503 answer with a `Retry-After` header (the server refused it
     before doing anything), once that many seconds have passed, unless the server asks for more than
-    `max_retry_after`. Idempotent calls (info, classify, forget, delete, health) are also retried with
-    exponential backoff on connection errors and other 5xx answers; adding examples only when the
-    connection could not be opened. Uploads of more than `max_images_per_request` images or
-    `max_body_bytes` bytes (by default the server's limits, read once from `GET /info`) are split into
-    several requests: such an upload is not all-or-nothing, as the requests before a failed one stay
-    stored.
+    `max_retry_after`. Calls that are idempotent (info, classify, forget, delete, health) or made so by
+    an `Idempotency-Key` (adding examples and importing send one per request, the same on its retries,
+    so the server writes them once however often they are sent) are also retried with exponential
+    backoff on connection errors and other 5xx answers. Uploads of more than `max_images_per_request`
+    images or `max_body_bytes` bytes (by default the server's limits, read once from `GET /info`) are
+    split into several requests: such an upload is not all-or-nothing, as the requests before a failed
+    one stay stored (sending it again with the same `idempotency_key` completes it without duplicates).
     """
 
     _http_class = httpx.Client
@@ -200,9 +222,24 @@ class Task:
         """Teach `label` from one image or several."""
         return self.add_examples((label, image) for image in iter_images(images))
 
-    def add_examples(self, examples: Iterable[tuple[str, Image]]) -> SupportResult:
-        """Add `(label, image)` pairs; the result is the task's state after the last request."""
-        return self.client._call(_calls.add_examples(self.id, examples, self.client.limits()))
+    def add_examples(
+        self, examples: Iterable[tuple[str, Image]], idempotency_key: str | None = None
+    ) -> SupportResult:
+        """Add `(label, image)` pairs; the result is the task's state after the last request.
+        `idempotency_key` (default: a new one per call) makes a repeat of this call write nothing."""
+        return self.client._call(
+            _calls.add_examples(self.id, examples, self.client.limits(), idempotency_key)
+        )
+
+    def export(self, path: str | os.PathLike | None = None) -> TaskExport:
+        """The task as a portable export (its examples in order and the model it was taught under);
+        written to `path` as JSON too if given."""
+        return _save(self.client._call(_calls.export(self.id)), path)
+
+    def import_from(self, source: ExportSource, idempotency_key: str | None = None) -> ImportResult:
+        """Create this task from an export (a `TaskExport`, its JSON bytes, or a file path) made on any
+        server; raises `APIError` 409 `task_exists` if the task exists."""
+        return self.client._call(_calls.import_task(self.id, _export_bytes(source), idempotency_key))
 
     def classify(
         self,
@@ -246,10 +283,23 @@ class AsyncTask:
         """Teach `label` from one image or several."""
         return await self.add_examples((label, image) for image in iter_images(images))
 
-    async def add_examples(self, examples: Iterable[tuple[str, Image]]) -> SupportResult:
-        """Add `(label, image)` pairs; the result is the task's state after the last request."""
+    async def add_examples(
+        self, examples: Iterable[tuple[str, Image]], idempotency_key: str | None = None
+    ) -> SupportResult:
+        """Add `(label, image)` pairs; the result is the task's state after the last request.
+        `idempotency_key` (default: a new one per call) makes a repeat of this call write nothing."""
         limits = await self.client.limits()
-        return await self.client._call(_calls.add_examples(self.id, examples, limits))
+        return await self.client._call(_calls.add_examples(self.id, examples, limits, idempotency_key))
+
+    async def export(self, path: str | os.PathLike | None = None) -> TaskExport:
+        """The task as a portable export (its examples in order and the model it was taught under);
+        written to `path` as JSON too if given."""
+        return _save(await self.client._call(_calls.export(self.id)), path)
+
+    async def import_from(self, source: ExportSource, idempotency_key: str | None = None) -> ImportResult:
+        """Create this task from an export (a `TaskExport`, its JSON bytes, or a file path) made on any
+        server; raises `APIError` 409 `task_exists` if the task exists."""
+        return await self.client._call(_calls.import_task(self.id, _export_bytes(source), idempotency_key))
 
     async def classify(
         self,

@@ -64,3 +64,42 @@ class TaskInfo(_Model):
     version: int
     num_examples: int
     labels: dict[str, int]
+
+
+class ImportResult(_Model):
+    """Answer to importing a task export: the new task's state."""
+
+    task_id: str
+    version: int
+    num_examples: int
+    labels: dict[str, int]
+    model_matches: bool
+    """The export was made under the server's own checkpoint (same SHA-256): the task answers as the
+    exported one did."""
+
+
+class ExportedExample(_Model):
+    label: str
+    image: str
+    """base64 PNG of the example as the server stored it (the model's input size, white on black)."""
+
+
+class ExportedModel(_Model):
+    """The checkpoint a task was taught under."""
+
+    checkpoint: str
+    sha256: str
+    image_size: int
+
+
+class TaskExport(_Model):
+    """A task as a portable file (`Task.export`): its examples in order, and the model it was made for.
+    `model_dump_json()` gives the file's contents; `Task.import_from` recreates the task."""
+
+    format: str
+    format_version: int
+    task_id: str
+    version: int
+    exported_at: str
+    model: ExportedModel
+    examples: list[ExportedExample]

@@ -80,6 +80,11 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
@@ -105,8 +110,8 @@ def cmd_add(client: Client, args: argparse.Namespace) -> None:
         _print_json(result.model_dump())
     else:
         print(
-            f"added {len(examples)} images to {result.task_id}: version {result.version}, "
-            f"{result.num_examples} examples, {len(result.labels)} labels"
+            f"added {_count(len(examples), 'image')} to {result.task_id}: version {result.version}, "
+            f"{_count(result.num_examples, 'example')}, {_count(len(result.labels), 'label')}"
         )
 
 
@@ -155,6 +160,24 @@ def cmd_info(client: Client, args: argparse.Namespace) -> None:
 def cmd_forget(client: Client, args: argparse.Namespace) -> None:
     client.task(args.task).forget(args.label)
     print(f"forgot label {args.label!r} of task {args.task}")
+
+
+def cmd_export(client: Client, args: argparse.Namespace) -> None:
+    export = client.task(args.task).export(args.file)
+    examples = len(export.examples)
+    print(f"exported task {args.task} (version {export.version}, {examples} examples) to {args.file}")
+
+
+def cmd_import(client: Client, args: argparse.Namespace) -> None:
+    if not args.file.is_file():
+        raise UsageError(f"no such file: {args.file}")
+    result = client.task(args.task).import_from(args.file)
+    if args.json:
+        _print_json(result.model_dump())
+        return
+    print(f"imported {result.num_examples} examples, {len(result.labels)} labels into task {result.task_id}")
+    if not result.model_matches:
+        print("note: exported under another checkpoint; predictions may differ from the original task's")
 
 
 def cmd_delete(client: Client, args: argparse.Namespace) -> None:
@@ -210,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("forget", cmd_forget, "forget one label of a task")
     sub.add_argument("task", help="task id")
     sub.add_argument("label")
+
+    sub = command("export", cmd_export, "save a task (examples, labels, model identity) to a file")
+    sub.add_argument("task", help="task id")
+    sub.add_argument("file", type=Path, metavar="FILE", help="the export file to write (JSON)")
+
+    sub = command("import", cmd_import, "create a task from an export file (of any server)")
+    sub.add_argument("task", help="the new task's id")
+    sub.add_argument("file", type=Path, metavar="FILE", help="a file written by export")
+    sub.add_argument("--json", action="store_true", help="print the new task's state as JSON")
 
     sub = command("delete", cmd_delete, "delete a task and everything it stored")
     sub.add_argument("task", help="task id")
