@@ -49,7 +49,8 @@ from training.data import DEFAULT_DATA
 from training.episodes import DeviceEpisodeSampler, load_split
 from training.evaluate import default_batch, task_accuracies
 from training.train import EpisodeModel, train_step
-from training.train_keys import augment, episode_loss
+from training.train_keys import episode_loss, key_parameters
+from training.train_keys import train_step as keys_train_step
 
 KEYS_WAY, KEYS_QUERIES = 60, 5  # configs/keys-*.toml
 
@@ -155,20 +156,14 @@ def keys_speed(args: argparse.Namespace, device: torch.device) -> dict:
     """Stage 1's step (``training.train_keys``): images/s against the floor of its arithmetic."""
     torch.manual_seed(0)
     model = MetaNet(MetaNetConfig(signed_keys=True)).to(device)
-    trained = [p for name, p in model.named_parameters() if name.startswith(("rep.", "log_attention"))]
-    optimizer = torch.optim.Adam(trained)
+    optimizer = torch.optim.Adam(key_parameters(model))
     pool = load_split("standard", "train", args.data)
     sampler = DeviceEpisodeSampler(pool, KEYS_WAY, 1, KEYS_QUERIES, 1, device, 0, KEYS_WAY)
     rng = torch.Generator(device).manual_seed(0)
     compiled = torch.compile(episode_loss, dynamic=False)
 
     def step(loss_fn) -> None:
-        episode = sampler.sample()
-        support, query = augment(episode.support[0], 1.0, rng), augment(episode.query[0], 1.0, rng)
-        loss, _ = loss_fn(model, support, query, episode.query_labels[0])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        keys_train_step(model, optimizer, sampler.sample(), 1.0, rng, loss_fn)
 
     images = KEYS_WAY * (1 + KEYS_QUERIES)
     steps = args.steps or 20

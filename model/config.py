@@ -18,7 +18,7 @@ class MetaNetConfig:
         cosine is >= 0; True keys the memory by the fc output before that ReLU (cosines in [-1, 1]).
     relative_fast_weights: fast weights m(g) - m(0). Without it, m's constant output for a zero
         gradient gives every label a logit term linear in its total attention, a shortcut that
-        makes the base learner copy the attention vote (docs/RESULTS.md).
+        makes the base learner copy the attention vote (docs/RESULTS-HISTORY.md).
     """
 
     variant: Literal["metanet", "minus", "plus"] = "metanet"

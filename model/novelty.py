@@ -6,7 +6,7 @@ The score is ``1 - max_i cos(r, R_i)``: one minus the cosine similarity of the q
 (low novelty), a query of a concept the task does not hold is far from all of them.
 
 Measured against the other candidates on validation classes (``python -m training.evaluate
---part val --open-set``, docs/RESULTS.md "Open-set answers"): the attention-based and
+--part val --open-set``, docs/RESULTS-HISTORY.md "Open-set answers"): the attention-based and
 softmax-based scores are relative (they compare labels with each other, so they are confident
 whenever one stored label is less unlike the query than the rest), and the energy of the logits
 follows attention (the logits are a scaled copy of the attention vote). The nearest-key

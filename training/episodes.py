@@ -35,7 +35,7 @@ UNKNOWN = -1  # label of a query of a class the episode does not hold (open-set 
 # Background alphabets held out of training to select checkpoints and calibrate "none of these"
 # on the standard split (229 characters). Eight, because one alphabet is a noisy sample of drawing
 # styles: with three, the calibrated false-rejection rate missed its target on the test alphabets
-# by 6-9 points; with these eight, by 0.1-1.7 (docs/RESULTS.md, "Open-set answers").
+# by 6-9 points; with these eight, by 0.1-1.7 (docs/RESULTS-HISTORY.md, "Open-set answers").
 STANDARD_VALIDATION_ALPHABETS = (
     "Tifinagh",
     "Tagalog",

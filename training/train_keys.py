@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from model import cnn
 from model.checkpoint import read_metadata, save_checkpoint, training_metadata
 from model.config import MetaNetConfig
 from model.metanet import MetaNet
@@ -107,19 +106,33 @@ def augment(images: torch.Tensor, strength: float, generator: torch.Generator) -
     return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
 
 
-def keys(model: MetaNet, x: torch.Tensor) -> torch.Tensor:
-    """Memory keys from u's slow weights alone. x: [N, 1, 28, 28] -> [N, C], L2-normalized."""
-    return F.normalize(cnn.features(x, dict(model.rep), relu_out=not model.config.signed_keys), dim=-1)
+def key_parameters(model: MetaNet) -> list[torch.nn.Parameter]:
+    """What this stage trains: u's slow weights and the attention scale."""
+    return [p for name, p in model.named_parameters() if name.startswith(KEY_PARAMETERS)]
 
 
 def episode_loss(model: MetaNet, support: torch.Tensor, query: torch.Tensor, labels: torch.Tensor):
     """Cross-entropy of the scaled cosines of each query to the support keys (one per class).
 
     support: [N, 1, 28, 28]; query: [N*L, 1, 28, 28]; labels: [N*L] in 0..N-1."""
-    both = keys(model, torch.cat([support, query]))
+    both = model.embed(torch.cat([support, query]), None)  # keys without Q*: [N + N*L, C]
     memory, asked = both[: len(support)], both[len(support) :]
     logits = model.log_attention_scale.exp() * asked @ memory.T  # [N*L, N]
     return F.cross_entropy(logits, labels), (logits.argmax(-1) == labels).float().mean()
+
+
+def train_step(
+    model, optimizer, episode, strength: float, rng: torch.Generator, loss_fn=episode_loss, clip=10.0
+):
+    """One optimizer step on a one-episode batch (``DeviceEpisodeSampler``), its drawings augmented.
+    Returns detached (loss, accuracy)."""
+    support, query = augment(episode.support[0], strength, rng), augment(episode.query[0], strength, rng)
+    loss, accuracy = loss_fn(model, support, query, episode.query_labels[0])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], clip)
+    optimizer.step()
+    return loss.detach(), accuracy
 
 
 @torch.no_grad()
@@ -128,9 +141,7 @@ def validate(model: MetaNet, sampler: DeviceEpisodeSampler, tasks: int) -> dict[
     accuracies = []
     for _ in range(math.ceil(tasks / sampler.batch)):
         episode = sampler.sample()
-        e, n = episode.support.shape[:2]
-        support = keys(model, episode.support.flatten(0, 1)).reshape(e, n, -1)
-        query = keys(model, episode.query.flatten(0, 1)).reshape(e, episode.query.shape[1], -1)
+        support, query = model.embed(episode.support, None), model.embed(episode.query, None)  # [E, n|q, C]
         nearest = (query @ support.transpose(1, 2)).argmax(-1)  # [E, q] (one support per label)
         accuracies.append((episode.support_labels.gather(1, nearest) == episode.query_labels).float().mean(1))
     acc = torch.cat(accuracies)[:tasks]
@@ -162,8 +173,7 @@ def run(args: argparse.Namespace, command: str, stop: threading.Event) -> None:
     else:
         model = MetaNet(MetaNetConfig(signed_keys=True, max_task_examples=5))
     model.to(device)
-    trained = [p for name, p in model.named_parameters() if name.startswith(KEY_PARAMETERS)]
-    optimizer = torch.optim.Adam(trained, lr=args.lr)
+    optimizer = torch.optim.Adam(key_parameters(model), lr=args.lr)
 
     train_pool = load_split(args.split, "train", args.data, held_out=held_out)
     val_pool = load_split(args.split, "val", args.data, held_out=held_out)
@@ -210,15 +220,10 @@ def run(args: argparse.Namespace, command: str, stop: threading.Event) -> None:
         lr = learning_rate(args.lr, step, args.warmup_steps, step / planned, "cosine")
         for group in optimizer.param_groups:
             group["lr"] = lr
-        episode = sampler.sample()
-        support = augment(episode.support[0], args.augment, augment_rng)
-        query = augment(episode.query[0], args.augment, augment_rng)
-        loss, accuracy = step_loss(model, support, query, episode.query_labels[0])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, args.clip)
-        optimizer.step()
-        sums += torch.stack([loss.detach(), accuracy])
+        loss, accuracy = train_step(
+            model, optimizer, sampler.sample(), args.augment, augment_rng, step_loss, args.clip
+        )
+        sums += torch.stack([loss, accuracy])
         counted += 1
         step += 1
         progress.update()

@@ -22,7 +22,14 @@ def test_bad_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFix
     assert exited.value.code == 2 and "error" in capsys.readouterr().err
 
 
-def test_a_missing_api_keys_file_is_a_usage_error(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_api_keys_file_is_a_usage_error(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # serve() points prometheus at a metrics folder through the environment; in this process that
+    # would leak into every server the later tests start (their workers' gauges would mix), so the
+    # variable is set here and undone after the test.
+    (tmp_path / "metrics").mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     missing = tmp_path / "api-keys"
     with pytest.raises(SystemExit) as exited:
         serve(["--data-dir", str(tmp_path / "data"), "--api-keys-file", str(missing)])
