@@ -121,13 +121,22 @@ def test_admission_measures_the_rate_answers_come_back_at() -> None:
     assert admission.rate == pytest.approx(320, rel=0.01)
     assert admission.queued_images == 0
     # Idle time does not count: the next answer measures only from when its work was sent.
-    admission.sent("t", 32, now=100.0)
+    admission.sent("t", 64, now=100.0)
     admission.answered("t", 32, now=100.1)
     assert admission.rate == pytest.approx(320, rel=0.01)
+    admission.answered("t", 32, now=100.2)
     # Answers that did no work (a refusal, an error) do not measure the rate.
     admission.sent("t", 32, now=200.0)
     admission.answered("t", 32, now=200.001, served=False)
     assert admission.rate == pytest.approx(320, rel=0.01)
+    # A lone request measures its round trip, not what the workers can do: it never lowers the rate
+    # (a slow one would get the next burst refused), but a fast one raises it.
+    admission.sent("t", 1, now=150.0)
+    admission.answered("t", 1, now=150.05)  # 20 images/s
+    assert admission.rate == pytest.approx(320, rel=0.01)
+    admission.sent("t", 100, now=160.0)
+    admission.answered("t", 100, now=160.2)  # 500 images/s
+    assert admission.rate == pytest.approx(500)
 
 
 def test_token_bucket_refuses_with_the_wait_until_enough() -> None:
