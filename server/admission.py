@@ -13,13 +13,19 @@ no HTTP, no processes, no clock of their own (every method that needs the time i
   thousands of images queued delays another tenant's one-image request by at most one turn. Work
   that was not started by its ``Ticket``'s deadline is handed back as expired instead.
 
+- ``FairGate`` runs in each HTTP process, around its one image-decoding thread: one chunk of images
+  decodes at a time, the waiting chunks in ``FairQueue`` order, so a small request's turn comes after
+  at most one chunk of a big one and the event loop shares the interpreter with one thread only.
+
 Large classify requests are split into parts of at most ``quantum`` images (``parts``), so that one
 request's images interleave with other tenants' requests; a part is one work item with a ``Ticket``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,7 +180,7 @@ class Refusal:
 
     over_share: bool
     retry_after: float
-    wait: float  # the estimated seconds before it would start
+    wait: float  # the estimated seconds before it would start (or be answered, given its size)
     queued_images: int  # the tenant's images queued or running
 
 
@@ -223,10 +229,10 @@ class Admission:
         weights = sum(self.share(t) for t in self.queued if t != tenant) + self.share(tenant)
         return self.deadline * self.rate * self.share(tenant) / weights
 
-    def check(self, tenant: str) -> Refusal | None:
-        """None if a new request of ``tenant`` can start within the deadline, else why not. It depends only
-        on what is queued, not on the new request's size (a request starts with its first part)."""
-        wait = self.wait(tenant)
+    def check(self, tenant: str, images: int = 0) -> Refusal | None:
+        """None if a new request of ``tenant`` with ``images`` images can start, and be answered, within
+        the deadline, else why not (``images`` 0: whether any request could start)."""
+        wait = self.wait(tenant) + images / self.rate
         if wait <= self.deadline:
             return None
         queued = self.queued.get(tenant, 0)
@@ -260,3 +266,49 @@ class Admission:
             self._busy_since = now
         if not self.queued:
             self._busy_since = None
+
+
+class GateExpired(Exception):
+    """A ``FairGate`` waiter whose ticket's ``start_by`` passed before its turn."""
+
+
+class FairGate:
+    """An asyncio gate that lets one holder through at a time; the others wait in ``FairQueue`` order
+    (deficit round robin over tenants, by the images on their tickets). A waiter not let through by its
+    ticket's ``start_by`` gets ``GateExpired``. Usage: ``await gate.enter(ticket)``, then ``gate.leave()``
+    once done (in a ``finally``)."""
+
+    def __init__(self, quantum: int, share: Callable[[str], float] = equal_shares) -> None:
+        self._waiting: FairQueue[asyncio.Future[None]] = FairQueue(quantum, share)
+        self._held = False
+
+    @property
+    def waiting_images(self) -> int:
+        return self._waiting.images
+
+    async def enter(self, ticket: Ticket) -> None:
+        if not self._held and not self._waiting.count:
+            self._held = True
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.push(ticket, waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.leave()  # the gate was handed over just as the waiter was cancelled: pass it on
+            raise
+
+    def leave(self) -> None:
+        """The holder is done: the next waiter (skipping cancelled ones) goes through, or the gate opens."""
+        while True:
+            batch, expired = self._waiting.pop_batch(time.monotonic(), self._waiting.quantum, 1)
+            for waiter in expired:
+                if not waiter.done():
+                    waiter.set_exception(GateExpired())
+            if not batch:
+                self._held = False
+                return
+            if not batch[0].done():
+                batch[0].set_result(None)
+                return

@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import TypeVar
 
 from server import metrics
-from server.admission import Admission, Refusal, Ticket, parts
+from server.admission import Admission, FairGate, GateExpired, Refusal, Ticket, parts
 from server.litserve_adapter import WorkerBridge
 from server.protocol import (
     ClassifyResult,
@@ -26,12 +29,17 @@ from server.protocol import (
 )
 from server.quotas import RateLimiter
 
+T = TypeVar("T")
+
 
 class Reservation:
-    """Images of an admitted request counted as queued while it is decoded (``Dispatcher.admit``)."""
+    """Images of an admitted request counted as queued while it is decoded (``Dispatcher.admit``), and
+    the request's deadline to start (``start_by``, a ``time.monotonic`` time)."""
 
     def __init__(self, admission: Admission, tenant: str, images: int, now: float) -> None:
         self.admission, self.tenant, self.images = admission, tenant, images
+        self.request = uuid.uuid4().hex
+        self.start_by = now + admission.deadline
         admission.sent(tenant, images, now)
         self.released = False
 
@@ -64,6 +72,8 @@ class Dispatcher:
         self.limiter = limiter
         self.build_wait = build_wait
         self.max_images_per_request = max_images_per_request
+        self.decode_gate = FairGate(admission.quantum, admission.share)
+        self._decode_thread: ThreadPoolExecutor | None = None  # made in the HTTP process, on first use
 
     def refuse_early(self, tenant: str, queued: bool) -> None:
         """Before the body is read: the tenant's request rate, and for work for the queue (``queued``)
@@ -74,14 +84,45 @@ class Dispatcher:
 
     def admit(self, tenant: str, images: int) -> Reservation:
         """Once the image count is known, before the images are decoded: the tenant's image rate, and
-        again whether the request can start within the deadline. The images count as queued from here
+        whether the request can be answered within the deadline. The images count as queued from here
         (so that a burst of requests decoding at once cannot all pass): ``support`` or ``classify``
         takes the reservation over, and leaving its ``with`` block ends it in any case."""
         now = time.monotonic()
         self.limiter.images(tenant, images, now, self.max_images_per_request)
-        if (refusal := self.admission.check(tenant)) is not None:
+        if (refusal := self.admission.check(tenant, images)) is not None:
             raise self._refused(refusal)
         return Reservation(self.admission, tenant, images, now)
+
+    def decoding(self, reservation: Reservation) -> Callable[[int, Callable[[], T]], Awaitable[T]]:
+        """``run(images, decode)`` for ``decode_images``: each chunk of the request's images decodes on this
+        process's one decode thread, when ``decode_gate`` lets it through (one chunk at a time, tenants in
+        turn); a request whose first chunk has not started by its deadline is refused."""
+        first = True
+
+        async def run(images: int, decode: Callable[[], T]) -> T:
+            nonlocal first
+            start_by = reservation.start_by if first else None  # started requests finish
+            first = False
+            ticket = Ticket(reservation.tenant, images, reservation.request, 0, 1, start_by)
+            try:
+                await self.decode_gate.enter(ticket)
+            except GateExpired:
+                raise self._late(reservation.tenant) from None
+            try:
+                if self._decode_thread is None:
+                    self._decode_thread = ThreadPoolExecutor(1, thread_name_prefix="decode")
+                return await asyncio.get_running_loop().run_in_executor(self._decode_thread, decode)
+            finally:
+                self.decode_gate.leave()
+
+        return run
+
+    def _late(self, tenant: str) -> ServiceError:
+        """The refusal of a request that did not start by its deadline."""
+        if (refusal := self.admission.check(tenant)) is not None:
+            return self._refused(refusal)
+        deadline = self.admission.deadline
+        return Overloaded(f"the request did not start within {deadline:g} s (METANET_QUEUE_DEADLINE)", 1.0)
 
     def _refused(self, refusal: Refusal) -> ServiceError:
         deadline = self.admission.deadline
@@ -95,7 +136,7 @@ class Dispatcher:
         return Overloaded(f"the inference workers are at capacity: {waits}", refusal.retry_after)
 
     async def support(self, work: SupportWork, reservation: Reservation) -> SupportResult:
-        ticket = Ticket(work.tenant, len(work.images), uuid.uuid4().hex, start_by=self._start_by())
+        ticket = Ticket(work.tenant, len(work.images), reservation.request, start_by=reservation.start_by)
         reservation.release()
         return await self._send(ticket, work)
 
@@ -103,7 +144,7 @@ class Dispatcher:
         """The images in parts, answered together. Parts answered from different versions of the task (a
         support landed between them) are asked again, so that all predictions use one version."""
         reservation.release()  # the parts count themselves from here (no await in between)
-        request, start_by = uuid.uuid4().hex, self._start_by()
+        request, start_by = reservation.request, reservation.start_by
         ranges = parts(len(work.images), self.admission.quantum)
         pieces = [replace(work, images=work.images[r.start : r.stop]) for r in ranges]
         count = len(ranges)
@@ -122,9 +163,6 @@ class Dispatcher:
             results[0].novelty_threshold,
             tuple(prediction for result in results for prediction in result.predictions),
         )
-
-    def _start_by(self) -> float:
-        return time.monotonic() + self.admission.deadline
 
     @staticmethod
     def _started(ticket: Ticket) -> Ticket:

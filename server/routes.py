@@ -116,6 +116,7 @@ def task_router(
     )
     image_size = model.image_size
     decoder = ImageDecoder(settings.max_image_side, image_size, settings.normalize_polarity)
+    quantum = settings.queue_quantum  # images per decoded chunk, as per classify part
     derived = DerivedMemoryFiles(settings.derived_dir)  # saved task memories: removed with the data
     SupportRequest, ClassifyRequest = request_models(settings)
     TaskExport = export_model(settings)
@@ -149,7 +150,9 @@ def task_router(
         labels = tuple(e.label for e in body.examples)
         with dispatcher.admit(tenant, len(body.examples)) as reservation:
             where = "examples[{}].image".format
-            images = await decode_images(decoder, [e.image for e in body.examples], where)
+            images = await decode_images(
+                decoder, [e.image for e in body.examples], where, dispatcher.decoding(reservation), quantum
+            )
             work = SupportWork(tenant, task_id, images, labels, idempotency_key)
             result = await dispatcher.support(work, reservation)
         if result.replayed:
@@ -173,7 +176,9 @@ def task_router(
         Retry-After."""
         check_count(len(body.images))
         with dispatcher.admit(tenant, len(body.images)) as reservation:
-            images = await decode_images(decoder, body.images, "images[{}]".format)
+            images = await decode_images(
+                decoder, body.images, "images[{}]".format, dispatcher.decoding(reservation), quantum
+            )
             options = (body.top_k, body.reject == "on", body.novelty_threshold)
             result = await dispatcher.classify(ClassifyWork(tenant, task_id, images, *options), reservation)
         return ClassifyResponse.of(task_id, result)

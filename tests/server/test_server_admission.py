@@ -1,10 +1,13 @@
-"""Admission and fairness as plain classes (server/admission.py, server/quotas.py): no server, no clock."""
+"""Admission and fairness as plain classes (server/admission.py, server/quotas.py): no server."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
-from server.admission import Admission, FairQueue, Ticket, parts
+from server.admission import Admission, FairGate, FairQueue, GateExpired, Ticket, parts
 from server.auth import KeyRing
 from server.protocol import RateLimited
 from server.quotas import RateLimiter, TenantQuota, TenantQuotas, TokenBucket
@@ -173,3 +176,60 @@ def test_keys_file_options_give_a_tenant_its_own_quota(tmp_path) -> None:
         TenantQuotas.of(QUOTA, KeyRing.load("dan:k4 max_task=1").options)
     with pytest.raises(ValueError, match="expected name=value"):
         KeyRing.load("dan:k4 max_tasks")
+
+
+def test_fair_gate_lets_one_chunk_through_at_a_time_and_other_tenants_between_chunks() -> None:
+    async def scenario() -> tuple[list[str], int]:
+        gate = FairGate(quantum=32)
+        order: list[str] = []
+        inside = most = 0
+
+        async def request(name: str, tenant: str, chunks: int) -> None:
+            nonlocal inside, most
+            for i in range(chunks):  # as decode_images does: one chunk after the other
+                await gate.enter(Ticket(tenant, 32 if chunks > 1 else 1, name))
+                inside += 1
+                most = max(most, inside)
+                order.append(f"{name}-{i}")
+                await asyncio.sleep(0.001)  # the chunk decoding
+                inside -= 1
+                gate.leave()
+
+        big = [asyncio.create_task(request(f"r{r}", "big", 4)) for r in range(1, 5)]
+        await asyncio.sleep(0.0005)  # r1's first chunk holds the gate, r2-r4's wait
+        await request("small", "small", 1)
+        await asyncio.gather(*big)
+        return order, most
+
+    order, most = asyncio.run(scenario())
+    assert most == 1
+    assert sorted(order) == sorted([f"r{r}-{i}" for r in range(1, 5) for i in range(4)] + ["small-0"])
+    # First in, first out would put it after the four chunks ahead of it; the big tenant's turn is one
+    # chunk (32 images), so the small request goes through after at most the chunk decoding and one more.
+    assert order.index("small-0") <= 2
+
+
+def test_fair_gate_refuses_a_waiter_past_its_deadline_and_skips_a_cancelled_one() -> None:
+    async def scenario() -> tuple[bool, list[str]]:
+        gate = FairGate(quantum=32)
+        order: list[str] = []
+        await gate.enter(Ticket("a", 1, "holder"))
+        late = asyncio.create_task(gate.enter(Ticket("b", 1, "late", start_by=time.monotonic() - 1)))
+        gone = asyncio.create_task(gate.enter(Ticket("c", 1, "gone")))
+        after = asyncio.create_task(gate.enter(Ticket("d", 1, "after")))
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.sleep(0)
+        gate.leave()  # "late" expired, "gone" was cancelled: "after" goes through
+        await after
+        order.append("after")
+        expired = False
+        try:
+            await late
+        except GateExpired:
+            expired = True
+        gate.leave()
+        await gate.enter(Ticket("e", 1, "free"))  # the gate is open again: no wait
+        return expired, order
+
+    assert asyncio.run(scenario()) == (True, ["after"])
