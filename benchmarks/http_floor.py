@@ -39,8 +39,9 @@ async def _pixels(images: list[str]) -> np.ndarray:
     """Decoded as the server decodes them (small requests inline, large ones in chunks of 32 on one
     decode thread)."""
 
-    async def run(_: int, decode):
-        return await asyncio.get_running_loop().run_in_executor(decode_thread, decode)
+    async def run(chunks):
+        loop = asyncio.get_running_loop()
+        return [await loop.run_in_executor(decode_thread, decode) for _, decode in chunks]
 
     decoded = await decode_images(decoder, images, "images[{}]".format, run, 32)
     return decoded.reshape(len(images), -1) / 255.0

@@ -80,13 +80,18 @@ class FairQueue(Generic[T]):
         self.images = 0
         self.count = 0
 
-    def push(self, ticket: Ticket, item: T) -> None:
+    def push(self, ticket: Ticket, item: T, first: bool = False) -> None:
+        """Queue ``item`` at the end of its tenant's line, or at its head (``first``: the continuation of
+        work that has started, which goes before the tenant's later requests)."""
         line = self._lines.get(ticket.tenant)
         if line is None:
             line = self._lines[ticket.tenant] = deque()
             self._round.append(ticket.tenant)
             self._deficit[ticket.tenant] = 0.0
-        line.append((ticket, item))
+        if first:
+            line.appendleft((ticket, item))
+        else:
+            line.append((ticket, item))
         self.images += ticket.images
         self.count += 1
 
@@ -275,8 +280,9 @@ class GateExpired(Exception):
 class FairGate:
     """An asyncio gate that lets one holder through at a time; the others wait in ``FairQueue`` order
     (deficit round robin over tenants, by the images on their tickets). A waiter not let through by its
-    ticket's ``start_by`` gets ``GateExpired``. Usage: ``await gate.enter(ticket)``, then ``gate.leave()``
-    once done (in a ``finally``)."""
+    ticket's ``start_by`` gets ``GateExpired``. Usage: ``await gate.enter(ticket)``, ``await
+    gate.pass_on(next_ticket)`` between parts of one piece of work, and ``gate.leave()`` once done (in a
+    ``finally``)."""
 
     def __init__(self, quantum: int, share: Callable[[str], float] = equal_shares) -> None:
         self._waiting: FairQueue[asyncio.Future[None]] = FairQueue(quantum, share)
@@ -287,11 +293,23 @@ class FairGate:
         return self._waiting.images
 
     async def enter(self, ticket: Ticket) -> None:
+        """Wait for the turn of ``ticket``, then hold the gate."""
         if not self._held and not self._waiting.count:
             self._held = True
             return
+        await self._wait(ticket, first=False)
+
+    async def pass_on(self, ticket: Ticket) -> None:
+        """The holder, with more to do (``ticket``), lets the next waiter through and waits for its own
+        next turn, ahead of its tenant's other waiters: a request's chunks are not interleaved with its
+        tenant's later requests, so each request finishes as early as it can."""
+        await self._wait(ticket, first=True, hand_over=True)
+
+    async def _wait(self, ticket: Ticket, first: bool, hand_over: bool = False) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.push(ticket, waiter)
+        self._waiting.push(ticket, waiter, first=first)
+        if hand_over:
+            self.leave()
         try:
             await waiter
         except asyncio.CancelledError:

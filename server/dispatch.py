@@ -93,25 +93,33 @@ class Dispatcher:
             raise self._refused(refusal)
         return Reservation(self.admission, tenant, images, now)
 
-    def decoding(self, reservation: Reservation) -> Callable[[int, Callable[[], T]], Awaitable[T]]:
-        """``run(images, decode)`` for ``decode_images``: each chunk of the request's images decodes on this
-        process's one decode thread, when ``decode_gate`` lets it through (one chunk at a time, tenants in
-        turn); a request whose first chunk has not started by its deadline is refused."""
-        first = True
+    def decoding(
+        self, reservation: Reservation
+    ) -> Callable[[list[tuple[int, Callable[[], T]]]], Awaitable[list[T]]]:
+        """``run(chunks)`` for ``decode_images``: each chunk of the request's images decodes on this process's
+        one decode thread when ``decode_gate`` lets it through (one chunk at a time, tenants in turn, a
+        request's chunks before its tenant's later requests); a request whose first chunk has not started
+        by its deadline is refused."""
 
-        async def run(images: int, decode: Callable[[], T]) -> T:
-            nonlocal first
-            start_by = reservation.start_by if first else None  # started requests finish
-            first = False
-            ticket = Ticket(reservation.tenant, images, reservation.request, 0, 1, start_by)
+        async def run(chunks: list[tuple[int, Callable[[], T]]]) -> list[T]:
+            tenant, request = reservation.tenant, reservation.request
             try:
-                await self.decode_gate.enter(ticket)
+                await self.decode_gate.enter(
+                    Ticket(tenant, chunks[0][0], request, start_by=reservation.start_by)
+                )
             except GateExpired:
-                raise self._late(reservation.tenant) from None
+                raise self._late(tenant) from None
             try:
                 if self._decode_thread is None:
                     self._decode_thread = ThreadPoolExecutor(1, thread_name_prefix="decode")
-                return await asyncio.get_running_loop().run_in_executor(self._decode_thread, decode)
+                results = []
+                for i, (images, decode) in enumerate(chunks):
+                    if i:  # started: no deadline
+                        await self.decode_gate.pass_on(Ticket(tenant, images, request))
+                    results.append(
+                        await asyncio.get_running_loop().run_in_executor(self._decode_thread, decode)
+                    )
+                return results
             finally:
                 self.decode_gate.leave()
 

@@ -21,9 +21,11 @@ INLINE_DECODE_CHARS = 4096
 thread-pool hop costs more than decoding a drawing this small (an Omniglot PNG is ~400 characters), and
 so little data decodes to at most a few megapixels. Larger requests are decoded in chunks elsewhere."""
 
-ChunkRunner = Callable[[int, Callable[[], list[np.ndarray]]], Awaitable[list[np.ndarray]]]
-"""``run(images, decode)``: runs a chunk's ``decode`` (of ``images`` images) off the event loop and returns
-its result (``Dispatcher.decoding``: one decode thread per HTTP process, chunks in fair order)."""
+Chunk = tuple[int, Callable[[], list[np.ndarray]]]
+"""A chunk of a request's images: how many, and the function that decodes them."""
+ChunkRunner = Callable[[list[Chunk]], Awaitable[list[list[np.ndarray]]]]
+"""``run(chunks)``: runs the chunks' functions one after the other, off the event loop, and returns their
+results (``Dispatcher.decoding``: one decode thread per HTTP process, chunks in fair order)."""
 
 
 class ImageDecoder:
@@ -86,7 +88,5 @@ async def decode_images(
 
     if sum(len(image) for image in images) <= INLINE_DECODE_CHARS:
         return np.stack(decode(range(len(images)))())
-    decoded: list[np.ndarray] = []
-    for indices in parts(len(images), chunk):
-        decoded += await run(len(indices), decode(indices))
-    return np.stack(decoded)
+    chunks = [(len(indices), decode(indices)) for indices in parts(len(images), chunk)]
+    return np.stack([image for decoded in await run(chunks) for image in decoded])

@@ -186,14 +186,17 @@ def test_fair_gate_lets_one_chunk_through_at_a_time_and_other_tenants_between_ch
 
         async def request(name: str, tenant: str, chunks: int) -> None:
             nonlocal inside, most
-            for i in range(chunks):  # as decode_images does: one chunk after the other
-                await gate.enter(Ticket(tenant, 32 if chunks > 1 else 1, name))
+            ticket = Ticket(tenant, 32 if chunks > 1 else 1, name)
+            await gate.enter(ticket)
+            for i in range(chunks):  # as Dispatcher.decoding does: one chunk after the other
+                if i:
+                    await gate.pass_on(ticket)
                 inside += 1
                 most = max(most, inside)
                 order.append(f"{name}-{i}")
                 await asyncio.sleep(0.001)  # the chunk decoding
                 inside -= 1
-                gate.leave()
+            gate.leave()
 
         big = [asyncio.create_task(request(f"r{r}", "big", 4)) for r in range(1, 5)]
         await asyncio.sleep(0.0005)  # r1's first chunk holds the gate, r2-r4's wait
@@ -233,3 +236,24 @@ def test_fair_gate_refuses_a_waiter_past_its_deadline_and_skips_a_cancelled_one(
         return expired, order
 
     assert asyncio.run(scenario()) == (True, ["after"])
+
+
+def test_fair_gate_finishes_a_started_request_before_its_tenants_next() -> None:
+    async def scenario() -> list[str]:
+        gate = FairGate(quantum=32)
+        order: list[str] = []
+
+        async def request(name: str) -> None:
+            await gate.enter(Ticket("t", 32, name))
+            for i in range(3):
+                if i:
+                    await gate.pass_on(Ticket("t", 32, name))
+                order.append(f"{name}-{i}")
+                await asyncio.sleep(0.001)
+            gate.leave()
+
+        await asyncio.gather(*(request(name) for name in ("a", "b")))
+        return order
+
+    # Chunk by chunk in turn, both would finish at the end; "a" finishes first instead.
+    assert asyncio.run(scenario()) == ["a-0", "a-1", "a-2", "b-0", "b-1", "b-2"]
