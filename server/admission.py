@@ -192,8 +192,8 @@ class Refusal:
 class Admission:
     """One HTTP process's view of the inference queue: images sent and not yet answered, per tenant, and
     the rate answers come back at (images per second, an exponential average over ``rate_window``
-    seconds of busy time, starting from ``initial_rate``; an answer with nothing else queued can only
-    raise it).
+    seconds of busy time, starting from ``initial_rate``; a small answer with nothing else queued
+    does not count).
 
     A request's wait to start is estimated as fair queueing would serve it: the tenant's own queued
     images first, and meanwhile each other tenant's up to the same amount (scaled by the shares)."""
@@ -258,16 +258,14 @@ class Admission:
         else:
             self.queued.pop(tenant, None)
         if served and self._busy_since is not None and images > 0:
-            elapsed = max(now - self._busy_since, 1e-4)
-            measured = images / elapsed
-            if self.queued:
-                # Time-weighted: over a busy stretch the average tends to images answered / seconds busy.
+            # A small answer with nothing else queued measures a round trip, not what the workers can
+            # do (a 1-image classify can come back in under a millisecond, and a lone one that waited
+            # for something else comes back late): only answers of a busy stretch, or of a whole batch,
+            # count. Time-weighted: over a busy stretch the average tends to images answered / seconds.
+            if self.queued or images >= self.quantum:
+                elapsed = max(now - self._busy_since, 1e-4)
                 weight = 1.0 - math.exp(-elapsed / self.rate_window)
-                self.rate += weight * (measured - self.rate)
-            else:
-                # Nothing else was waiting: the workers were not the bottleneck (a lone small request
-                # measures the round trip), so the answer only shows they are at least this fast.
-                self.rate = max(self.rate, measured)
+                self.rate += weight * (images / elapsed - self.rate)
             self._busy_since = now
         if not self.queued:
             self._busy_since = None

@@ -41,6 +41,7 @@ that an upgrade that changes one fails there, loudly, instead of somewhere in a 
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing as mp
 import os
 import time
@@ -239,7 +240,23 @@ def set_gzip_level(server: ls.LitServer, level: int) -> None:
     ]
 
 
-def workers_ready(server: ls.LitServer) -> bool:
-    """Every inference worker has finished ``setup`` (loaded the model)."""
-    status = server.workers_setup_status
-    return bool(status) and all(v == WorkerSetupStatus.READY for v in status.values())
+class WorkerReadiness:
+    """Whether every inference worker has finished ``setup`` (loaded the model), as a callable.
+
+    LitServe keeps the workers' status in a ``multiprocessing.Manager`` dictionary: each read is a
+    blocking round trip to the manager process, on the event loop. So the answer is read at most once
+    per ``ttl`` seconds (a worker that fails shows within that), not on every ``/health``."""
+
+    def __init__(self, server: ls.LitServer, ttl: float = 1.0) -> None:
+        self.server = server
+        self.ttl = ttl
+        self._ready = False
+        self._read_at = -math.inf
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._read_at >= self.ttl:
+            status = dict(self.server.workers_setup_status)  # one round trip
+            self._ready = bool(status) and all(v == WorkerSetupStatus.READY for v in status.values())
+            self._read_at = now
+        return self._ready

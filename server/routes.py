@@ -1,8 +1,10 @@
 """The HTTP API (docs/API.md): thin routes over the task store and the inference workers."""
 
+import asyncio
 import base64
 import binascii
 import io
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path as FilePath
@@ -36,6 +38,7 @@ from server.protocol import (
     PayloadTooLarge,
     QuotaExceeded,
     RateLimited,
+    ServiceError,
     StoreOutcomeUnknown,
     StoreUnavailable,
     StoreUnreachable,
@@ -69,6 +72,8 @@ from server.schemas import (
     request_models,
 )
 from server.store import TaskState, TaskStore
+
+logger = logging.getLogger(__name__)
 
 
 async def _tenant(request: Request) -> str:  # async: FastAPI runs a plain def in the thread pool
@@ -356,12 +361,53 @@ def mount_ui(app: FastAPI) -> None:
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
 
 
+class ServiceHealth:
+    """What ``/health`` answers: the inference workers have loaded the model, and the task store answers.
+
+    Checked every ``every`` seconds by a task of the HTTP process's event loop (started by the first
+    call), which keeps the latest answer; a ``/health`` call reads it. So a health check under load waits
+    for neither the round trip to LitServe's manager process nor a thread-pool hop to the store, and a
+    change shows within ``every`` seconds."""
+
+    def __init__(self, store: TaskStore, workers_ready: Callable[[], bool], every: float = 0.5) -> None:
+        self.store = store
+        self.workers_ready = workers_ready
+        self.every = every
+        self._latest: ServiceError | None = None
+        self._refresher: asyncio.Task | None = None
+
+    async def check(self) -> ServiceError | None:
+        """None if healthy, else why not."""
+        if not self.workers_ready():
+            return NotReady("inference workers are loading the model")
+        try:
+            await run_in_threadpool(self.store.ping)
+        except Exception as exc:
+            return StoreUnreachable(f"task store unreachable: {type(exc).__name__}")
+        return None
+
+    async def latest(self) -> ServiceError | None:
+        if self._refresher is None:
+            self._latest = await self.check()
+            self._refresher = asyncio.create_task(self._refresh())
+        return self._latest
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                self._latest = await self.check()
+            except Exception:  # never let the refresher die: the next round tries again
+                logger.exception("health check failed")
+
+
 def service_router(
     store: TaskStore, workers_ready: Callable[[], bool], index: Index, info: ServerInfo
 ) -> APIRouter:
     """``/`` (links), ``/info`` (model and limits), ``/health`` (model loaded in every worker and store
-    reachable) and Prometheus ``/metrics``."""
+    reachable, as of at most half a second ago: ``ServiceHealth``) and Prometheus ``/metrics``."""
     router = APIRouter(tags=["service"])
+    service_health = ServiceHealth(store, workers_ready)
 
     @router.get(
         "/",
@@ -384,12 +430,8 @@ def service_router(
         responses=error_responses(NotReady, StoreUnreachable),
     )
     async def health() -> Health | JSONResponse:
-        if not workers_ready():
-            return service_error_response(NotReady("inference workers are loading the model"))
-        try:
-            await run_in_threadpool(store.ping)
-        except Exception as exc:
-            return service_error_response(StoreUnreachable(f"task store unreachable: {type(exc).__name__}"))
+        if (problem := await service_health.latest()) is not None:
+            return service_error_response(problem)
         return Health()
 
     @router.get(
