@@ -234,14 +234,16 @@ class Admission:
         weights = sum(self.share(t) for t in self.queued if t != tenant) + self.share(tenant)
         return self.deadline * self.rate * self.share(tenant) / weights
 
-    def check(self, tenant: str, images: int = 0) -> Refusal | None:
+    def check(self, tenant: str, images: int = 0, within: float | None = None) -> Refusal | None:
         """None if a new request of ``tenant`` with ``images`` images can start, and be answered, within
-        the deadline, else why not (``images`` 0: whether any request could start)."""
+        ``within`` seconds (default: the deadline), else why not (``images`` 0: whether any request
+        could start)."""
+        limit = self.deadline if within is None else within
         wait = self.wait(tenant) + images / self.rate
-        if wait <= self.deadline:
+        if wait <= limit:
             return None
         queued = self.queued.get(tenant, 0)
-        return Refusal(queued > self.fair_share(tenant), wait - self.deadline, wait, queued)
+        return Refusal(queued > self.fair_share(tenant), max(wait - limit, 0.0), wait, queued)
 
     def sent(self, tenant: str, images: int, now: float) -> None:
         """``images`` of ``tenant`` went to the workers."""

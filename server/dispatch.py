@@ -30,16 +30,19 @@ from server.protocol import (
 from server.quotas import RateLimiter
 
 T = TypeVar("T")
+SEND_MARGIN = 0.1
+"""Seconds before its deadline at which an unanswered classify is refused: the time to send the refusal,
+so that the client has it within the deadline."""
 
 
 class Reservation:
     """Images of an admitted request counted as queued while it is decoded (``Dispatcher.admit``), and
     the request's deadline to start (``start_by``, a ``time.monotonic`` time)."""
 
-    def __init__(self, admission: Admission, tenant: str, images: int, now: float) -> None:
+    def __init__(self, admission: Admission, tenant: str, images: int, now: float, start_by: float) -> None:
         self.admission, self.tenant, self.images = admission, tenant, images
         self.request = uuid.uuid4().hex
-        self.start_by = now + admission.deadline
+        self.start_by = start_by
         admission.sent(tenant, images, now)
         self.released = False
 
@@ -82,16 +85,18 @@ class Dispatcher:
         if queued and (refusal := self.admission.check(tenant)) is not None:
             raise self._refused(refusal)
 
-    def admit(self, tenant: str, images: int) -> Reservation:
+    def admit(self, tenant: str, images: int, arrived: float) -> Reservation:
         """Once the image count is known, before the images are decoded: the tenant's image rate, and
         whether the request can be answered within the deadline. The images count as queued from here
         (so that a burst of requests decoding at once cannot all pass): ``support`` or ``classify``
-        takes the reservation over, and leaving its ``with`` block ends it in any case."""
+        takes the reservation over, and leaving its ``with`` block ends it in any case. The request's
+        deadline counts from ``arrived`` (when its headers were read)."""
         now = time.monotonic()
         self.limiter.images(tenant, images, now, self.max_images_per_request)
-        if (refusal := self.admission.check(tenant, images)) is not None:
+        start_by = arrived + self.admission.deadline
+        if (refusal := self.admission.check(tenant, images, within=start_by - now)) is not None:
             raise self._refused(refusal)
-        return Reservation(self.admission, tenant, images, now)
+        return Reservation(self.admission, tenant, images, now, start_by)
 
     def decoding(
         self, reservation: Reservation
@@ -150,20 +155,39 @@ class Dispatcher:
 
     async def classify(self, work: ClassifyWork, reservation: Reservation) -> ClassifyResult:
         """The images in parts, answered together. Parts answered from different versions of the task (a
-        support landed between them) are asked again, so that all predictions use one version."""
+        support landed between them) are asked again, so that all predictions use one version.
+
+        A classify not answered by its deadline (from its admission) is refused like one that could not
+        start, unless it waited for its task's memory to be built (``build_wait`` bounds that): its parts
+        are abandoned (a worker drops a part that has not started; the answer of one that has goes to
+        nobody). The admission estimate makes this rare; it bounds what an estimate error costs."""
         reservation.release()  # the parts count themselves from here (no await in between)
+        answer_by = asyncio.timeout(reservation.start_by - SEND_MARGIN - time.monotonic())
+        try:
+            async with answer_by:
+                return await self._classify(work, reservation, lambda: answer_by.reschedule(None))
+        except TimeoutError:
+            if answer_by.expired():
+                raise self._late(work.tenant) from None
+            raise
+
+    async def _classify(
+        self, work: ClassifyWork, reservation: Reservation, building: Callable[[], None]
+    ) -> ClassifyResult:
         request, start_by = reservation.request, reservation.start_by
         ranges = parts(len(work.images), self.admission.quantum)
         pieces = [replace(work, images=work.images[r.start : r.stop]) for r in ranges]
         count = len(ranges)
         tickets = [Ticket(work.tenant, len(r), request, i, count, start_by) for i, r in enumerate(ranges)]
-        results: list[ClassifyResult] = await self._gather(tickets, pieces)
+        results: list[ClassifyResult] = await self._gather(tickets, pieces, building)
         for _ in range(3):
             newest = max(result.version for result in results)
             stale = [i for i, result in enumerate(results) if result.version != newest]
             if not stale:
                 break
-            again = await self._gather([self._started(tickets[i]) for i in stale], [pieces[i] for i in stale])
+            again = await self._gather(
+                [self._started(tickets[i]) for i in stale], [pieces[i] for i in stale], building
+            )
             for i, result in zip(stale, again, strict=True):
                 results[i] = result
         return ClassifyResult(
@@ -177,24 +201,25 @@ class Dispatcher:
         """The ticket of a part sent again: a request of its own that has started."""
         return replace(ticket, request=uuid.uuid4().hex, part=0, parts=1, start_by=None)
 
-    async def _gather(self, tickets: list[Ticket], works: list[Work]) -> list:
+    async def _gather(self, tickets: list[Ticket], works: list[Work], building: Callable[[], None]) -> list:
         outcomes = await asyncio.gather(
-            *(self._send(t, w) for t, w in zip(tickets, works, strict=True)), return_exceptions=True
+            *(self._send(t, w, building) for t, w in zip(tickets, works, strict=True)), return_exceptions=True
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         return outcomes
 
-    async def _send(self, ticket: Ticket, work: Work) -> Result:
+    async def _send(self, ticket: Ticket, work: Work, building: Callable[[], None] = lambda: None) -> Result:
         """The worker's answer; while the task's memory is being built (``TaskBuilding``: a worker never
         waits for a build), ask again, every 20 ms at first and then every 250 ms, for up to
-        ``build_wait`` seconds."""
+        ``build_wait`` seconds (``building`` is called when it starts waiting)."""
         give_up, pause = time.monotonic() + self.build_wait, 0.02
         while True:
             try:
                 return await self._send_once(ticket, work)
             except TaskBuilding:
+                building()
                 if time.monotonic() + pause > give_up:
                     raise
             await asyncio.sleep(pause)

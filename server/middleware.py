@@ -41,7 +41,8 @@ def route_template(path: str) -> str:
 
 class GuardMiddleware:
     """The checks of a ``/tasks`` request that come before its work. From the headers, before the body is
-    read: the bearer key (401; the tenant goes to ``request.state.tenant``), the tenant's request rate
+    read: the bearer key (401; the tenant goes to ``request.state.tenant``, the time to
+    ``request.state.arrived``: a request's deadline counts from there), the tenant's request rate
     (429 ``rate_limited``), for work for the inference queue whether it could start within the deadline
     (429 ``over_share`` or 503 ``overloaded``), and a declared Content-Length over ``max_body_bytes``
     (413). As the body streams in: its bytes, against the same limit (the one check of it)."""
@@ -59,7 +60,8 @@ class GuardMiddleware:
         headers = dict(scope["headers"])
         try:
             tenant = self.keys.tenant_for(headers.get(b"authorization", b"").decode("latin-1"))
-            scope.setdefault("state", {})["tenant"] = tenant
+            state = scope.setdefault("state", {})
+            state["tenant"], state["arrived"] = tenant, time.monotonic()
             queued = scope["method"] == "POST" and scope["path"].endswith(("/support", "/classify"))
             self.dispatcher.refuse_early(tenant, queued=queued)
             length = headers.get(b"content-length", b"0")

@@ -80,7 +80,12 @@ async def _tenant(request: Request) -> str:  # async: FastAPI runs a plain def i
     return request.state.tenant  # set by GuardMiddleware
 
 
+async def _arrived(request: Request) -> float:
+    return request.state.arrived  # set by GuardMiddleware: when the request's headers were read
+
+
 Tenant = Annotated[str, Depends(_tenant)]
+Arrived = Annotated[float, Depends(_arrived)]
 TaskId = Annotated[str, Path(pattern=NAME_PATTERN, description=f"task id, matching {NAME_PATTERN}")]
 IdempotencyKey = Annotated[
     str | None,
@@ -145,6 +150,7 @@ def task_router(
         body: SupportRequest,
         tenant: Tenant,
         response: Response,
+        arrived: Arrived,
         idempotency_key: IdempotencyKey = None,
     ) -> SupportResponse:
         """Adds the examples durably (all or nothing) and answers with the task's new version.
@@ -153,7 +159,7 @@ def task_router(
         retried safely: a repeat writes nothing and answers the first call's result."""
         check_count(len(body.examples))
         labels = tuple(e.label for e in body.examples)
-        with dispatcher.admit(tenant, len(body.examples)) as reservation:
+        with dispatcher.admit(tenant, len(body.examples), arrived) as reservation:
             where = "examples[{}].image".format
             images = await decode_images(
                 decoder, [e.image for e in body.examples], where, dispatcher.decoding(reservation), quantum
@@ -173,14 +179,16 @@ def task_router(
             *image_errors, *queue_errors, TaskNotFound, EmptyTask, TaskBuilding, TaskTooLarge
         ),
     )
-    async def classify(task_id: TaskId, body: ClassifyRequest, tenant: Tenant) -> ClassifyResponse:
+    async def classify(
+        task_id: TaskId, body: ClassifyRequest, tenant: Tenant, arrived: Arrived
+    ) -> ClassifyResponse:
         """One prediction per image, in request order, with the task version used. While the task's
         memory is being built the call waits for it, up to ``METANET_BUILD_WAIT`` seconds, then answers
         503 ``task_building`` with a Retry-After header. A request that cannot start within
         ``METANET_QUEUE_DEADLINE`` is refused at once: 429 ``over_share`` or 503 ``overloaded``, with
         Retry-After."""
         check_count(len(body.images))
-        with dispatcher.admit(tenant, len(body.images)) as reservation:
+        with dispatcher.admit(tenant, len(body.images), arrived) as reservation:
             images = await decode_images(
                 decoder, body.images, "images[{}]".format, dispatcher.decoding(reservation), quantum
             )
