@@ -7,6 +7,9 @@ store), run with one uvicorn process:
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from fastapi import FastAPI
 from pydantic import BaseModel
@@ -16,6 +19,7 @@ from server.images import ImageDecoder, decode_images
 app = FastAPI(title="pixel nearest neighbour")
 decoder = ImageDecoder(max_side=4096, size=28)
 tasks: dict[str, tuple[np.ndarray, list[str]]] = {}  # task id -> (pixels [n, 784] float32, labels)
+decode_thread = ThreadPoolExecutor(1)
 
 
 class Example(BaseModel):
@@ -32,8 +36,14 @@ class ClassifyBody(BaseModel):
 
 
 async def _pixels(images: list[str]) -> np.ndarray:
-    """Decoded as the server decodes them (small requests inline, large ones in the thread pool)."""
-    decoded = await decode_images(decoder, images, "images[{}]".format)
+    """Decoded as the server decodes them (small requests inline, large ones in chunks of 32 on one
+    decode thread)."""
+
+    async def run(chunks):
+        loop = asyncio.get_running_loop()
+        return [await loop.run_in_executor(decode_thread, decode) for _, decode in chunks]
+
+    decoded = await decode_images(decoder, images, "images[{}]".format, run, 32)
     return decoded.reshape(len(images), -1) / 255.0
 
 

@@ -73,12 +73,18 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
 
 
 def timed(http: httpx.Client, method: str, path: str, body: dict | bytes) -> float:
-    """Seconds of one call; ``body`` is JSON, or already-encoded JSON (sent as it is)."""
+    """Seconds of one call; ``body`` is JSON, or already-encoded JSON (sent as it is). A call refused
+    with Retry-After (the server's admission: docs/SERVER.md) is sent again after that wait, as the SDK
+    does; the time includes the wait."""
     started = time.perf_counter()
-    if isinstance(body, bytes):
-        answer = http.request(method, path, content=body, headers={"content-type": "application/json"})
-    else:
-        answer = http.request(method, path, json=body)
+    while True:
+        if isinstance(body, bytes):
+            answer = http.request(method, path, content=body, headers={"content-type": "application/json"})
+        else:
+            answer = http.request(method, path, json=body)
+        if answer.status_code not in (429, 503) or "retry-after" not in answer.headers:
+            break
+        time.sleep(float(answer.headers["retry-after"]))
     elapsed = time.perf_counter() - started
     answer.raise_for_status()
     return elapsed

@@ -4,11 +4,12 @@ process at fixed intervals; at the end every acknowledged example must be stored
 Clients (threads, each owning its own tasks) send, by weight: support calls of 1-4 Omniglot drawings
 (each with an ``Idempotency-Key``), classify calls of 1 to 256 images, label forgets, task deletes and
 task exports (each export must hold exactly the examples the client was told were stored). A call that
-loses its connection (the server was killed) or is answered 503 is sent again, unchanged and with the
-same key, once the server is back, so the client's ledger is exact: at the end every task holds exactly
-the examples the ledger says, and deleted tasks are gone. Every minute it prints the resident memory of
-the server's processes (all of them: HTTP, inference worker, main), the calls and errors so far; at the
-end the latency percentiles per call and the error counts by status, and it writes JSON:
+loses its connection (the server was killed) or is answered 503 (or 429 from admission) is sent again,
+unchanged and with the same key, once the server is back, so the client's ledger is exact: at the end
+every task holds exactly the examples the ledger says, and deleted tasks are gone. Every minute it
+prints the resident memory of the server's processes (all of them: HTTP, inference worker, main), the
+calls and errors so far; at the end the latency percentiles per call and the error counts by status,
+and it writes JSON:
 
     python benchmarks/soak.py                                  # an hour, a SIGKILL every 10 minutes
     python benchmarks/soak.py --minutes 3 --kill-every 1 --out /tmp/soak.json
@@ -39,7 +40,8 @@ import numpy as np
 
 from testkit import REPO, ServerProcess, omniglot
 
-DOCUMENTED_503 = {"store_unavailable", "task_building", "not_ready"}
+DOCUMENTED_503 = {"store_unavailable", "task_building", "not_ready", "overloaded"}
+DOCUMENTED_429 = {"over_share", "rate_limited"}  # admission and rate limits: sent again after Retry-After
 CLASSIFY_SIZES = [1, 1, 1, 4, 16, 64, 256]
 WEIGHTS = {"support": 40, "classify": 40, "forget": 6, "delete": 3, "export": 6, "info": 5}
 LABELS_PER_TASK = 12
@@ -137,12 +139,12 @@ class Client:
                 time.sleep(0.5)  # the server is going down: its event is about to be cleared
                 continue
             elapsed = time.perf_counter() - started
-            if answer.status_code == 503:
+            if answer.status_code in (429, 503):
                 code = answer.json().get("error", {}).get("code")
                 if op:
-                    self.stats.record(op, 503)
-                if code not in DOCUMENTED_503:
-                    self.stats.problem(f"{op} {path}: 503 {code}")
+                    self.stats.record(op, answer.status_code)
+                if code not in (DOCUMENTED_503 if answer.status_code == 503 else DOCUMENTED_429):
+                    self.stats.problem(f"{op} {path}: {answer.status_code} {code}")
                 time.sleep(float(answer.headers.get("Retry-After", "1")))
                 resent = True
                 continue

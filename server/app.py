@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -11,14 +12,17 @@ import torch
 
 from model.checkpoint import read_metadata
 from model.config import MetaNetConfig
+from server.admission import Admission
 from server.auth import KeyRing
 from server.config import ConfigError, ServerSettings
 from server.derived import fingerprint
+from server.dispatch import Dispatcher
 from server.errors import install_error_handlers
-from server.litserve_adapter import DirectQueueServer, remove_builtin_routes, set_gzip_level, workers_ready
+from server.litserve_adapter import DirectQueueServer, WorkerReadiness, remove_builtin_routes, set_gzip_level
 from server.middleware import GuardMiddleware, ObservabilityMiddleware
+from server.quotas import RateLimiter, TenantQuotas
 from server.routes import mount_ui, service_router, task_router
-from server.schemas import Index, Limits, ModelInfo, ServerInfo
+from server.schemas import Index, Limits, ModelInfo, Queue, ServerInfo, TenantQuotaInfo
 from server.store import open_store
 from server.worker import MetaNetAPI
 
@@ -57,7 +61,8 @@ def model_info(settings: ServerSettings) -> ModelInfo:
 
 def build_server(settings: ServerSettings, keys: KeyRing) -> ls.LitServer:
     model = model_info(settings)
-    api = MetaNetAPI(settings, model.image_size)
+    quotas = TenantQuotas.of(settings.tenant_quota, keys.options)
+    api = MetaNetAPI(settings, model.image_size, quotas)
     server = DirectQueueServer(
         api,
         accelerator=accelerator(settings.device),
@@ -77,15 +82,22 @@ def build_server(settings: ServerSettings, keys: KeyRing) -> ls.LitServer:
     info = ServerInfo(
         model=model,
         limits=Limits.of(settings),
+        queue=Queue(queue_deadline=settings.queue_deadline, queue_quantum=settings.queue_quantum),
+        tenant_quotas=TenantQuotaInfo.of(settings),
         idempotency_ttl=settings.idempotency_ttl,
         api_keys=keys.enabled,
     )
     index = Index(name=TITLE, version=VERSION)
-    app.include_router(service_router(store, lambda: workers_ready(server), index, info))
-    app.include_router(task_router(settings, api.spec, store, model))
+    # Each HTTP process gets its own copy (they fork from here) and admits the work it sends.
+    s = settings
+    admission = Admission(s.queue_deadline, s.queue_quantum, s.queue_initial_rate, quotas.share)
+    limiter = RateLimiter(quotas, processes=s.api_servers or s.workers)
+    dispatcher = Dispatcher(api.spec, admission, limiter, s.build_wait, s.max_images_per_request)
+    app.include_router(service_router(store, WorkerReadiness(server), index, info))
+    app.include_router(task_router(settings, dispatcher, store, model, quotas))
     mount_ui(app)
     install_error_handlers(app)
-    app.add_middleware(GuardMiddleware, keys=keys, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(GuardMiddleware, keys=keys, dispatcher=dispatcher, max_body_bytes=s.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware)
     return server
 
@@ -122,6 +134,11 @@ def serve(settings: ServerSettings) -> None:
         ensure_export(settings.checkpoint, settings.onnx_path)
     server = build_server(settings, keys)
     _shutdown_on_sigterm()
+    # Everything loaded so far (torch, the app) lives as long as the processes: kept out of the cyclic
+    # garbage collector's full passes, which would otherwise walk it in every HTTP process (pauses of
+    # a tenth of a second under load) and touch its pages after the fork.
+    gc.collect()
+    gc.freeze()
     logger.info(
         "serving %s with %d worker(s), data in %s", settings.checkpoint, settings.workers, settings.data_dir
     )

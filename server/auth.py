@@ -17,32 +17,43 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def parse_keys(text: str, source: str) -> dict[bytes, str]:
-    """``tenant:key`` pairs separated by newlines or commas; ``#`` starts a comment line."""
+def parse_keys(text: str, source: str) -> tuple[dict[bytes, str], dict[str, dict[str, str]]]:
+    """``tenant:key`` pairs separated by newlines or commas, each optionally followed by the tenant's
+    own quotas as ``name=value`` words (``alice:k1 max_tasks=100 share=2``; server.quotas); ``#``
+    starts a comment line. Returns key digest -> tenant, and tenant -> its options."""
     keys: dict[bytes, str] = {}
+    options: dict[str, dict[str, str]] = {}
     for n, entry in enumerate(re.split(r"[\n,]", text), 1):
         entry = entry.strip()
         if not entry or entry.startswith("#"):
             continue
-        tenant, sep, key = entry.partition(":")
+        pair, *words = entry.split()
+        tenant, sep, key = pair.partition(":")
         tenant, key = tenant.strip(), key.strip()
         if not sep or not key or not _TENANT.match(tenant):
             raise ValueError(
                 f"{source}, entry {n}: expected 'tenant:key' with tenant matching {_TENANT.pattern}"
             )
         keys[_digest(key)] = tenant
-    return keys
+        for word in words:
+            name, eq, value = word.partition("=")
+            if not eq or not name or not value:
+                raise ValueError(f"{source}, entry {n}: expected name=value after the key, not {word!r}")
+            options.setdefault(tenant, {})[name] = value
+    return keys, options
 
 
 class KeyRing:
-    """Resolves ``Authorization: Bearer <key>`` headers to tenants; open (one tenant) when empty."""
+    """Resolves ``Authorization: Bearer <key>`` headers to tenants; open (one tenant) when empty.
+    ``options``: each tenant's own quotas from the keys, as given (``name=value``)."""
 
-    def __init__(self, keys: dict[bytes, str]) -> None:
+    def __init__(self, keys: dict[bytes, str], options: dict[str, dict[str, str]] | None = None) -> None:
         self._keys = keys
+        self.options = options or {}
 
     @classmethod
     def load(cls, env_value: str = "", file: Path | None = None) -> KeyRing:
-        keys = parse_keys(env_value, "METANET_API_KEYS")
+        keys, options = parse_keys(env_value, "METANET_API_KEYS")
         if file is not None:
             try:
                 text = Path(file).read_text()
@@ -51,8 +62,11 @@ class KeyRing:
                     f"cannot read the API keys file {file} ({exc.strerror}): "
                     "it should hold one 'tenant:key' line per client"
                 ) from None
-            keys |= parse_keys(text, str(file))
-        return cls(keys)
+            more, more_options = parse_keys(text, str(file))
+            keys |= more
+            for tenant, given in more_options.items():
+                options.setdefault(tenant, {}).update(given)
+        return cls(keys, options)
 
     @property
     def enabled(self) -> bool:

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.checkpoint import DEFAULT_CHECKPOINT
 from model.compact import Storage, StoragePolicy, fastest_small_storage
+from server.quotas import TenantQuota
 from server.store.base import IDEMPOTENCY_TTL
 
 # The API's fixed formats; the limits are ServerSettings fields below. Schemas, routes, auth and docs
@@ -104,6 +105,29 @@ class ServerSettings(BaseSettings):
         IDEMPOTENCY_TTL, gt=0, description="seconds a support call's Idempotency-Key is remembered"
     )
 
+    # Admission and fairness (docs/SERVER.md, "Admission and fairness"); GET /info publishes them.
+    queue_deadline: float = Field(
+        5.0, gt=0, description="seconds a request may wait for the inference workers before it starts"
+    )
+    queue_quantum: int = Field(
+        32, ge=1, description="images a tenant is served per turn; classify requests run in parts this size"
+    )
+    queue_initial_rate: float = Field(
+        400.0, gt=0, description="images/s the workers are assumed to answer until measured"
+    )
+
+    # Per-tenant quotas (docs/API.md, "Quotas"): defaults; a tenant's own are options in the keys file.
+    tenant_max_tasks: int = Field(100_000, ge=1, description="tasks a tenant may hold")
+    tenant_max_examples: int = Field(10_000_000, ge=1, description="support examples a tenant may hold")
+    tenant_max_stored_bytes: int = Field(
+        64 * 1024**3, ge=1, description="bytes of a tenant's stored images (each distinct image once)"
+    )
+    tenant_requests_per_second: float = Field(1000.0, gt=0, description="/tasks requests per second")
+    tenant_images_per_second: float = Field(
+        100_000.0, gt=0, description="images per second in support and classify requests"
+    )
+    tenant_share: float = Field(1.0, gt=0, description="a tenant's weight in the inference queue")
+
     # Limits of the HTTP API (docs/API.md, "Limits"); GET /info publishes them.
     max_body_bytes: int = Field(16 * 1024**2, ge=1, description="bytes of a request body")
     max_images_per_request: int = Field(256, ge=1, description="images (or examples) in one request")
@@ -124,6 +148,18 @@ class ServerSettings(BaseSettings):
         if small == "auto":
             small = fastest_small_storage(device)
         return StoragePolicy(self.memory_storage, small, self.compact_from_examples)
+
+    @property
+    def tenant_quota(self) -> TenantQuota:
+        """Every tenant's quota unless the keys file gives it its own."""
+        return TenantQuota(
+            self.tenant_max_tasks,
+            self.tenant_max_examples,
+            self.tenant_max_stored_bytes,
+            self.tenant_requests_per_second,
+            self.tenant_images_per_second,
+            self.tenant_share,
+        )
 
     @property
     def derived_dir(self) -> Path:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from server import metrics
 from server.protocol import (
     EmptyTask,
     ExampleLimit,
@@ -24,7 +25,11 @@ from server.protocol import (
     LabelNotFound,
     ModelMismatch,
     NotReady,
+    Overloaded,
+    OverShare,
     PayloadTooLarge,
+    QuotaExceeded,
+    RateLimited,
     ServiceError,
     StoreOutcomeUnknown,
     StoreUnavailable,
@@ -54,14 +59,18 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     ImageTooLarge: 413,
     TooManyImages: 413,
     ExampleLimit: 413,
+    OverShare: 429,
+    RateLimited: 429,
     WorkerFailed: 500,
     NotReady: 503,
     StoreUnreachable: 503,
     TaskBuilding: 503,
     StoreUnavailable: 503,
     StoreOutcomeUnknown: 503,
+    Overloaded: 503,
     WorkerTimeout: 504,
     TaskTooLarge: 507,
+    QuotaExceeded: 507,
 }
 """The status of each kind of ServiceError; the one place that decides it."""
 
@@ -111,7 +120,13 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
+REFUSALS = (Overloaded, OverShare, RateLimited, QuotaExceeded)
+"""Requests turned away before any work was done (counted in ``metanet_refusals_total``)."""
+
+
 def service_error_response(error: ServiceError) -> JSONResponse:
+    if isinstance(error, REFUSALS):
+        metrics.REFUSALS.labels(error.code).inc()
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))

@@ -6,20 +6,26 @@ import base64
 import binascii
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from starlette.concurrency import run_in_threadpool
 
 from model.preprocess import preprocess_image
+from server.admission import parts
 from server.protocol import ImageTooLarge, InvalidImage, ServiceError
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 INLINE_DECODE_CHARS = 4096
 """Requests whose images total at most this many base64 characters are decoded on the event loop: a
 thread-pool hop costs more than decoding a drawing this small (an Omniglot PNG is ~400 characters), and
-so little data decodes to at most a few megapixels. Larger requests are decoded in the thread pool."""
+so little data decodes to at most a few megapixels. Larger requests are decoded in chunks elsewhere."""
+
+Chunk = tuple[int, Callable[[], list[np.ndarray]]]
+"""A chunk of a request's images: how many, and the function that decodes them."""
+ChunkRunner = Callable[[list[Chunk]], Awaitable[list[list[np.ndarray]]]]
+"""``run(chunks)``: runs the chunks' functions one after the other, off the event loop, and returns their
+results (``Dispatcher.decoding``: one decode thread per HTTP process, chunks in fair order)."""
 
 
 class ImageDecoder:
@@ -70,13 +76,17 @@ class ImageDecoder:
         return raw
 
 
-async def decode_images(decoder: ImageDecoder, images: list[str], where: Callable[[int], str]) -> np.ndarray:
+async def decode_images(
+    decoder: ImageDecoder, images: list[str], where: Callable[[int], str], run: ChunkRunner, chunk: int
+) -> np.ndarray:
     """uint8 [n, size, size] from base64 images; ``where(i)`` names image i in error messages. Small
-    requests inline, large ones in the thread pool (``INLINE_DECODE_CHARS``)."""
+    requests inline (``INLINE_DECODE_CHARS``), larger ones in chunks of at most ``chunk`` images, each
+    through ``run``."""
 
-    def decode_all() -> np.ndarray:
-        return np.stack([decoder.decode(image, where(i)) for i, image in enumerate(images)])
+    def decode(indices: range) -> Callable[[], list[np.ndarray]]:
+        return lambda: [decoder.decode(images[i], where(i)) for i in indices]
 
     if sum(len(image) for image in images) <= INLINE_DECODE_CHARS:
-        return decode_all()
-    return await run_in_threadpool(decode_all)
+        return np.stack(decode(range(len(images)))())
+    chunks = [(len(indices), decode(indices)) for indices in parts(len(images), chunk)]
+    return np.stack([image for decoded in await run(chunks) for image in decoded])

@@ -1,12 +1,28 @@
 """Everything the server takes from LitServe beyond its public API, in one module.
 
+Why not the public API alone: benchmarks/litserve_public.py serves the same routes from it (one LitAPI
+per worker route in one LitServer, LitServe's batching, this server's worker code) and measures both
+over HTTP (docs/SERVER.md, "LitServe's public API, measured"). Path parameters, tenants and per-item
+errors do get through (a FastAPI dependency as ``decode_request``'s argument type; an error value that
+``encode_response`` answers as a ``JSONResponse``; an ``HTTPException`` instead fails every request of
+its batch). What it lacks: its HTTP side only queues a request and awaits one answer, so it cannot
+refuse by queue depth, split a classify into parts, or ask again while a task's memory builds (20
+concurrent 256-image classifies: all queued, up to 44 s, and another tenant's 1-image classify waited
+44 s, against 13 refused with Retry-After, at most 5.9 s, and 0.6 s here; a classify right after a
+support answered 503 ``task_building`` where this server waits); its loop serves in arrival order and
+polls its queue (idle: 1.1 CPU cores busy, 0.2 with a 1 ms ``batch_timeout``, 0 here; 1- and 32-image
+classify p50 +45% and +78% on the same settings, within 10% with the 1 ms timeout); each LitAPI has
+workers of its own, so support and classify hold two copies of the model (+500 MiB) and of each task's
+memory; and its own ``/``, ``/health`` and ``/info`` cannot be replaced.
+
 Written against LitServe 0.2.19 up to (not including) 0.3 (``LITSERVE_VERSIONS``, also pinned in
 pyproject.toml). It relies on these internals, each checked by tests/server/test_litserve_adapter.py so
 that an upgrade that changes one fails there, loudly, instead of somewhere in a running server:
 
 - a ``LitSpec`` gets ``response_buffer`` (uid -> ``ResponseBufferItem``), ``request_queue`` and
   ``response_queue_id`` from the server; a request is the tuple
-  ``(response_queue_id, uid, enqueued_at, payload)`` on that queue, its answer arrives in the buffer as
+  ``(response_queue_id, uid, enqueued_at, payload)`` on that queue (here the payload is a
+  ``(Ticket, work item)`` pair), its answer arrives in the buffer as
   ``(output, LitAPIStatus)``, with HTTP 504 as the error of a request that waited too long;
 - ``BatchedLoop.get_batch_requests(lit_api, request_queue, transport)`` returns ``(batch, timed_out)``,
   ``_SENTINEL_VALUE`` on the queue asks the loop to stop by raising ``_StopLoopError``, and a loop
@@ -25,10 +41,12 @@ that an upgrade that changes one fails there, loudly, instead of somewhere in a 
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing as mp
 import os
 import time
 import uuid
+from collections.abc import Callable
 from queue import Empty
 from typing import Any
 
@@ -40,14 +58,17 @@ from litserve.transport.base import MessageTransport
 from litserve.utils import LitAPIStatus, LoopResponseType, ResponseBufferItem, WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 
-from server.protocol import Outcome, Result, ServiceError, TaskBuilding, Work, WorkerFailed, WorkerTimeout
+from server import metrics
+from server.admission import FairQueue, Ticket
+from server.protocol import Outcome, Overloaded, Result, ServiceError, Work, WorkerFailed, WorkerTimeout
 
 LITSERVE_VERSIONS = (">=0.2.19", "<0.3")
 
 
 class WorkerBridge(LitSpec):
-    """Submits work items to the inference workers and awaits their answers (no routes of its own:
-    LitServe forwards only a request body to its workers, so the HTTP routes build the work items)."""
+    """Sends work items to the inference workers and awaits their answers (no routes of its own:
+    LitServe forwards only a request body to its workers, so the HTTP routes build the work items, and
+    ``server.dispatch`` sends them)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -59,26 +80,14 @@ class WorkerBridge(LitSpec):
     def encode_response(self, output: Outcome, context_kwargs: dict | None = None) -> Outcome:
         return output
 
-    async def submit(self, work: Work, wait_for_build: float = 0.0) -> Result:
-        """The worker's result for ``work``; raises the ServiceError the worker answered with. While the
-        work's task memory is building (``TaskBuilding``: a worker never waits for a build itself), ask
-        again, every 20 ms at first and then every 250 ms, for up to ``wait_for_build`` seconds."""
-        deadline, pause = time.monotonic() + wait_for_build, 0.02
-        while True:
-            try:
-                return await self._submit_once(work)
-            except TaskBuilding:
-                if time.monotonic() + pause > deadline:
-                    raise
-            await asyncio.sleep(pause)
-            pause = min(2 * pause, 0.25)
-
-    async def _submit_once(self, work: Work) -> Result:
+    async def send(self, ticket: Ticket, work: Work) -> Result:
+        """The worker's result for ``work`` (scheduled by ``ticket``); raises the ServiceError the worker
+        answered with."""
         uid = str(uuid.uuid4())
         event = asyncio.Event()
         self.response_buffer[uid] = ResponseBufferItem(event=event)
         try:
-            self.request_queue.put((self.response_queue_id, uid, time.monotonic(), work))
+            self.request_queue.put((self.response_queue_id, uid, time.monotonic(), (ticket, work)))
             await event.wait()
         finally:  # also when the client went away: a late answer for uid is then dropped
             buffered = self.response_buffer.pop(uid)
@@ -92,45 +101,66 @@ class WorkerBridge(LitSpec):
         return output
 
 
-class DrainingBatchedLoop(BatchedLoop):
-    """Dynamic batching without idle polling.
+class FairBatchedLoop(BatchedLoop):
+    """Dynamic batching, fair between tenants, without idle polling.
 
     LitServe's stock batched loop polls its queue every millisecond (or spins when ``batch_timeout`` is
-    0). This loop blocks for the first request, then takes every request already queued, up to
-    ``max_batch_size``, waiting at most ``batch_timeout`` for more. A lone request pays no batching delay;
-    requests that arrive while a batch runs form the next batch.
+    0) and serves requests in arrival order. This loop blocks only while it holds no work; otherwise it
+    takes everything already on the shared queue into its ``FairQueue`` (waiting at most
+    ``batch_timeout`` for more) and hands the worker the next batch by deficit round robin over tenants,
+    of at most ``quantum`` images beyond its first item. A lone request pays no batching delay; a
+    request not started by its ticket's deadline is answered ``Overloaded`` without being run.
     """
 
+    def __init__(self, quantum: int, share: Callable[[str], float]) -> None:
+        super().__init__()
+        self.quantum = quantum
+        self.share = share
+        self.held: FairQueue | None = None  # made in the worker process
+
     def get_batch_requests(self, lit_api, request_queue, transport):
-        batch, timed_out = [], []
+        if self.held is None:
+            self.held = FairQueue(self.quantum, self.share)
+        held = self.held
         deadline = None
-        while len(batch) < lit_api.max_batch_size:
-            if deadline is None:  # nothing yet: block (bounded, so shutdown sentinels are seen)
+        while True:
+            if not held.count:  # nothing to do: block (bounded, so shutdown sentinels are seen)
                 block, timeout = True, 1.0
             else:
-                remaining = deadline - time.monotonic()
-                block, timeout = remaining > 0, max(remaining, 0.0)
+                if deadline is None:
+                    deadline = time.monotonic() + lit_api.batch_timeout
+                timeout = deadline - time.monotonic()
+                block = timeout > 0 and held.count < lit_api.max_batch_size
             try:
                 item = request_queue.get(block=block, timeout=timeout if block else None)
             except Empty:
-                if deadline is None:
+                if not held.count:
                     return [], []
                 break
             if item == _SENTINEL_VALUE:
                 raise _StopLoopError()
-            response_queue_id, uid, timestamp, payload = item
+            response_queue_id, uid, timestamp, (ticket, work) = item
             self.put_response(
                 transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR
             )
-            if (
-                lit_api.request_timeout not in (-1, False)
-                and time.monotonic() - timestamp > lit_api.request_timeout
-            ):
+            held.push(ticket, (response_queue_id, uid, timestamp, work))
+        now = time.monotonic()
+        taken, expired = held.pop_batch(now, self.quantum, lit_api.max_batch_size)
+        metrics.WORKER_QUEUE_IMAGES.set(held.images)
+        for response_queue_id, uid, timestamp, _ in expired:
+            metrics.EXPIRED.inc()
+            late = Overloaded(
+                f"the request did not start within {now - timestamp:.1f} s (METANET_QUEUE_DEADLINE)"
+            )
+            self.put_response(
+                transport, response_queue_id, uid, late, LitAPIStatus.OK, LoopResponseType.REGULAR
+            )
+        batch, timed_out = [], []
+        for response_queue_id, uid, timestamp, work in taken:
+            if lit_api.request_timeout not in (-1, False) and now - timestamp > lit_api.request_timeout:
                 timed_out.append((response_queue_id, uid))
             else:
-                batch.append((response_queue_id, uid, payload))
-            if deadline is None:
-                deadline = time.monotonic() + lit_api.batch_timeout
+                batch.append((response_queue_id, uid, work))
         return batch, timed_out
 
 
@@ -210,7 +240,23 @@ def set_gzip_level(server: ls.LitServer, level: int) -> None:
     ]
 
 
-def workers_ready(server: ls.LitServer) -> bool:
-    """Every inference worker has finished ``setup`` (loaded the model)."""
-    status = server.workers_setup_status
-    return bool(status) and all(v == WorkerSetupStatus.READY for v in status.values())
+class WorkerReadiness:
+    """Whether every inference worker has finished ``setup`` (loaded the model), as a callable.
+
+    LitServe keeps the workers' status in a ``multiprocessing.Manager`` dictionary: each read is a
+    blocking round trip to the manager process, on the event loop. So the answer is read at most once
+    per ``ttl`` seconds (a worker that fails shows within that), not on every ``/health``."""
+
+    def __init__(self, server: ls.LitServer, ttl: float = 1.0) -> None:
+        self.server = server
+        self.ttl = ttl
+        self._ready = False
+        self._read_at = -math.inf
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._read_at >= self.ttl:
+            status = dict(self.server.workers_setup_status)  # one round trip
+            self._ready = bool(status) and all(v == WorkerSetupStatus.READY for v in status.values())
+            self._read_at = now
+        return self._ready

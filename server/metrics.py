@@ -67,6 +67,32 @@ INFERENCE_SECONDS = Histogram(
     "metanet_worker_seconds", "Worker time per batch of an operation", ["op"], buckets=_LATENCY_BUCKETS
 )
 
+# Admission and fairness (server/admission.py).
+QUEUE_IMAGES = Gauge(
+    "metanet_queue_images",
+    "Images sent to the inference workers and not yet answered (summed over HTTP processes)",
+    multiprocess_mode="livesum",
+)
+QUEUE_RATE = Gauge(
+    "metanet_queue_rate_images_per_second",
+    "Images per second the inference workers answer, as each HTTP process measures it",
+    multiprocess_mode="liveall",
+)
+WORKER_QUEUE_IMAGES = Gauge(
+    "metanet_worker_queue_images",
+    "Images a worker holds in its fair queue, not yet started",
+    multiprocess_mode="liveall",
+)
+REFUSALS = Counter(
+    "metanet_refusals_total",
+    "Requests refused before any work: overloaded and expired (503), over_share and rate_limited (429), "
+    "quota_exceeded (507)",
+    ["code"],
+)
+EXPIRED = Counter(
+    "metanet_worker_expired_total", "Work items a worker refused because they did not start by their deadline"
+)
+
 
 class StoreCollector(Collector):
     """Tenants, tasks, examples and images stored, counted when scraped."""

@@ -1,5 +1,5 @@
-"""ASGI middleware: header checks for task routes (API key, declared body size), and per-route metrics
-with an access log."""
+"""ASGI middleware: the checks of task routes before their work (API key, request rate, admission to the
+inference queue, body size), and per-route metrics with an access log."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import logging
 import re
 import time
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
 from server.auth import KeyRing
+from server.dispatch import Dispatcher
 from server.errors import service_error_response
 from server.protocol import PayloadTooLarge, ServiceError
 
@@ -38,28 +40,52 @@ def route_template(path: str) -> str:
 
 
 class GuardMiddleware:
-    """Checks what the headers of a ``/tasks`` request already tell, before its body is read: the bearer
-    key (401; the tenant goes to ``request.state.tenant``) and a declared Content-Length over the limit
-    (413). Bodies sent without a length are counted by the routes' own ``max_body_size``."""
+    """The checks of a ``/tasks`` request that come before its work. From the headers, before the body is
+    read: the bearer key (401; the tenant goes to ``request.state.tenant``, the time to
+    ``request.state.arrived``: a request's deadline counts from there), the tenant's request rate
+    (429 ``rate_limited``), for work for the inference queue whether it could start within the deadline
+    (429 ``over_share`` or 503 ``overloaded``), and a declared Content-Length over ``max_body_bytes``
+    (413). As the body streams in: its bytes, against the same limit (the one check of it)."""
 
-    def __init__(self, app: ASGIApp, keys: KeyRing, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyRing, dispatcher: Dispatcher, max_body_bytes: int) -> None:
         self.app = app
         self.keys = keys
+        self.dispatcher = dispatcher
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/tasks"):
-            headers = dict(scope["headers"])
-            try:
-                tenant = self.keys.tenant_for(headers.get(b"authorization", b"").decode("latin-1"))
-                length = headers.get(b"content-length", b"0")
-                if length.isdigit() and int(length) > self.max_body_bytes:
-                    raise PayloadTooLarge(f"request body over {self.max_body_bytes} bytes")
-            except ServiceError as exc:
-                await service_error_response(exc)(scope, receive, send)
-                return
-            scope.setdefault("state", {})["tenant"] = tenant
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or not scope["path"].startswith("/tasks"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        try:
+            tenant = self.keys.tenant_for(headers.get(b"authorization", b"").decode("latin-1"))
+            state = scope.setdefault("state", {})
+            state["tenant"], state["arrived"] = tenant, time.monotonic()
+            queued = scope["method"] == "POST" and scope["path"].endswith(("/support", "/classify"))
+            self.dispatcher.refuse_early(tenant, queued=queued)
+            length = headers.get(b"content-length", b"0")
+            if length.isdigit() and int(length) > self.max_body_bytes:
+                raise self._too_large()
+        except ServiceError as exc:
+            await service_error_response(exc)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                # Raised inside the route, while it reads the body: FastAPI passes HTTP exceptions on
+                # (anything else there becomes a 400), and the error handlers answer it as JSON.
+                raise HTTPException(413, self._too_large().message)
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body over max_body_bytes={self.max_body_bytes}")
 
 
 class ObservabilityMiddleware:

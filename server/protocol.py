@@ -211,3 +211,29 @@ class TaskTooLarge(ServiceError):
     """The task's derived memory is larger than an inference worker's whole cache budget."""
 
     code = "task_too_large"
+
+
+class Overloaded(ServiceError):
+    """The request could not start within the queue deadline: the inference workers are at capacity."""
+
+    code = "overloaded"
+
+
+class OverShare(ServiceError):
+    """The request could not start within the queue deadline while its tenant holds more than its share
+    of the queue and other tenants are waiting."""
+
+    code = "over_share"
+
+
+class RateLimited(ServiceError):
+    """The tenant is over one of its rate limits (the message names it)."""
+
+    code = "rate_limited"
+
+
+class QuotaExceeded(ServiceError):
+    """The write would take the tenant over one of its storage quotas (the message names it); nothing
+    was written."""
+
+    code = "quota_exceeded"

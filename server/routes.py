@@ -1,8 +1,10 @@
 """The HTTP API (docs/API.md): thin routes over the task store and the inference workers."""
 
+import asyncio
 import base64
 import binascii
 import io
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path as FilePath
@@ -17,9 +19,9 @@ from starlette.concurrency import run_in_threadpool
 
 from server.config import NAME_PATTERN, ServerSettings
 from server.derived import DerivedMemoryFiles
+from server.dispatch import Dispatcher
 from server.errors import error_responses, service_error_response
 from server.images import ImageDecoder, decode_images
-from server.litserve_adapter import WorkerBridge
 from server.metrics import exposition
 from server.protocol import (
     ClassifyWork,
@@ -31,7 +33,12 @@ from server.protocol import (
     LabelNotFound,
     ModelMismatch,
     NotReady,
+    Overloaded,
+    OverShare,
     PayloadTooLarge,
+    QuotaExceeded,
+    RateLimited,
+    ServiceError,
     StoreOutcomeUnknown,
     StoreUnavailable,
     StoreUnreachable,
@@ -45,6 +52,7 @@ from server.protocol import (
     WorkerFailed,
     WorkerTimeout,
 )
+from server.quotas import TenantQuotas
 from server.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
     ClassifyResponse,
@@ -65,12 +73,19 @@ from server.schemas import (
 )
 from server.store import TaskState, TaskStore
 
+logger = logging.getLogger(__name__)
+
 
 async def _tenant(request: Request) -> str:  # async: FastAPI runs a plain def in the thread pool
     return request.state.tenant  # set by GuardMiddleware
 
 
+async def _arrived(request: Request) -> float:
+    return request.state.arrived  # set by GuardMiddleware: when the request's headers were read
+
+
 Tenant = Annotated[str, Depends(_tenant)]
+Arrived = Annotated[float, Depends(_arrived)]
 TaskId = Annotated[str, Path(pattern=NAME_PATTERN, description=f"task id, matching {NAME_PATTERN}")]
 IdempotencyKey = Annotated[
     str | None,
@@ -92,24 +107,32 @@ def _info(state: TaskState) -> TaskInfo:
 
 
 def task_router(
-    settings: ServerSettings, bridge: WorkerBridge, store: TaskStore, model: ModelInfo
+    settings: ServerSettings, dispatcher: Dispatcher, store: TaskStore, model: ModelInfo, quotas: TenantQuotas
 ) -> APIRouter:
-    """Routes under ``/tasks``; support and classify run in the inference workers, the rest on the store."""
+    """Routes under ``/tasks``; support and classify run in the inference workers (through admission:
+    ``Dispatcher``), the rest on the store (an import within the tenant's ``quotas``). ``GuardMiddleware``
+    checks key, rates and body size first."""
     router = APIRouter(
         prefix="/tasks",
         tags=["tasks"],
         responses=error_responses(
-            Unauthorized, PayloadTooLarge, StoreUnavailable, StoreOutcomeUnknown, statuses=(422, 500)
+            Unauthorized,
+            RateLimited,
+            PayloadTooLarge,
+            StoreUnavailable,
+            StoreOutcomeUnknown,
+            statuses=(422, 500),
         ),
-        max_body_size=settings.max_body_bytes,
     )
     image_size = model.image_size
     decoder = ImageDecoder(settings.max_image_side, image_size, settings.normalize_polarity)
+    quantum = settings.queue_quantum  # images per decoded chunk, as per classify part
     derived = DerivedMemoryFiles(settings.derived_dir)  # saved task memories: removed with the data
     SupportRequest, ClassifyRequest = request_models(settings)
     TaskExport = export_model(settings)
     Label = Annotated[str, Path(**label_constraints(settings))]
     image_errors = (InvalidImage, ImageTooLarge, TooManyImages, WorkerTimeout, WorkerFailed)
+    queue_errors = (OverShare, Overloaded)
 
     def check_count(n: int) -> None:
         if n > settings.max_images_per_request:
@@ -118,22 +141,31 @@ def task_router(
     @router.post(
         "/{task_id}/support",
         summary="Teach a task labeled examples",
-        responses=error_responses(*image_errors, ExampleLimit, IdempotencyKeyReused),
+        responses=error_responses(
+            *image_errors, *queue_errors, ExampleLimit, QuotaExceeded, IdempotencyKeyReused
+        ),
     )
     async def add_support(
         task_id: TaskId,
         body: SupportRequest,
         tenant: Tenant,
         response: Response,
+        arrived: Arrived,
         idempotency_key: IdempotencyKey = None,
     ) -> SupportResponse:
         """Adds the examples durably (all or nothing) and answers with the task's new version.
-        A label the task has not seen becomes a new concept at once. With an ``Idempotency-Key`` the call
-        can be retried safely: a repeat writes nothing and answers the first call's result."""
+        A label the task has not seen becomes a new concept at once. Over a tenant quota: 507
+        ``quota_exceeded`` naming it, and nothing is written. With an ``Idempotency-Key`` the call can be
+        retried safely: a repeat writes nothing and answers the first call's result."""
         check_count(len(body.examples))
         labels = tuple(e.label for e in body.examples)
-        images = await decode_images(decoder, [e.image for e in body.examples], "examples[{}].image".format)
-        result = await bridge.submit(SupportWork(tenant, task_id, images, labels, idempotency_key))
+        with dispatcher.admit(tenant, len(body.examples), arrived) as reservation:
+            where = "examples[{}].image".format
+            images = await decode_images(
+                decoder, [e.image for e in body.examples], where, dispatcher.decoding(reservation), quantum
+            )
+            work = SupportWork(tenant, task_id, images, labels, idempotency_key)
+            result = await dispatcher.support(work, reservation)
         if result.replayed:
             response.headers.update(REPLAYED)
         return SupportResponse(
@@ -143,18 +175,25 @@ def task_router(
     @router.post(
         "/{task_id}/classify",
         summary="Classify images against a task's concepts",
-        responses=error_responses(*image_errors, TaskNotFound, EmptyTask, TaskBuilding, TaskTooLarge),
+        responses=error_responses(
+            *image_errors, *queue_errors, TaskNotFound, EmptyTask, TaskBuilding, TaskTooLarge
+        ),
     )
-    async def classify(task_id: TaskId, body: ClassifyRequest, tenant: Tenant) -> ClassifyResponse:
+    async def classify(
+        task_id: TaskId, body: ClassifyRequest, tenant: Tenant, arrived: Arrived
+    ) -> ClassifyResponse:
         """One prediction per image, in request order, with the task version used. While the task's
         memory is being built the call waits for it, up to ``METANET_BUILD_WAIT`` seconds, then answers
-        503 ``task_building`` with a Retry-After header."""
+        503 ``task_building`` with a Retry-After header. A request that cannot start within
+        ``METANET_QUEUE_DEADLINE`` is refused at once: 429 ``over_share`` or 503 ``overloaded``, with
+        Retry-After."""
         check_count(len(body.images))
-        images = await decode_images(decoder, body.images, "images[{}]".format)
-        work = ClassifyWork(
-            tenant, task_id, images, body.top_k, body.reject == "on", body.novelty_threshold
-        )
-        result = await bridge.submit(work, settings.build_wait)
+        with dispatcher.admit(tenant, len(body.images), arrived) as reservation:
+            images = await decode_images(
+                decoder, body.images, "images[{}]".format, dispatcher.decoding(reservation), quantum
+            )
+            options = (body.top_k, body.reject == "on", body.novelty_threshold)
+            result = await dispatcher.classify(ClassifyWork(tenant, task_id, images, *options), reservation)
         return ClassifyResponse.of(task_id, result)
 
     @router.get(
@@ -188,7 +227,7 @@ def task_router(
         "/{task_id}/import",
         summary="Recreate a task from an export (of this server or another, of any tenant)",
         responses=error_responses(
-            InvalidImage, TaskExists, ModelMismatch, ExampleLimit, IdempotencyKeyReused
+            InvalidImage, TaskExists, ModelMismatch, ExampleLimit, QuotaExceeded, IdempotencyKeyReused
         ),
     )
     async def import_task(
@@ -217,6 +256,7 @@ def task_router(
             settings.max_examples_per_task,
             idempotency_key,
             True,
+            quotas(tenant).storage,
         )
         if written.replayed:
             response.headers.update(REPLAYED)
@@ -329,12 +369,53 @@ def mount_ui(app: FastAPI) -> None:
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
 
 
+class ServiceHealth:
+    """What ``/health`` answers: the inference workers have loaded the model, and the task store answers.
+
+    Checked every ``every`` seconds by a task of the HTTP process's event loop (started by the first
+    call), which keeps the latest answer; a ``/health`` call reads it. So a health check under load waits
+    for neither the round trip to LitServe's manager process nor a thread-pool hop to the store, and a
+    change shows within ``every`` seconds."""
+
+    def __init__(self, store: TaskStore, workers_ready: Callable[[], bool], every: float = 0.5) -> None:
+        self.store = store
+        self.workers_ready = workers_ready
+        self.every = every
+        self._latest: ServiceError | None = None
+        self._refresher: asyncio.Task | None = None
+
+    async def check(self) -> ServiceError | None:
+        """None if healthy, else why not."""
+        if not self.workers_ready():
+            return NotReady("inference workers are loading the model")
+        try:
+            await run_in_threadpool(self.store.ping)
+        except Exception as exc:
+            return StoreUnreachable(f"task store unreachable: {type(exc).__name__}")
+        return None
+
+    async def latest(self) -> ServiceError | None:
+        if self._refresher is None:
+            self._latest = await self.check()
+            self._refresher = asyncio.create_task(self._refresh())
+        return self._latest
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                self._latest = await self.check()
+            except Exception:  # never let the refresher die: the next round tries again
+                logger.exception("health check failed")
+
+
 def service_router(
     store: TaskStore, workers_ready: Callable[[], bool], index: Index, info: ServerInfo
 ) -> APIRouter:
     """``/`` (links), ``/info`` (model and limits), ``/health`` (model loaded in every worker and store
-    reachable) and Prometheus ``/metrics``."""
+    reachable, as of at most half a second ago: ``ServiceHealth``) and Prometheus ``/metrics``."""
     router = APIRouter(tags=["service"])
+    service_health = ServiceHealth(store, workers_ready)
 
     @router.get(
         "/",
@@ -357,12 +438,8 @@ def service_router(
         responses=error_responses(NotReady, StoreUnreachable),
     )
     async def health() -> Health | JSONResponse:
-        if not workers_ready():
-            return service_error_response(NotReady("inference workers are loading the model"))
-        try:
-            await run_in_threadpool(store.ping)
-        except Exception as exc:
-            return service_error_response(StoreUnreachable(f"task store unreachable: {type(exc).__name__}"))
+        if (problem := await service_health.latest()) is not None:
+            return service_error_response(problem)
         return Health()
 
     @router.get(

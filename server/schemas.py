@@ -215,6 +215,30 @@ class Limits(BaseModel):
         return cls(**{name: getattr(settings, name) for name in cls.model_fields})
 
 
+class Queue(BaseModel):
+    """How the inference queue admits and shares work (``METANET_QUEUE_*``; docs/SERVER.md, "Admission
+    and fairness")."""
+
+    queue_deadline: float = Field(description="seconds a request may wait before it starts; else 429/503")
+    queue_quantum: int = Field(description="images a tenant is served per turn of the round robin")
+
+
+class TenantQuotaInfo(BaseModel):
+    """Each tenant's quotas unless the keys file gives it its own (``METANET_TENANT_*``; docs/API.md,
+    "Quotas")."""
+
+    max_tasks: int
+    max_examples: int
+    max_stored_bytes: int
+    requests_per_second: float
+    images_per_second: float
+    share: float = Field(description="weight in the inference queue's round robin")
+
+    @classmethod
+    def of(cls, settings: ServerSettings) -> TenantQuotaInfo:
+        return cls.model_validate(settings.tenant_quota, from_attributes=True)
+
+
 class ModelInfo(BaseModel):
     checkpoint: str
     sha256: str = Field(description="SHA-256 of the checkpoint file (task exports record it)")
@@ -225,6 +249,8 @@ class ModelInfo(BaseModel):
 class ServerInfo(BaseModel):
     model: ModelInfo
     limits: Limits
+    queue: Queue
+    tenant_quotas: TenantQuotaInfo
     idempotency_ttl: float = Field(description="seconds a support call's Idempotency-Key is remembered")
     api_keys: bool = Field(
         description="whether the /tasks routes need an API key (``Authorization: Bearer <key>``)"

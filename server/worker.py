@@ -4,7 +4,8 @@
 Every item is isolated: whatever one item raises (a ``ServiceError`` or any unexpected exception)
 becomes that item's answer, and the other items of its batch are answered as if it were not there.
 A classify of a task whose memory is still building answers ``TaskBuilding`` at once (a worker never
-waits for a build); ``WorkerBridge.submit`` asks again until it is ready.
+waits for a build); ``server.dispatch`` asks again until it is ready. Which work runs next, and when
+work that waited too long is refused, is ``FairBatchedLoop``'s (server/litserve_adapter.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from model.novelty import OpenSetCalibration
 from server import metrics
 from server.config import ServerSettings
 from server.derived import DerivedMemoryFiles, fingerprint
-from server.litserve_adapter import DrainingBatchedLoop, WorkerBridge
+from server.litserve_adapter import FairBatchedLoop, WorkerBridge
 from server.memory import Building, TaskMemories
 from server.memory_cache import CachedTask, MemoryCache
 from server.protocol import (
@@ -40,6 +41,7 @@ from server.protocol import (
     Work,
     WorkerFailed,
 )
+from server.quotas import TenantQuotas
 from server.store import open_store
 
 logger = logging.getLogger("metanet.worker")
@@ -60,15 +62,16 @@ def isolated(what: str, fn: Callable[..., Outcome], *args: object) -> Outcome:
 class MetaNetAPI(ls.LitAPI):
     """Support and classify work items, batched across tasks."""
 
-    def __init__(self, settings: ServerSettings, image_size: int) -> None:
+    def __init__(self, settings: ServerSettings, image_size: int, quotas: TenantQuotas) -> None:
         super().__init__(
             max_batch_size=settings.max_batch_size,
             batch_timeout=settings.batch_timeout,
             spec=WorkerBridge(),
-            loop=DrainingBatchedLoop(),
+            loop=FairBatchedLoop(settings.queue_quantum, quotas.share),
         )
         self.settings = settings
         self.image_size = image_size
+        self.quotas = quotas
 
     def setup(self, device: str) -> None:
         self.settings.configure_logging()
@@ -137,6 +140,7 @@ class MetaNetAPI(ls.LitAPI):
             list(item.labels),
             self.settings.max_examples_per_task,
             item.idempotency_key,
+            quota=self.quotas(item.tenant).storage,
         )
         state = written.state
         # Durable from here on. Refresh this worker's memory of the task if it holds one, from what was

@@ -32,10 +32,14 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m server`` in its own process group, so that a kill takes its workers down with it.
-    Its log is ``<data_dir>.log``; ``args`` are extra command-line options."""
+    """``python -m server`` (or ``module``, which takes the same ``--port``, ``--data-dir`` and
+    ``--checkpoint``) in its own process group, so that a kill takes its workers down with it. Its log is
+    ``<data_dir>.log``; ``args`` are extra command-line options."""
 
-    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *args: str, env: dict[str, str] | None = None, module: str = "server"
+    ) -> None:
+        self.module = module
         self.data_dir = data_dir
         self.args = args
         self.env = {**os.environ, **(env or {})}
@@ -46,7 +50,15 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         """Start and wait until ``GET /health`` answers 200."""
-        command = [sys.executable, "-m", "server", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        command = [
+            sys.executable,
+            "-m",
+            self.module,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
         command += ["--checkpoint", str(CHECKPOINT), *self.args]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from server.protocol import QuotaExceeded
+
 
 @dataclass(frozen=True)
 class TaskState:
@@ -56,6 +58,25 @@ class StoreCounts:
     tasks: int
     examples: int
     images: int  # distinct images: an image sent again (to any task of its tenant) is stored once
+
+
+@dataclass(frozen=True)
+class StorageQuota:
+    """What one tenant may hold in the task store (docs/API.md, "Quotas")."""
+
+    max_tasks: int
+    max_examples: int
+    max_stored_bytes: int  # bytes of its distinct preprocessed images (each stored once per tenant)
+
+    def check(self, tenant: str, tasks: int, examples: int, stored_bytes: int) -> None:
+        """Raise QuotaExceeded, naming the limit, if a write would leave the tenant with more than this."""
+        for name, value, limit in (
+            ("max_tasks", tasks, self.max_tasks),
+            ("max_examples", examples, self.max_examples),
+            ("max_stored_bytes", stored_bytes, self.max_stored_bytes),
+        ):
+            if value > limit:
+                raise QuotaExceeded(f"tenant {tenant!r} would hold {value} (over its quota {name}={limit})")
 
 
 @dataclass(frozen=True)
@@ -121,10 +142,18 @@ class TaskStore(ABC):
             raise ValueError("images must be uint8 [n, *image_shape] with one label each")
 
     def add_examples(
-        self, tenant: str, task_id: str, images: np.ndarray, labels: list[str], max_examples: int
+        self,
+        tenant: str,
+        task_id: str,
+        images: np.ndarray,
+        labels: list[str],
+        max_examples: int,
+        quota: StorageQuota | None = None,
     ) -> TaskState:
-        """Durably add examples (creating the task if needed) as one new version; all or nothing."""
-        return self.write_examples(tenant, task_id, images, labels, max_examples).state
+        """Durably add examples (creating the task if needed) as one new version; all or nothing. Raises
+        ExampleLimit over ``max_examples`` in the task and QuotaExceeded over the tenant's ``quota``,
+        checked in the write's transaction."""
+        return self.write_examples(tenant, task_id, images, labels, max_examples, quota=quota).state
 
     @abstractmethod
     def write_examples(
@@ -136,13 +165,15 @@ class TaskStore(ABC):
         max_examples: int,
         idempotency_key: str | None = None,
         new_task: bool = False,
+        quota: StorageQuota | None = None,
     ) -> Written:
         """``add_examples``, and:
 
         - ``idempotency_key``: stored with the write in its transaction (per tenant). While the key is
           younger than the store's ``idempotency_ttl``, a write with the same key and the same request
           (task id, labels, images) writes nothing and answers the first write's state (``replayed``);
-          with another request it raises ``IdempotencyKeyReused``.
+          with another request it raises ``IdempotencyKeyReused``. The key is looked up first: a replay
+          is not refused by ``max_examples`` or ``quota``.
         - ``new_task``: the write creates the task; raises ``TaskExists`` if it exists already.
         """
 

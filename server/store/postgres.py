@@ -46,6 +46,7 @@ from server.protocol import (
 )
 from server.store.base import (
     IDEMPOTENCY_TTL,
+    StorageQuota,
     StoreCounts,
     TaskSnapshot,
     TaskState,
@@ -347,6 +348,22 @@ class PostgresTaskStore(TaskStore):
         uid, version, rebuild_version = row
         return TaskState(uid, task_id, version, rebuild_version, self._labels(conn, uid))
 
+    def _check_quota(
+        self, conn: psycopg.Connection, tenant: str, digests: list[bytes], quota: StorageQuota
+    ) -> None:
+        # One quota-checked write per tenant at a time, so that two cannot both pass the check.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(f"metanet:quota:{tenant}"),))
+        (tasks,) = conn.execute("SELECT count(*) FROM tasks WHERE tenant = %s", (tenant,)).fetchone()
+        (examples,) = conn.execute("SELECT count(*) FROM examples WHERE tenant = %s", (tenant,)).fetchone()
+        (images,) = conn.execute("SELECT count(*) FROM images WHERE tenant = %s", (tenant,)).fetchone()
+        unique = list(set(digests))
+        (stored,) = conn.execute(
+            "SELECT count(*) FROM images WHERE tenant = %s AND digest = ANY(%s)", (tenant, unique)
+        ).fetchone()
+        pixels = self.image_shape[0] * self.image_shape[1]
+        # A task row this write created is already counted.
+        quota.check(tenant, tasks, examples + len(digests), (images + len(unique) - stored) * pixels)
+
     def _claim_key(
         self, conn: psycopg.Connection, tenant: str, key: str, fingerprint: bytes, task_id: str
     ) -> TaskState | None:
@@ -387,6 +404,7 @@ class PostgresTaskStore(TaskStore):
         max_examples: int,
         idempotency_key: str | None = None,
         new_task: bool = False,
+        quota: StorageQuota | None = None,
     ) -> Written:
         self.check_images(images, labels)
         digests = [image_digest(image) for image in images]
@@ -423,6 +441,8 @@ class PostgresTaskStore(TaskStore):
                 raise ExampleLimit(
                     f"task holds {stored} examples; {len(labels)} more exceed the limit of {max_examples}"
                 )
+            if quota is not None:
+                self._check_quota(conn, tenant, digests, quota)
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO images (tenant, digest, pixels) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",

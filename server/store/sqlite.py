@@ -18,6 +18,7 @@ import numpy as np
 from server.protocol import ExampleLimit, IdempotencyKeyReused, LabelNotFound, TaskExists
 from server.store.base import (
     IDEMPOTENCY_TTL,
+    StorageQuota,
     StoreCounts,
     TaskSnapshot,
     TaskState,
@@ -128,6 +129,22 @@ class SQLiteTaskStore(TaskStore):
         ).fetchall()
         return TaskState(uid, task_id, version, rebuild_version, dict(counts))
 
+    def _check_quota(
+        self, con: sqlite3.Connection, tenant: str, new_task: bool, digests: list[bytes], quota: StorageQuota
+    ) -> None:
+        (tasks,) = con.execute("SELECT COUNT(*) FROM tasks WHERE tenant = ?", (tenant,)).fetchone()
+        (examples,) = con.execute("SELECT COUNT(*) FROM examples WHERE tenant = ?", (tenant,)).fetchone()
+        (images,) = con.execute("SELECT COUNT(*) FROM images WHERE tenant = ?", (tenant,)).fetchone()
+        unique = list(set(digests))
+        marks = ",".join("?" * len(unique))
+        stored = con.execute(
+            f"SELECT COUNT(*) FROM images WHERE tenant = ? AND digest IN ({marks})", (tenant, *unique)
+        ).fetchone()[0]
+        pixels = self.image_shape[0] * self.image_shape[1]
+        quota.check(
+            tenant, tasks + new_task, examples + len(digests), (images + len(unique) - stored) * pixels
+        )
+
     def write_examples(
         self,
         tenant: str,
@@ -137,6 +154,7 @@ class SQLiteTaskStore(TaskStore):
         max_examples: int,
         idempotency_key: str | None = None,
         new_task: bool = False,
+        quota: StorageQuota | None = None,
     ) -> Written:
         self.check_images(images, labels)
         now = time.time()
@@ -164,6 +182,8 @@ class SQLiteTaskStore(TaskStore):
                 raise ExampleLimit(
                     f"task holds {stored} examples; {len(labels)} more exceed the limit of {max_examples}"
                 )
+            if quota is not None:
+                self._check_quota(con, tenant, state is None, digests, quota)
             if state is None:
                 con.execute("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, ?)", (tenant, now))
                 uid = con.execute(

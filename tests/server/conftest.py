@@ -47,4 +47,3 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.remove()
-

@@ -25,16 +25,17 @@ from litserve.utils import ResponseBufferItem
 from packaging.specifiers import SpecifierSet
 from starlette.middleware.gzip import GZipMiddleware
 
+from server.admission import Ticket, equal_shares
 from server.litserve_adapter import (
     LITSERVE_VERSIONS,
     DirectQueueServer,
-    DrainingBatchedLoop,
+    FairBatchedLoop,
     PipeTransport,
     WorkerBridge,
     remove_builtin_routes,
     set_gzip_level,
 )
-from server.protocol import ClassifyResult, ClassifyWork, TaskNotFound, WorkerTimeout
+from server.protocol import ClassifyResult, ClassifyWork, Overloaded, TaskNotFound, WorkerTimeout
 
 
 def test_installed_litserve_is_a_version_the_adapter_was_written_for() -> None:
@@ -83,20 +84,27 @@ def wired(request) -> Iterator[tuple[WorkerBridge, Echo, MessageTransport]]:
     """The bridge and the loop wired as LitServer wires them, the worker loop in a thread; answers
     travel back through LitServe's own transport, or the server's PipeTransport, and LitServe's
     response-buffer task."""
-    api = Echo(max_batch_size=8, batch_timeout=0.3, spec=WorkerBridge(), loop=DrainingBatchedLoop())
+    api = Echo(
+        max_batch_size=8, batch_timeout=0.3, spec=WorkerBridge(), loop=FairBatchedLoop(32, equal_shares)
+    )
     api.batches, api.request_timeout = [], 5.0
     api.pre_setup()
     requests = queue.Queue()
     transport = MPQueueTransport(None, [queue.Queue()]) if request.param == "litserve" else PipeTransport(1)
     bridge = api.spec
     bridge.response_buffer, bridge.request_queue, bridge.response_queue_id = {}, requests, 0
-    loop = DrainingBatchedLoop()
+    loop = FairBatchedLoop(32, equal_shares)
     worker = threading.Thread(target=loop.run_batched_loop, args=(api, requests, transport, CallbackRunner()))
     worker.start()
     yield bridge, api, transport
     requests.put(_SENTINEL_VALUE)  # how LitServe stops a worker loop
     worker.join(10)
     assert not worker.is_alive(), "the loop did not stop on LitServe's sentinel"
+
+
+def send(bridge: WorkerBridge, work: ClassifyWork, start_by: float | None = None):
+    ticket = Ticket(work.tenant, len(work.images), f"{work.task_id}-{len(work.images)}", start_by=start_by)
+    return bridge.send(ticket, work)
 
 
 def run_with_buffer_task(bridge: WorkerBridge, transport, body):
@@ -118,7 +126,7 @@ def test_bridge_and_loop_round_trip_through_litserve(wired) -> None:
     async def body():
         works = [ClassifyWork("t", f"task{n}", np.zeros((n + 1, 2, 2), np.uint8)) for n in range(3)]
         missing = ClassifyWork("t", "missing", np.zeros((1, 2, 2), np.uint8))
-        submitted = [bridge.submit(work) for work in [*works, missing]]
+        submitted = [send(bridge, work) for work in [*works, missing]]
         return await asyncio.gather(*submitted, return_exceptions=True)
 
     outcomes = run_with_buffer_task(bridge, transport, body)
@@ -134,9 +142,21 @@ def test_a_request_that_waited_too_long_is_a_worker_timeout(wired) -> None:
 
     async def body():
         with pytest.raises(WorkerTimeout):
-            await bridge.submit(ClassifyWork("t", "late", np.zeros((1, 2, 2), np.uint8)))
+            await send(bridge, ClassifyWork("t", "late", np.zeros((1, 2, 2), np.uint8)))
 
     run_with_buffer_task(bridge, transport, body)
+
+
+def test_work_not_started_by_its_deadline_is_answered_overloaded_without_running(wired) -> None:
+    bridge, api, transport = wired
+
+    async def body():
+        late = ClassifyWork("t", "late", np.zeros((1, 2, 2), np.uint8))
+        with pytest.raises(Overloaded, match="METANET_QUEUE_DEADLINE"):
+            await send(bridge, late, start_by=0.0)  # long past, in time.monotonic()
+
+    run_with_buffer_task(bridge, transport, body)
+    assert api.batches == []
 
 
 def test_builtin_routes_are_removed() -> None:

@@ -21,6 +21,7 @@ from server.protocol import (
     Work,
     WorkerFailed,
 )
+from server.quotas import TenantQuotas
 from server.worker import MetaNetAPI
 from testkit import CHECKPOINT, b64
 
@@ -30,7 +31,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> MetaNetAPI:
     settings = ServerSettings(
         data_dir=tmp_path_factory.mktemp("worker"), checkpoint=CHECKPOINT, max_examples_per_task=30
     )
-    api = MetaNetAPI(settings, image_size=28)
+    api = MetaNetAPI(settings, image_size=28, quotas=TenantQuotas(settings.tenant_quota))
     api.setup("cpu")
     return api
 
@@ -44,7 +45,7 @@ def drawings(tibetan) -> np.ndarray:
 
 def settled(worker: MetaNetAPI, items: list[Work]) -> list[Outcome]:
     """``worker.predict``, asking again for the items whose memory was building (a worker never waits
-    for a build job; ``WorkerBridge.submit`` asks again the same way)."""
+    for a build job; ``Dispatcher`` asks again the same way)."""
     outcomes = worker.predict(items)
     while building := [i for i, outcome in enumerate(outcomes) if isinstance(outcome, TaskBuilding)]:
         assert worker.memories.wait_until_idle()

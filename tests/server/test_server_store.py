@@ -19,11 +19,13 @@ from server.protocol import (
     ExampleLimit,
     IdempotencyKeyReused,
     LabelNotFound,
+    QuotaExceeded,
     StoreOutcomeUnknown,
     StoreUnavailable,
     TaskExists,
 )
 from server.store import TaskStore, TaskVersion, open_store
+from server.store.base import StorageQuota
 from server.store.migrations import POSTGRESQL, SQLITE
 from testkit.postgres import PostgresServer
 
@@ -72,6 +74,23 @@ def test_tenants_are_isolated(store: TaskStore) -> None:
     assert list(store.get_task("alice", "task").labels) == ["a"]
     assert list(store.get_task("bob", "task").labels) == ["b"]
     assert store.counts().tenants == 2
+
+
+def test_tenant_quotas_are_checked_in_the_write_and_name_the_limit(store: TaskStore) -> None:
+    quota = StorageQuota(max_tasks=2, max_examples=5, max_stored_bytes=4 * 28 * 28)
+    store.add_examples("t", "one", images(2), ["a", "b"], 10, quota)
+    store.add_examples("t", "two", images(1, 1), ["c"], 10, quota)
+    with pytest.raises(QuotaExceeded, match="max_tasks=2"):
+        store.add_examples("t", "three", images(1, 2), ["d"], 10, quota)
+    assert store.get_task("t", "three") is None  # nor its tenant's counts changed
+    with pytest.raises(QuotaExceeded, match=f"max_stored_bytes={4 * 28 * 28}"):
+        store.add_examples("t", "one", images(2, 3), ["e", "f"], 10, quota)  # 5 distinct images
+    store.add_examples("t", "one", images(2), ["a", "b"], 10, quota)  # stored once: no new bytes
+    with pytest.raises(QuotaExceeded, match="max_examples=5"):
+        store.add_examples("t", "two", images(1, 1), ["c"], 10, quota)
+    assert {s.task_id: s.num_examples for s in store.list_tasks("t")} == {"one": 4, "two": 1}
+    assert store.counts().images == 3
+    store.add_examples("u", "three", images(1, 2), ["d"], 10, quota)  # another tenant's own quota
 
 
 def test_example_limit_is_all_or_nothing(store: TaskStore) -> None:
@@ -209,6 +228,22 @@ def test_a_repeated_idempotency_key_writes_nothing_and_answers_the_first_state(s
     assert not store.write_examples("u", "task", images(2), ["a", "b"], 10, idempotency_key="k1").replayed
     fresh = store.write_examples("t", "task", images(2), ["a", "b"], 10, idempotency_key="k2")
     assert fresh.state.version == 3
+
+
+def test_a_replay_passes_the_quota_its_first_write_filled_and_a_refusal_keeps_no_key(
+    store: TaskStore,
+) -> None:
+    full = StorageQuota(max_tasks=1, max_examples=2, max_stored_bytes=10**9)
+    first = store.write_examples("t", "task", images(2), ["a", "b"], 10, idempotency_key="k1", quota=full)
+    again = store.write_examples("t", "task", images(2), ["a", "b"], 10, idempotency_key="k1", quota=full)
+    assert again.replayed and again.state == first.state
+    with pytest.raises(QuotaExceeded, match="max_examples=2"):
+        store.write_examples("t", "task", images(1, 1), ["c"], 10, idempotency_key="k2", quota=full)
+    assert store.get_task("t", "task").version == 1
+    # The refused write stored nothing, its key included: sent again with room, it writes.
+    roomy = StorageQuota(max_tasks=1, max_examples=3, max_stored_bytes=10**9)
+    later = store.write_examples("t", "task", images(1, 1), ["c"], 10, idempotency_key="k2", quota=roomy)
+    assert not later.replayed and later.state.version == 2
 
 
 def test_an_expired_idempotency_key_is_a_new_write(store_url: str) -> None:

@@ -18,6 +18,7 @@ from testkit import REPO, omniglot, running_server
 sys.path.insert(0, str(REPO / "clients/python/src"))
 
 API_KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key"}
+SLOW_KEY = "slow-secret-key"  # tenant "slow", limited to one request a second
 
 
 @pytest.fixture(scope="session")
@@ -29,10 +30,11 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def auth_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A server that requires the API keys of `API_KEYS` (tenant -> key)."""
+    """A server that requires the API keys of `API_KEYS` (tenant -> key), and `SLOW_KEY`."""
     folder = tmp_path_factory.mktemp("server-auth")
     keys_file = folder / "api-keys"
-    keys_file.write_text("".join(f"{tenant}:{key}\n" for tenant, key in API_KEYS.items()))
+    keys = "".join(f"{tenant}:{key}\n" for tenant, key in API_KEYS.items())
+    keys_file.write_text(f"{keys}slow:{SLOW_KEY} requests_per_second=1\n")
     with running_server(folder / "data", "--api-keys-file", str(keys_file)) as server:
         yield server.url
 
@@ -41,6 +43,12 @@ def auth_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def api_keys() -> dict[str, str]:
     """tenant -> API key of `auth_server_url`."""
     return API_KEYS
+
+
+@pytest.fixture(scope="session")
+def slow_key() -> str:
+    """An API key of `auth_server_url` whose tenant may send one request a second."""
+    return SLOW_KEY
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +80,7 @@ class Stub(BaseHTTPRequestHandler):
     url = ""
     answers: list[tuple[int, bytes]] = []
     seen: list[str] = []
+    extra_headers: dict[str, str] = {}  # sent with every answer
     keys: list[str | None] = []  # the Idempotency-Key header of each request seen
 
     def _answer(self) -> None:
@@ -80,6 +89,8 @@ class Stub(BaseHTTPRequestHandler):
         self.keys.append(self.headers.get("Idempotency-Key"))
         status, body = self.answers.pop(0) if self.answers else (200, b'{"status": "ok"}')
         self.send_response(status)
+        for name, value in self.extra_headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -95,6 +106,7 @@ def stub() -> Iterator[type[Stub]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     Stub.url, Stub.answers, Stub.seen, Stub.keys = f"http://127.0.0.1:{server.server_port}", [], [], []
+    Stub.extra_headers = {}
     yield Stub
     server.shutdown()
     server.server_close()

@@ -66,7 +66,7 @@ async def test_errors(server_url: str, task_id: str, drawings: list[list[bytes]]
             await task.forget("never-taught")
         assert (await task.info()).version == version
 
-    async with AsyncClient(server_url, max_request_bytes=64 * 1024 * 1024) as client:
+    async with AsyncClient(server_url, max_body_bytes=64 * 1024 * 1024) as client:
         with pytest.raises(PayloadTooLargeError):
             await client.task(task_id).add("big", b"\0" * (17 * 1024 * 1024))
 
@@ -92,7 +92,8 @@ async def test_uploads_are_split(server_url: str, task_id: str, drawings: list[l
         seen.append(request)
 
     async with AsyncClient(server_url, max_images_per_request=2) as client:
-        assert (await client.limits()).max_images == 2  # and the byte limit is the server's, read now
+        # and the byte limit is the server's, read now
+        assert (await client.limits()).max_images_per_request == 2
         client._http.event_hooks["request"].append(record)
         task = client.task(task_id)
         assert (await task.add("c0", [drawings[0][d] for d in range(5)])).num_examples == 5
@@ -104,7 +105,7 @@ async def test_uploads_are_split(server_url: str, task_id: str, drawings: list[l
 async def test_server_errors_retries_and_connection_errors(stub: Any) -> None:
     unavailable = (503, b'{"error": {"code": "unavailable", "message": "warming up"}}')
     async with AsyncClient(
-        stub.url, max_retries=1, backoff=0.01, max_images_per_request=8, max_request_bytes=1 << 20
+        stub.url, max_retries=1, backoff=0.01, max_images_per_request=8, max_body_bytes=1 << 20
     ) as client:
         stub.answers = [unavailable]
         assert await client.health() == {"status": "ok"}

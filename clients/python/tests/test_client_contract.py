@@ -82,8 +82,8 @@ def test_sdk_models_match_the_servers_openapi_schema(openapi: dict[str, Any]) ->
 def test_the_sdk_splits_uploads_by_the_limits_the_server_publishes(server_url: str) -> None:
     published = httpx.get(f"{server_url}/info", timeout=30).raise_for_status().json()["limits"]
     with Client(server_url) as client:
-        limits = client.limits
-    assert (limits.max_images, limits.max_bytes) == (
+        limits = client.limits()
+    assert (limits.max_images_per_request, limits.max_body_bytes) == (
         published["max_images_per_request"],
         published["max_body_bytes"],
     )

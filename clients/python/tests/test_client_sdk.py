@@ -119,7 +119,7 @@ def test_image_inputs(client: Client, task_id: str, drawings: list[list[bytes]],
 
 
 def test_bad_image_arguments_are_caught_locally() -> None:
-    unreachable = Client("http://127.0.0.1:9", max_images_per_request=256, max_request_bytes=1 << 24)
+    unreachable = Client("http://127.0.0.1:9", max_images_per_request=256, max_body_bytes=1 << 24)
     task = unreachable.task("never-sent")
     with pytest.raises(TypeError, match="unsupported image type"):
         task.classify([42])
@@ -163,7 +163,7 @@ def test_errors_map_to_exceptions(client: Client, task_id: str, drawings: list[l
 
 
 def test_body_over_limit_is_413(server_url: str, task_id: str) -> None:
-    client = Client(server_url, max_request_bytes=64 * 1024 * 1024)
+    client = Client(server_url, max_body_bytes=64 * 1024 * 1024)
     with client, pytest.raises(PayloadTooLargeError) as raised:
         client.task(task_id).add("big", b"\0" * (17 * 1024 * 1024))
     assert raised.value.status_code == 413
@@ -173,7 +173,7 @@ def test_uploads_are_split(server_url: str, task_id: str, drawings: list[list[by
     examples = [(f"c{i}", drawings[i][0]) for i in range(7)]
     queries = [drawings[i][1] for i in range(7)]
     with Client(server_url, max_images_per_request=3) as client:
-        assert client.limits.max_images == 3  # and the byte limit is the server's, read now
+        assert client.limits().max_images_per_request == 3  # and the byte limit is the server's, read now
         seen = _requests_seen(client)
         task = client.task(task_id)
         assert task.add_examples(examples).num_examples == 7
@@ -188,8 +188,8 @@ def test_uploads_are_split(server_url: str, task_id: str, drawings: list[list[by
         [p.score for p in whole.predictions], abs=1e-4
     )
 
-    with Client(server_url, max_request_bytes=1000) as client:
-        assert client.limits.max_bytes == 1000
+    with Client(server_url, max_body_bytes=1000) as client:
+        assert client.limits().max_body_bytes == 1000
         seen = _requests_seen(client)
         assert client.task(task_id).add("more", [png for _, png in examples]).num_examples == 14
         assert len(seen) > 2 and all(len(request.content) <= 1000 for request in seen)
@@ -229,7 +229,7 @@ def test_connection_errors() -> None:
 def test_server_errors_and_retries(stub: Any) -> None:
     unavailable = (503, json.dumps({"error": {"code": "unavailable", "message": "warming up"}}).encode())
     with Client(
-        stub.url, max_retries=2, backoff=0.01, max_images_per_request=8, max_request_bytes=1 << 20
+        stub.url, max_retries=2, backoff=0.01, max_images_per_request=8, max_body_bytes=1 << 20
     ) as client:
         stub.answers = [unavailable, unavailable]
         assert client.health() == {"status": "ok"}  # retried twice
@@ -272,7 +272,7 @@ def test_uploads_are_split_by_the_limits_the_server_publishes(stub: Any) -> None
     stub.answers = [(200, json.dumps(published).encode())] + [(200, json.dumps(added).encode())] * 4
     with Client(stub.url) as client:
         assert client.task("t").add("a", [b"png"] * 5).num_examples == 5
-        assert (client.limits.max_images, client.limits.max_bytes) == (2, 1 << 20)
+        assert (client.limits().max_images_per_request, client.limits().max_body_bytes) == (2, 1 << 20)
         client.task("t").add("a", b"png")
     assert stub.seen == ["GET /info", *["POST /tasks/t/support"] * 4]  # /info is read once
 
@@ -282,8 +282,8 @@ def test_a_server_without_published_limits_needs_them_given(stub: Any) -> None:
         client.task("t").add("a", b"png")
     with Client(stub.url, max_images_per_request=1) as client, pytest.raises(MetaNetError):
         client.task("t").classify(b"png")
-    with Client(stub.url, max_images_per_request=1, max_request_bytes=1 << 20) as client:
-        assert (client.limits.max_images, client.limits.max_bytes) == (1, 1 << 20)
+    with Client(stub.url, max_images_per_request=1, max_body_bytes=1 << 20) as client:
+        assert (client.limits().max_images_per_request, client.limits().max_body_bytes) == (1, 1 << 20)
     assert stub.seen == ["GET /info", "GET /info"]  # given limits need no request
 
 

@@ -6,6 +6,7 @@
 >>> task.classify("query.png").labels
 """
 
+from ._calls import Limits
 from ._client import AsyncClient, AsyncTask, Client, Task
 from ._errors import (
     APIConnectionError,
@@ -15,6 +16,8 @@ from ._errors import (
     MetaNetError,
     NotFoundError,
     PayloadTooLargeError,
+    QuotaExceededError,
+    RateLimitError,
     ServerError,
 )
 from ._images import Image, Images
@@ -47,10 +50,13 @@ __all__ = [
     "ImportResult",
     "InvalidRequestError",
     "LabelScore",
+    "Limits",
     "MetaNetError",
     "NotFoundError",
     "PayloadTooLargeError",
     "Prediction",
+    "QuotaExceededError",
+    "RateLimitError",
     "ServerError",
     "SupportResult",
     "Task",

@@ -27,7 +27,8 @@ class Request:
     path: str
     content: bytes | None = None
     idempotent: bool = True
-    """Safe to send again after a connection error or a 5xx answer."""
+    """Safe to send again after a connection error or a 5xx answer (any request is sent again after
+    a 429 or 503 with Retry-After: the server did nothing with it)."""
     idempotency_key: str | None = None
     """Sent as the `Idempotency-Key` header, the same on every retry: the server writes once."""
 
@@ -42,10 +43,11 @@ class Call(Generic[T]):
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request limits the client keeps to (the server's: docs/API.md, "Limits")."""
+    """Per-request limits the client keeps to, named as the server publishes them at `GET /info`
+    (docs/API.md, "Limits")."""
 
-    max_images: int
-    max_bytes: int
+    max_images_per_request: int
+    max_body_bytes: int
 
 
 def _segment(value: str) -> str:
@@ -73,7 +75,9 @@ def _bodies(items: Iterable[bytes], head: bytes, tail: bytes, limits: Limits) ->
     batch: list[bytes] = []
     size = len(head) + len(tail)
     for item in items:
-        if batch and (len(batch) == limits.max_images or size + len(item) + 1 > limits.max_bytes):
+        if batch and (
+            len(batch) == limits.max_images_per_request or size + len(item) + 1 > limits.max_body_bytes
+        ):
             yield head + b",".join(batch) + tail
             batch, size = [], len(head) + len(tail)
         batch.append(item)
@@ -159,23 +163,23 @@ def delete(task_id: str) -> Call[None]:
     return Call([Request("DELETE", _task_path(task_id))], lambda _: None)
 
 
-def limits(max_images: int | None, max_bytes: int | None) -> Call[Limits]:
+def limits(max_images_per_request: int | None, max_body_bytes: int | None) -> Call[Limits]:
     """The limits the server publishes at `GET /info`, each replaced by the client's own if given
     (then no request is needed)."""
 
     def result(answers: list[Any]) -> Limits:
         info = answers[0] if answers else None
         published = (info or {}).get("limits") or {}
-        images = max_images or published.get("max_images_per_request")
-        size = max_bytes or published.get("max_body_bytes")
+        images = max_images_per_request or published.get("max_images_per_request")
+        size = max_body_bytes or published.get("max_body_bytes")
         if not images or not size:
             raise MetaNetError(
                 "the server publishes no limits at GET /info: pass max_images_per_request and "
-                "max_request_bytes to the client"
+                "max_body_bytes to the client"
             )
         return Limits(int(images), int(size))
 
-    requests = [] if max_images and max_bytes else [Request("GET", "/info")]
+    requests = [] if max_images_per_request and max_body_bytes else [Request("GET", "/info")]
     return Call(requests, result)
 
 

@@ -15,7 +15,7 @@ import httpx
 
 from . import _calls
 from ._calls import Call, Limits, Request
-from ._errors import APIConnectionError, error_from_response
+from ._errors import APIConnectionError, error_from_response, retry_after
 from ._images import Image, Images, iter_images
 from ._models import ClassifyResult, ImportResult, SupportResult, TaskExport, TaskInfo
 from ._version import __version__
@@ -66,8 +66,9 @@ class _BaseClient:
         timeout: float | httpx.Timeout = 120.0,
         max_retries: int = 2,
         backoff: float = 0.5,
+        max_retry_after: float = 30.0,
         max_images_per_request: int | None = None,
-        max_request_bytes: int | None = None,
+        max_body_bytes: int | None = None,
     ) -> None:
         self.base_url = base_url or os.environ.get("METANET_URL") or DEFAULT_URL
         api_key = api_key if api_key is not None else os.environ.get("METANET_API_KEY")
@@ -76,7 +77,8 @@ class _BaseClient:
             headers["Authorization"] = f"Bearer {api_key}"
         self.max_retries = max_retries
         self.backoff = backoff
-        self._limits_given = (max_images_per_request, max_request_bytes)
+        self.max_retry_after = max_retry_after
+        self._limits_given = (max_images_per_request, max_body_bytes)
         self._limits: Limits | None = None
         self._http = self._http_class(base_url=self.base_url, headers=headers, timeout=timeout)
 
@@ -93,6 +95,11 @@ class _BaseClient:
         if attempt >= self.max_retries:
             return None
         if isinstance(outcome, httpx.Response):
+            wait = retry_after(outcome)
+            if wait is not None and outcome.status_code in (429, 503):
+                # Refused before any work, with the server's word on when to come back: any call may
+                # be sent again then (a little later, so that refused clients do not return together).
+                return wait * random.uniform(1.0, 1.2) if wait <= self.max_retry_after else None
             retry = outcome.is_server_error and request.idempotent
         else:
             retry = request.idempotent or isinstance(outcome, _NOT_SENT)
@@ -103,13 +110,16 @@ class Client(_BaseClient):
     """Synchronous client of a MetaNet server.
 
     `base_url` and `api_key` default to the environment variables `METANET_URL` and
-    `METANET_API_KEY` (then to http://127.0.0.1:8000 and no key). Every call is retried
-    `max_retries` times with exponential backoff on connection errors and 5xx answers: adding examples
-    and importing send an `Idempotency-Key` (one per request, the same on its retries), so the server
-    writes them once however often they are sent. Uploads of more than `max_images_per_request` images
-    or `max_request_bytes` bytes (by default the server's limits, read once from `GET /info`) are split
-    into several requests: such an upload is not all-or-nothing, as the requests before a failed one
-    stay stored (sending it again with the same `idempotency_key` completes it without duplicates).
+    `METANET_API_KEY` (then to http://127.0.0.1:8000 and no key). Every call is sent again, up to
+    `max_retries` times, after a 429 or 503 answer with a `Retry-After` header (the server refused it
+    before doing anything), once that many seconds have passed, unless the server asks for more than
+    `max_retry_after`. Calls that are idempotent (info, classify, forget, delete, health) or made so by
+    an `Idempotency-Key` (adding examples and importing send one per request, the same on its retries,
+    so the server writes them once however often they are sent) are also retried with exponential
+    backoff on connection errors and other 5xx answers. Uploads of more than `max_images_per_request`
+    images or `max_body_bytes` bytes (by default the server's limits, read once from `GET /info`) are
+    split into several requests: such an upload is not all-or-nothing, as the requests before a failed
+    one stay stored (sending it again with the same `idempotency_key` completes it without duplicates).
     """
 
     _http_class = httpx.Client
@@ -123,7 +133,6 @@ class Client(_BaseClient):
         """The server's health answer; raises unless the server is ready."""
         return self._call(_calls.health())
 
-    @property
     def limits(self) -> Limits:
         """The per-request limits uploads are split by (the server's unless given to the client)."""
         if self._limits is None:
@@ -218,7 +227,9 @@ class Task:
     ) -> SupportResult:
         """Add `(label, image)` pairs; the result is the task's state after the last request.
         `idempotency_key` (default: a new one per call) makes a repeat of this call write nothing."""
-        return self.client._call(_calls.add_examples(self.id, examples, self.client.limits, idempotency_key))
+        return self.client._call(
+            _calls.add_examples(self.id, examples, self.client.limits(), idempotency_key)
+        )
 
     def export(self, path: str | os.PathLike | None = None) -> TaskExport:
         """The task as a portable export (its examples in order and the model it was taught under);
@@ -242,7 +253,7 @@ class Task:
         reject: True (the server's default) gives an image unlike every label of the task the label
         None ("none of these"); False always gives the most likely label. novelty_threshold: this
         call's threshold instead of the server's. Each prediction carries `known` and `novelty`."""
-        call = _calls.classify(self.id, images, top_k, self.client.limits, reject, novelty_threshold)
+        call = _calls.classify(self.id, images, top_k, self.client.limits(), reject, novelty_threshold)
         return self.client._call(call)
 
     def info(self) -> TaskInfo:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import email.utils
+import time
+
 import httpx
 
 
@@ -26,6 +29,11 @@ class APIError(MetaNetError):
     def __str__(self) -> str:
         return f"{self.status_code} {self.code}: {self.message}"
 
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds the server asked the client to wait before sending the call again (`Retry-After`)."""
+        return retry_after(self.response)
+
 
 class InvalidRequestError(APIError):
     """400 (bad image, label or task id) or 422 (request does not match the schema)."""
@@ -43,6 +51,16 @@ class PayloadTooLargeError(APIError):
     """413: request body, image size or task size over the server's limits."""
 
 
+class RateLimitError(APIError):
+    """429: the tenant is over a rate limit (`rate_limited`) or its share of the server's queue
+    (`over_share`); `retry_after` says when to come back."""
+
+
+class QuotaExceededError(APIError):
+    """507: the tenant's storage quota (`quota_exceeded`: tasks, examples or stored bytes, named in the
+    message) or a task too large for the server's memory (`task_too_large`); nothing was written."""
+
+
 class ServerError(APIError):
     """5xx: the server failed; idempotent calls were retried before this was raised."""
 
@@ -53,7 +71,24 @@ _BY_STATUS: dict[int, type[APIError]] = {
     404: NotFoundError,
     413: PayloadTooLargeError,
     422: InvalidRequestError,
+    429: RateLimitError,
+    507: QuotaExceededError,
 }
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """The `Retry-After` header in seconds (given as seconds or as an HTTP date), or None."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
 
 def error_from_response(response: httpx.Response) -> APIError:

@@ -103,7 +103,7 @@ def cmd_add(client: Client, args: argparse.Namespace) -> None:
     examples = _labeled_files(args.paths, args.label)
     task = client.task(args.task)
     with _progress(len(examples), "images") as update:
-        for batch in _batches(examples, client.limits.max_images):
+        for batch in _batches(examples, client.limits().max_images_per_request):
             result = task.add_examples(batch)
             update(len(batch))
     if args.json:
@@ -122,7 +122,7 @@ def cmd_classify(client: Client, args: argparse.Namespace) -> None:
     task = client.task(args.task)
     predictions: list[Prediction] = []
     with _progress(len(files), "images") as update:
-        for batch in _batches(files, client.limits.max_images):
+        for batch in _batches(files, client.limits().max_images_per_request):
             result = task.classify(batch, top_k=args.top_k, reject=args.reject == "on")
             predictions += result.predictions
             update(len(batch))

@@ -1,0 +1,251 @@
+"""Overload benchmark: one server on its defaults (except the API keys that name the tenants), flooded
+by one tenant while another tenant and a monitor keep calling (docs/SERVER.md, "Admission and
+fairness").
+
+Phases, in one run against one server process:
+  1. unloaded: one client sends 256-image classifies back to back for ``--baseline-seconds``
+     (images/s), then a probe of 1-image classifies and /health alone (latency);
+  2. overload: ``--clients`` clients of tenant "heavy" each send 256-image classifies for
+     ``--seconds`` (from a process of their own); a refused request (429 or 503) is sent again after
+     its Retry-After, as the SDK does. Meanwhile tenant "probe" sends 1-image classifies back to back,
+     and a monitor calls /health every 50 ms.
+
+Reports: images classified per second (unloaded and under overload, and their ratio); the probe's
+1-image latency p50/p99/max over the whole overload and its p99 per 5-second window; /health p50/p99;
+the heavy clients' answers by status, whether every refusal carried Retry-After and the JSON error
+body, the slowest refusal and answer; the server's own counters (refusals by code, work items its
+worker refused at the deadline). Prints JSON and writes it to ``--out``.
+
+    python benchmarks/overload.py                         # 64 clients x 256 images for 30 s
+    python benchmarks/overload.py --clients 16 --seconds 10 --out /tmp/overload.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from testkit import REPO, b64, omniglot, running_server
+
+KEYS = {"heavy": "heavy-overload-key", "probe": "probe-overload-key"}
+LABELS = 20
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def summary(seconds: list[float]) -> dict:
+    ms = [s * 1e3 for s in seconds]
+    return {
+        "count": len(ms),
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "max_ms": max(ms) if ms else None,
+    }
+
+
+def metrics(url: str) -> dict[str, float]:
+    """The server's admission counters, summed over processes."""
+    page = httpx.get(f"{url}/metrics", timeout=60).text
+    found: dict[str, float] = {}
+    for name, labels, value in re.findall(r"^(metanet_[a-z_]+)(\{[^}]*\})? (\S+)$", page, re.M):
+        if name in ("metanet_refusals_total", "metanet_worker_expired_total", "metanet_queue_images"):
+            key = name + (labels if name == "metanet_refusals_total" else "")
+            found[key] = found.get(key, 0.0) + float(value)
+    return found
+
+
+async def setup(url: str, chars: list[list[str]]) -> None:
+    """A 20-label task for each tenant, its memory built."""
+    for key in KEYS.values():
+        async with httpx.AsyncClient(base_url=url, headers=auth(key), timeout=600) as http:
+            examples = [{"label": f"c{i}", "image": chars[i][0]} for i in range(LABELS)]
+            (await http.post("/tasks/t/support", json={"examples": examples})).raise_for_status()
+            (await http.post("/tasks/t/classify", json={"images": [chars[0][1]]})).raise_for_status()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}", "content-type": "application/json"}
+
+
+async def classify_loop(
+    url: str, key: str, body: bytes, images: int, until: float, record: list, honour_retry_after: bool
+) -> None:
+    """Send ``body`` back to back until ``until``; ``record`` gets (sent, seconds, status, retry_after,
+    json_error) per request."""
+    async with httpx.AsyncClient(base_url=url, headers=auth(key), timeout=600) as http:
+        while time.monotonic() < until:
+            sent = time.monotonic()
+            answer = await http.post("/tasks/t/classify", content=body)
+            elapsed = time.monotonic() - sent
+            retry_after = answer.headers.get("retry-after")
+            error = None
+            if answer.status_code != 200:
+                try:
+                    error = answer.json()["error"]["code"]
+                except (ValueError, KeyError, TypeError):
+                    error = "not-json"
+            record.append((sent, elapsed, answer.status_code, retry_after, error))
+            if answer.status_code in (429, 503) and retry_after and honour_retry_after:
+                await asyncio.sleep(min(float(retry_after), max(0.0, until - time.monotonic())))
+
+
+async def health_loop(url: str, until: float, record: list[float], every: float = 0.05) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        while time.monotonic() < until:
+            sent = time.monotonic()
+            (await http.get("/health")).raise_for_status()
+            record.append(time.monotonic() - sent)
+            await asyncio.sleep(max(0.0, every - (time.monotonic() - sent)))
+
+
+def served_images(record: list, images: int) -> int:
+    return sum(images for _, _, status, _, _ in record if status == 200)
+
+
+async def unloaded(url: str, heavy_body: bytes, probe_body: bytes, seconds: float) -> dict:
+    record: list = []
+    started = time.monotonic()
+    await classify_loop(url, KEYS["heavy"], heavy_body, 256, started + seconds, record, True)
+    wall = time.monotonic() - started
+    probe: list = []
+    health: list[float] = []
+    until = time.monotonic() + min(seconds, 5.0)
+    await asyncio.gather(
+        classify_loop(url, KEYS["probe"], probe_body, 1, until, probe, True), health_loop(url, until, health)
+    )
+    return {
+        "images_per_s": served_images(record, 256) / wall,
+        "request_256": summary([e for _, e, s, _, _ in record if s == 200]),
+        "probe_1_image": summary([e for _, e, s, _, _ in probe if s == 200]),
+        "health": summary(health),
+    }
+
+
+def flood(url: str, body: bytes, clients: int, until: float, out: Path) -> None:
+    """The heavy tenant's clients, in a process of their own (``overload``), so that their work on the
+    client side does not delay the probe's and the monitor's measurements; records go to ``out``."""
+    record: list = []
+
+    async def run() -> None:
+        await asyncio.gather(
+            *(classify_loop(url, KEYS["heavy"], body, 256, until, record, True) for _ in range(clients))
+        )
+
+    asyncio.run(run())
+    out.write_text(json.dumps(record))
+
+
+async def overload(url: str, heavy_body: bytes, probe_body: bytes, clients: int, seconds: float) -> dict:
+    before = metrics(url)
+    probe: list = []
+    health: list[float] = []
+    started = time.monotonic()  # CLOCK_MONOTONIC: the same clock in the flood's process
+    until = started + seconds
+    with tempfile.TemporaryDirectory() as folder:
+        records = Path(folder) / "heavy.json"
+        flooding = mp.get_context("spawn").Process(
+            target=flood, args=(url, heavy_body, clients, until, records)
+        )
+        flooding.start()
+        await asyncio.gather(
+            classify_loop(url, KEYS["probe"], probe_body, 1, until, probe, True),
+            health_loop(url, until, health),
+        )
+        await asyncio.to_thread(flooding.join)
+        heavy = [tuple(r) for r in json.loads(records.read_text())]
+    wall = time.monotonic() - started
+    after = metrics(url)
+    refused = [r for r in heavy if r[2] != 200]
+    windows = {}
+    for start in np.arange(0, seconds, 5.0):
+        inside = [e for t, e, s, _, _ in probe if s == 200 and start <= t - started < start + 5.0]
+        windows[f"{start:.0f}-{start + 5:.0f}s"] = percentile([e * 1e3 for e in inside], 99)
+    return {
+        "clients": clients,
+        "seconds": wall,
+        # Answered within the window: requests sent before its end and answered after it count too.
+        "images_per_s": (served_images(heavy, 256) + served_images(probe, 1)) / wall,
+        "heavy_answers": dict(Counter(f"{r[2]} {r[4] or 'ok'}" for r in heavy)),
+        "heavy_200": summary([e for _, e, s, _, _ in heavy if s == 200]),
+        "heavy_refused": summary([e for _, e, _, _, _ in refused]),
+        "refusals_with_retry_after": sum(1 for r in refused if r[3] is not None),
+        "refusals_with_json_error": sum(1 for r in refused if r[4] not in (None, "not-json")),
+        "refusal_statuses": sorted({r[2] for r in refused}),
+        "probe_1_image": summary([e for _, e, s, _, _ in probe if s == 200]),
+        "probe_not_200": sum(1 for r in probe if r[2] != 200),
+        "probe_p99_ms_per_5s": windows,
+        "health": summary(health),
+        "server_counters": {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after},
+    }
+
+
+async def run(args: argparse.Namespace) -> dict:
+    chars = [[b64(png) for png in row] for row in omniglot(None, LABELS, 20)]
+    batch = [chars[i % LABELS][1 + i % 19] for i in range(256)]
+    heavy_body = json.dumps({"images": batch}).encode()
+    probe_body = json.dumps({"images": [chars[3][5]]}).encode()
+    with tempfile.TemporaryDirectory() as folder:
+        keys_file = Path(folder) / "keys"
+        keys_file.write_text("".join(f"{tenant}:{key}\n" for tenant, key in KEYS.items()))
+        with running_server(Path(folder) / "data", "--api-keys-file", str(keys_file)) as server:
+            info = httpx.get(f"{server.url}/info", timeout=60).json()
+            await setup(server.url, chars)
+            print("unloaded ...", file=sys.stderr)
+            base = await unloaded(server.url, heavy_body, probe_body, args.baseline_seconds)
+            print(f"  {base['images_per_s']:.0f} images/s", file=sys.stderr)
+            print(
+                f"overload: {args.clients} clients x 256 images for {args.seconds:g} s ...", file=sys.stderr
+            )
+            loaded = await overload(server.url, heavy_body, probe_body, args.clients, args.seconds)
+    deadline = info["queue"]["queue_deadline"]
+    return {
+        "command": "python benchmarks/overload.py " + " ".join(sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg()},
+        "server": {"queue": info["queue"], "workers": 1, "api_servers": 1},
+        "unloaded": base,
+        "overload": loaded,
+        "checks": {
+            "probe_p99_ms_at_most_250": (loaded["probe_1_image"]["p99_ms"] or 1e9) <= 250,
+            "refusals_answered_within_deadline": (loaded["heavy_refused"]["max_ms"] or 0) <= deadline * 1e3,
+            "every_refusal_has_retry_after": loaded["refusals_with_retry_after"]
+            == sum(v for k, v in loaded["heavy_answers"].items() if not k.startswith("200")),
+            "images_per_s_within_10pct": loaded["images_per_s"] >= 0.9 * base["images_per_s"],
+            "health_p99_ms_at_most_50": (loaded["health"]["p99_ms"] or 1e9) <= 50,
+        },
+        "throughput_ratio": loaded["images_per_s"] / base["images_per_s"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--baseline-seconds", type=float, default=15.0)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/overload.json")
+    args = parser.parse_args()
+    report = asyncio.run(run(args))
+    text = json.dumps(report, indent=2)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
