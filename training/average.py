@@ -28,8 +28,8 @@ from model.checkpoint import read_metadata, save_checkpoint, training_metadata
 from model.config import MetaNetConfig
 from model.metanet import MetaNet
 from training.data import DEFAULT_DATA
+from training.devices import default_compile, default_device
 from training.episodes import load_split, validation_alphabets
-from training.evaluate import default_device
 from training.snapshots import run_snapshots, snapshot_episodes
 from training.validation import validate
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     model = MetaNet(MetaNetConfig.from_dict(metadata["config"]))
     model.load_state_dict(average_states([load_file(str(p)) for p in paths]))
     device = torch.device(args.device)
-    model.to(device).compile_meta_learners("all" if device.type == "cuda" else "d")
+    model.to(device).compile_meta_learners(default_compile(device))
 
     held_out = validation_alphabets(metadata)
     pool = load_split(metadata["split"], "val", args.data, held_out=held_out)
