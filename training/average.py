@@ -17,8 +17,6 @@ when it beats ``--like`` on the figure the run selects by (``recipe.select``), e
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
 import torch
@@ -30,6 +28,7 @@ from model.metanet import MetaNet
 from training.data import DEFAULT_DATA
 from training.devices import default_compile, default_device
 from training.episodes import load_split, validation_alphabets
+from training.recipe import recorded_command
 from training.snapshots import run_snapshots, snapshot_episodes
 from training.validation import validate
 
@@ -64,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    command = "python -m training.average " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = recorded_command("training.average", argv)
     run_dir = args.run_dir or args.like.parent
     paths = run_snapshots(run_dir)
     paths = paths[-args.last :] if args.last else paths

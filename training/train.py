@@ -28,9 +28,7 @@ import csv
 import math
 import os
 import platform
-import shlex
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -60,7 +58,7 @@ from training.episodes import (
     load_split,
 )
 from training.plots import plot_learning_curve
-from training.recipe import parse_with_recipe
+from training.recipe import parse_with_recipe, recorded_command
 from training.snapshots import clear_snapshots, save_snapshot
 from training.validation import validate
 
@@ -362,7 +360,7 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    command = "python -m training.train " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = recorded_command("training.train", argv)
     with stop_on_signals() as stop:
         run_training(args, command, stop)
 

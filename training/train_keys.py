@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import shlex
-import sys
 import threading
 import time
 from pathlib import Path
@@ -43,7 +41,7 @@ from training.data import DEFAULT_DATA
 from training.devices import default_device
 from training.episodes import DeviceEpisodeSampler, held_out_alphabets, load_split
 from training.plots import plot_learning_curve
-from training.recipe import parse_with_recipe
+from training.recipe import parse_with_recipe, recorded_command
 from training.train import DEFAULT_CLIP, hardware, learning_rate, stop_on_signals
 
 METRICS = ["episode", "images", "elapsed_s", "lr", "train_loss", "train_accuracy", "val_accuracy", "val_ci95"]
@@ -146,7 +144,7 @@ def validate(model: MetaNet, sampler: DeviceEpisodeSampler, tasks: int) -> dict[
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    command = "python -m training.train_keys " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = recorded_command("training.train_keys", argv)
     with stop_on_signals() as stop:
         run(args, command, stop)
 
