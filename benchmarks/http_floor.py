@@ -14,10 +14,12 @@ import numpy as np
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from model.config import MetaNetConfig
+from server.config import ServerSettings
 from server.images import ImageDecoder, decode_images
 
 app = FastAPI(title="pixel nearest neighbour")
-decoder = ImageDecoder(max_side=4096, size=28)
+decoder = ImageDecoder(ServerSettings().max_image_side, MetaNetConfig().image_size)
 tasks: dict[str, tuple[np.ndarray, list[str]]] = {}  # task id -> (pixels [n, 784] float32, labels)
 decode_thread = ThreadPoolExecutor(1)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.config import MetaNetConfig
 from server.config import ServerSettings
 from server.images import ImageDecoder
 from server.protocol import ClassifyResult, LabelScore, Prediction
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = ServerSettings()
     drawings = [b64(d) for character in omniglot("Tibetan", 16, 16) for d in character]  # 256 PNGs
-    decoder = ImageDecoder(settings.max_image_side, 28)
+    decoder = ImageDecoder(settings.max_image_side, MetaNetConfig().image_size)
     result = answer(np.random.default_rng(0))
     response = ClassifyResponse.of("task", result)
     body = response.model_dump_json().encode()

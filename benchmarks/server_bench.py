@@ -45,6 +45,7 @@ import torch
 from tqdm import tqdm
 
 from model.compact import FastWeightRows
+from model.config import MetaNetConfig
 from model.inference import MetaNetPredictor, TaskMemory
 from model.onnx_backend import default_onnx_path
 from server.config import ServerSettings
@@ -458,7 +459,7 @@ def main() -> None:
     threads = ServerSettings().torch_threads  # as in a server worker
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
-    decoder = ImageDecoder(max_side=4096, size=28)
+    decoder = ImageDecoder(ServerSettings().max_image_side, MetaNetConfig().image_size)
     images = np.stack([[decoder.decode(image, "image") for image in row[:20]] for row in chars[:100]])
     onnx_path = default_onnx_path(CHECKPOINT, REPO / ServerSettings().onnx_dir)
     storage = ServerSettings().storage_policy(args.device)  # as in a server worker

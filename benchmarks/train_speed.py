@@ -44,17 +44,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from model import MetaNet, MetaNetConfig, fused_d
+from model import MetaNet, MetaNetConfig
 from training.data import DEFAULT_DATA
+from training.devices import default_compile, default_episodes_per_step, default_tasks_per_forward
 from training.episodes import DeviceEpisodeSampler, load_split
-from training.evaluate import default_batch, task_accuracies
-from training.train import EpisodeModel, train_step
+from training.evaluate import task_accuracies
+from training.recipe import read_recipe
+from training.train import DEFAULT_CLIP, EpisodeModel, add_episode_flags, train_step
 from training.train_keys import episode_loss, key_parameters
 from training.train_keys import train_step as keys_train_step
 
-KEYS_WAY, KEYS_QUERIES = 60, 5  # configs/keys-*.toml
-
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "results"
+KEYS_RECIPE = REPO / "configs" / "keys-standard.toml"  # the episode that --stage keys times
 
 
 def conv_backward_flops(grad_out_shape, x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
@@ -74,7 +76,7 @@ def step_flops(config: MetaNetConfig, sampler: DeviceEpisodeSampler, device: tor
     optimizer = torch.optim.Adam(model.parameters())
     mapping = {torch.ops.aten.convolution_backward: conv_backward_flops}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        train_step(EpisodeModel(model), optimizer, sampler.sample(), 10.0)
+        train_step(EpisodeModel(model), optimizer, sampler.sample(), DEFAULT_CLIP)
     return counter.get_total_flops()
 
 
@@ -101,11 +103,11 @@ def profile_steps(model: MetaNet, sampler: DeviceEpisodeSampler, device: torch.d
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     net = EpisodeModel(model)
-    train_step(net, optimizer, sampler.sample(), 10.0)
+    train_step(net, optimizer, sampler.sample(), DEFAULT_CLIP)
     sync(device)
     with profile(activities=activities, record_shapes=True) as profiler:
         for _ in range(3):
-            train_step(net, optimizer, sampler.sample(), 10.0)
+            train_step(net, optimizer, sampler.sample(), DEFAULT_CLIP)
         sync(device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = profiler.key_averages(group_by_input_shape=True).table(
@@ -145,27 +147,29 @@ def training_speed(
 
     began = time.perf_counter()
     for _ in range(args.warmup):
-        train_step(net, optimizer, sampler.sample(), 10.0)
+        train_step(net, optimizer, sampler.sample(), DEFAULT_CLIP)
     warmed = clock()
     for _ in range(steps):
-        train_step(net, optimizer, sampler.sample(), 10.0)
+        train_step(net, optimizer, sampler.sample(), DEFAULT_CLIP)
     return steps * batch / (clock() - warmed), warmed - began
 
 
 def keys_speed(args: argparse.Namespace, device: torch.device) -> dict:
     """Stage 1's step (``training.train_keys``): images/s against the floor of its arithmetic."""
+    recipe = read_recipe(KEYS_RECIPE)
+    way, queries = recipe["way"], recipe["queries"]
     torch.manual_seed(0)
     model = MetaNet(MetaNetConfig(signed_keys=True)).to(device)
     optimizer = torch.optim.Adam(key_parameters(model))
     pool = load_split("standard", "train", args.data)
-    sampler = DeviceEpisodeSampler(pool, KEYS_WAY, 1, KEYS_QUERIES, 1, device, 0, KEYS_WAY)
+    sampler = DeviceEpisodeSampler(pool, way, 1, queries, 1, device, 0, way)
     rng = torch.Generator(device).manual_seed(0)
     compiled = torch.compile(episode_loss, dynamic=False)
 
     def step(loss_fn) -> None:
-        keys_train_step(model, optimizer, sampler.sample(), 1.0, rng, loss_fn)
+        keys_train_step(model, optimizer, sampler.sample(), recipe["augment"], rng, loss_fn)
 
-    images = KEYS_WAY * (1 + KEYS_QUERIES)
+    images = way * (1 + queries)
     steps = args.steps or 20
     began = time.perf_counter()
     for _ in range(max(args.warmup, 2)):
@@ -183,7 +187,7 @@ def keys_speed(args: argparse.Namespace, device: torch.device) -> dict:
     flops = c.get_total_flops() / images
     rate = matmul_rate(device)
     return {
-        "stage": f"keys: {KEYS_WAY}-way prototypical episodes, 1 support + {KEYS_QUERIES} queries per class",
+        "stage": f"keys: {way}-way prototypical episodes, 1 support + {queries} queries per class",
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or "cpu",
@@ -222,27 +226,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--way", type=int, default=5)
-    parser.add_argument("--shot", type=int, default=1)
-    parser.add_argument("--queries", type=int, default=10)
-    parser.add_argument("--task-examples", type=int, default=20, help="T: support examples d reads")
-    parser.add_argument("--batch", type=int, default=None, help="episodes per step (cpu 1, cuda 16)")
+    add_episode_flags(parser)
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: ~30 episodes)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--compile", choices=["none", "d", "all"], default=None, help="cpu: d, cuda: all")
     parser.add_argument("--eval-tasks", type=int, default=None, help="evaluation tasks to time")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--processes", type=int, default=1, help="data-parallel gloo ranks on the CPU, 1 thread each"
-    )
-    parser.add_argument(
-        "--d-bf16", action="store_true", help="d's arithmetic in bfloat16 (training.train --d-bf16)"
-    )
-    parser.add_argument(
-        "--d-kernel",
-        choices=fused_d.KERNELS,
-        default="auto",
-        help="auto: d by its fused kernel on a CPU (model/fused_d.py); torch: as PyTorch operations",
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Omniglot zips and splits/")
     parser.add_argument("--json", type=Path, default=None)
@@ -267,9 +257,9 @@ def main() -> None:
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"saved {path}")
         return
-    batch = args.batch or (16 if device.type == "cuda" else 1)
+    batch = args.batch or default_episodes_per_step(device)
     steps = args.steps or max(3, math.ceil(30 / batch))
-    compile_mode = args.compile or ("all" if device.type == "cuda" else "d")
+    compile_mode = args.compile or default_compile(device)
     if args.processes > 1:
         measured, warmup_s = data_parallel_speed(args, batch, steps, compile_mode)
     else:
@@ -293,7 +283,7 @@ def main() -> None:
     if args.profile:
         profile_steps(model, sampler, device, args.profile)
 
-    eval_batch = default_batch(device)
+    eval_batch = default_tasks_per_forward(device)
     eval_tasks = args.eval_tasks or 8 * eval_batch
     val_pool = load_split("vinyals", "val", args.data)
     task_accuracies(model, val_pool, args.way, args.shot, 5, eval_batch, 0, device)  # warm-up

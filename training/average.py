@@ -17,8 +17,6 @@ when it beats ``--like`` on the figure the run selects by (``recipe.select``), e
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
 import torch
@@ -28,8 +26,9 @@ from model.checkpoint import read_metadata, save_checkpoint, training_metadata
 from model.config import MetaNetConfig
 from model.metanet import MetaNet
 from training.data import DEFAULT_DATA
+from training.devices import default_compile, default_device
 from training.episodes import load_split, validation_alphabets
-from training.evaluate import default_device
+from training.recipe import recorded_command
 from training.snapshots import run_snapshots, snapshot_episodes
 from training.validation import validate
 
@@ -64,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    command = "python -m training.average " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = recorded_command("training.average", argv)
     run_dir = args.run_dir or args.like.parent
     paths = run_snapshots(run_dir)
     paths = paths[-args.last :] if args.last else paths
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     model = MetaNet(MetaNetConfig.from_dict(metadata["config"]))
     model.load_state_dict(average_states([load_file(str(p)) for p in paths]))
     device = torch.device(args.device)
-    model.to(device).compile_meta_learners("all" if device.type == "cuda" else "d")
+    model.to(device).compile_meta_learners(default_compile(device))
 
     held_out = validation_alphabets(metadata)
     pool = load_split(metadata["split"], "val", args.data, held_out=held_out)

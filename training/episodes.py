@@ -56,6 +56,24 @@ def validation_alphabets(metadata: dict[str, Any]) -> tuple[str, ...]:
     return tuple(metadata.get("validation_alphabets", FIRST_VALIDATION_ALPHABETS))
 
 
+def held_out_alphabets(
+    split: str, chosen: Sequence[str] | None, init_metadata: dict[str, Any] | None
+) -> tuple[str, ...]:
+    """A training run's validation alphabets: ``chosen`` (``--validation-alphabets``, standard split
+    only), else those its starting checkpoint was trained without, else
+    ``STANDARD_VALIDATION_ALPHABETS``. Chosen ones must be among the starting checkpoint's: it
+    cannot be validated on alphabets it was trained on."""
+    start = STANDARD_VALIDATION_ALPHABETS if init_metadata is None else validation_alphabets(init_metadata)
+    if not chosen:
+        return start
+    if split != "standard":
+        raise SystemExit("--validation-alphabets applies to the standard split only")
+    if init_metadata is not None and not set(chosen) <= set(start):
+        trained = sorted(set(chosen) - set(start))
+        raise SystemExit(f"the starting checkpoint was trained on {trained}: they cannot validate it")
+    return tuple(chosen)
+
+
 @dataclass
 class ClassPool:
     """Classes to draw episodes from: ``images`` [chars, 20, 28, 28] (drawing j of every character

@@ -45,6 +45,7 @@ from model.checkpoint import load_checkpoint, metadata_path, read_metadata
 from model.metanet import MetaNet
 from model.novelty import OpenSetCalibration
 from training.data import DEFAULT_DATA
+from training.devices import default_device, default_tasks_per_forward
 from training.episodes import (
     ClassPool,
     Episode,
@@ -65,11 +66,6 @@ class TaskAccuracies:
 
     full: np.ndarray
     attention: np.ndarray
-
-
-def default_batch(device: torch.device | str) -> int:
-    """Tasks per forward pass: many on a GPU; on a CPU one at a time measured fastest (cache)."""
-    return 32 if torch.device(device).type == "cuda" else 1
 
 
 @torch.no_grad()
@@ -125,7 +121,13 @@ def task_accuracies(
     else:
         raise ValueError(f"unknown protocol {protocol!r}")
     return episode_accuracies(
-        model, episodes, tasks, batch or default_batch(device), device, progress, f"{way}-way {protocol}"
+        model,
+        episodes,
+        tasks,
+        batch or default_tasks_per_forward(device),
+        device,
+        progress,
+        f"{way}-way {protocol}",
     )
 
 
@@ -213,7 +215,7 @@ def evaluate_open_set(args: argparse.Namespace, model: MetaNet, pool: ClassPool)
         args.tasks,
         args.seed,
         args.device,
-        args.batch or default_batch(args.device),
+        args.batch or default_tasks_per_forward(args.device),
         metadata,
         args.queries,
         args.unknown,
@@ -275,10 +277,6 @@ def evaluate_all_classes(args: argparse.Namespace, model: MetaNet, pool: ClassPo
         f"top-1 {result['top1']:.2f}% ± {result['top1_ci95']:.2f}, top-5 {result['top5']:.2f}%; "
         f"attention only: top-1 {result['attention_top1']:.2f}%, top-5 {result['attention_top5']:.2f}%"
     )
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,6 +26,7 @@ from model.checkpoint import load_checkpoint, metadata_path, read_metadata
 from model.metanet import MetaNet
 from model.novelty import SCORE, OpenSetCalibration
 from training.data import DEFAULT_DATA
+from training.devices import default_device
 from training.episodes import ClassPool, load_split, validation_alphabets
 from training.novelty_scores import open_set_outputs
 from training.open_set_metrics import summarize_open_set
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--queries", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--batch", type=int, default=1, help="tasks per forward pass")
     parser.add_argument(
         "--compile",

@@ -10,9 +10,17 @@ silently drift from the command that reads it.
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
+
+
+def recorded_command(module: str, argv: list[str] | None) -> str:
+    """The command line a checkpoint records as its ``command`` (``argv`` None: this process's),
+    in the form ``tests/metanet/test_recipes.py`` parses back."""
+    return f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else argv)
 
 
 def read_recipe(path: Path) -> dict[str, Any]:

@@ -28,9 +28,7 @@ import csv
 import math
 import os
 import platform
-import shlex
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -51,19 +49,20 @@ from model.config import MetaNetConfig
 from model.fast_weights import init_quiet
 from model.metanet import MetaNet
 from training.data import DEFAULT_DATA
+from training.devices import default_compile, default_device, default_episodes_per_step
 from training.episodes import (
     STANDARD_VALIDATION_ALPHABETS,
     DeviceEpisodeSampler,
     Episode,
+    held_out_alphabets,
     load_split,
-    validation_alphabets,
 )
-from training.evaluate import default_device
 from training.plots import plot_learning_curve
-from training.recipe import parse_with_recipe
+from training.recipe import parse_with_recipe, recorded_command
 from training.snapshots import clear_snapshots, save_snapshot
 from training.validation import validate
 
+DEFAULT_CLIP = 10.0  # the gradient-norm clip of the original code, both stages
 # how often the loop reads its clock and the stop signal (a broadcast under torchrun), in steps
 CLOCK_EVERY_STEPS = 10
 
@@ -212,6 +211,30 @@ def revive_silent_heads(model: MetaNet) -> None:
             init_quiet(head)
 
 
+def add_episode_flags(parser: argparse.ArgumentParser) -> None:
+    """The episode and engine flags, with their defaults, of this command and of
+    ``benchmarks.train_speed`` (which times this engine)."""
+    parser.add_argument("--way", type=int, default=5)
+    parser.add_argument("--shot", type=int, default=1)
+    parser.add_argument("--queries", type=int, default=10, help="query images per class in each episode")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="episodes per step and process (default: cpu 1, cuda 16)"
+    )
+    parser.add_argument("--task-examples", type=int, default=20, help="T: support examples d reads")
+    parser.add_argument(
+        "--compile", choices=["none", "d", "all"], default=None, help="default: by device, cpu d, cuda all"
+    )
+    parser.add_argument(
+        "--d-bf16", action="store_true", help="d's arithmetic in bfloat16 (faster; accuracy not yet shown)"
+    )
+    parser.add_argument(
+        "--d-kernel",
+        choices=fused_d.KERNELS,
+        default="auto",
+        help="auto: d by its fused kernel on a CPU (model/fused_d.py); torch: as PyTorch operations",
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -221,19 +244,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--split", choices=["vinyals", "standard"], default="vinyals")
     parser.add_argument("--variant", choices=["metanet", "minus", "plus"], default="metanet")
-    parser.add_argument("--way", type=int, default=5)
-    parser.add_argument("--shot", type=int, default=1)
-    parser.add_argument("--queries", type=int, default=10, help="query images per class in each episode")
-    parser.add_argument(
-        "--batch", type=int, default=None, help="episodes per step and process (cpu 1, cuda 16)"
-    )
+    add_episode_flags(parser)
     parser.add_argument("--episodes", type=int, default=20_000, help="episodes in all (every process)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
     parser.add_argument("--warmup-steps", type=int, default=50)
-    parser.add_argument("--clip", type=float, default=10.0)
-    parser.add_argument("--task-examples", type=int, default=20, help="T: support examples d reads")
+    parser.add_argument("--clip", type=float, default=DEFAULT_CLIP, help="gradient norm clip")
     parser.add_argument("--signed-keys", action="store_true", help="memory keys before u's last ReLU")
     parser.add_argument("--relative-fast-weights", action="store_true", help="fast weights m(g) - m(0)")
     parser.add_argument("--attention-loss", type=float, default=0.0, help="weight of the auxiliary loss")
@@ -271,16 +288,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="standard split: background alphabets held out of training for validation and the "
         "open-set calibration (default: the --init-from checkpoint's, else "
         f"{', '.join(STANDARD_VALIDATION_ALPHABETS)})",
-    )
-    parser.add_argument("--compile", choices=["none", "d", "all"], default=None, help="cpu: d, cuda: all")
-    parser.add_argument(
-        "--d-bf16", action="store_true", help="d's arithmetic in bfloat16 (faster; accuracy not yet shown)"
-    )
-    parser.add_argument(
-        "--d-kernel",
-        choices=fused_d.KERNELS,
-        default="auto",
-        help="auto: d by its fused kernel on a CPU (model/fused_d.py); torch: as PyTorch operations",
     )
     parser.add_argument("--val-every", type=int, default=500, help="episodes between validations")
     parser.add_argument("--val-tasks", type=int, default=200)
@@ -353,7 +360,7 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    command = "python -m training.train " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = recorded_command("training.train", argv)
     with stop_on_signals() as stop:
         run_training(args, command, stop)
 
@@ -366,7 +373,7 @@ def run_training(args: argparse.Namespace, command: str, stop: threading.Event) 
     if lead:
         run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)  # same initial weights on every rank
-    batch = args.batch or (16 if device.type == "cuda" else 1)
+    batch = args.batch or default_episodes_per_step(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -381,20 +388,12 @@ def run_training(args: argparse.Namespace, command: str, stop: threading.Event) 
     )
     model = MetaNet(config).to(device)
     init_metadata = None
-    held_out = STANDARD_VALIDATION_ALPHABETS
     if args.init_from:
         model.load_state_dict(load_file(str(args.init_from)))
         revive_silent_heads(model)
         init_metadata = training_metadata(read_metadata(args.init_from))
-        held_out = validation_alphabets(init_metadata)
-    if args.validation_alphabets:
-        if args.split != "standard":
-            raise SystemExit("--validation-alphabets applies to the standard split only")
-        if args.init_from and not set(args.validation_alphabets) <= set(held_out):
-            trained = sorted(set(args.validation_alphabets) - set(held_out))
-            raise SystemExit(f"{args.init_from} was trained on {trained}: they cannot validate it")
-        held_out = tuple(args.validation_alphabets)
-    compile_mode = args.compile or ("all" if device.type == "cuda" else "d")
+    held_out = held_out_alphabets(args.split, args.validation_alphabets, init_metadata)
+    compile_mode = args.compile or default_compile(device)
     model.compile_meta_learners(compile_mode)
     model.d_dtype = torch.bfloat16 if args.d_bf16 else None
     model.d_kernel = args.d_kernel

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import shlex
-import sys
 import threading
 import time
 from pathlib import Path
@@ -40,15 +38,11 @@ from model.checkpoint import read_metadata, save_checkpoint, training_metadata
 from model.config import MetaNetConfig
 from model.metanet import MetaNet
 from training.data import DEFAULT_DATA
-from training.episodes import (
-    STANDARD_VALIDATION_ALPHABETS,
-    DeviceEpisodeSampler,
-    load_split,
-    validation_alphabets,
-)
+from training.devices import default_device
+from training.episodes import DeviceEpisodeSampler, held_out_alphabets, load_split
 from training.plots import plot_learning_curve
-from training.recipe import parse_with_recipe
-from training.train import hardware, learning_rate, stop_on_signals
+from training.recipe import parse_with_recipe, recorded_command
+from training.train import DEFAULT_CLIP, hardware, learning_rate, stop_on_signals
 
 METRICS = ["episode", "images", "elapsed_s", "lr", "train_loss", "train_accuracy", "val_accuracy", "val_ci95"]
 KEY_PARAMETERS = ("rep.", "log_attention_scale")  # what this stage trains
@@ -65,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--augment", type=float, default=1.0, help="strength of the random affine (0: off)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup-steps", type=int, default=100)
-    parser.add_argument("--clip", type=float, default=10.0)
+    parser.add_argument("--clip", type=float, default=DEFAULT_CLIP, help="gradient norm clip")
     parser.add_argument("--steps", type=int, default=1_000_000, help="episodes in all (or --max-minutes)")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-time budget, across resumes")
     parser.add_argument("--val-every", type=int, default=500, help="steps between validations")
@@ -122,7 +116,7 @@ def episode_loss(model: MetaNet, support: torch.Tensor, query: torch.Tensor, lab
 
 
 def train_step(
-    model, optimizer, episode, strength: float, rng: torch.Generator, loss_fn=episode_loss, clip=10.0
+    model, optimizer, episode, strength: float, rng: torch.Generator, loss_fn=episode_loss, clip=DEFAULT_CLIP
 ):
     """One optimizer step on a one-episode batch (``DeviceEpisodeSampler``), its drawings augmented.
     Returns detached (loss, accuracy)."""
@@ -150,7 +144,7 @@ def validate(model: MetaNet, sampler: DeviceEpisodeSampler, tasks: int) -> dict[
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    command = "python -m training.train_keys " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = recorded_command("training.train_keys", argv)
     with stop_on_signals() as stop:
         run(args, command, stop)
 
@@ -159,19 +153,18 @@ def run(args: argparse.Namespace, command: str, stop: threading.Event) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    device = torch.device("cpu") if not torch.cuda.is_available() else torch.device("cuda")
+    device = torch.device(default_device())
     run_dir = args.run_dir or args.out.parent
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    init_metadata, held_out = None, tuple(args.validation_alphabets or STANDARD_VALIDATION_ALPHABETS)
+    init_metadata = None
     if args.init_from:
         init_metadata = training_metadata(read_metadata(args.init_from))
         model = MetaNet(MetaNetConfig.from_dict(read_metadata(args.init_from)["config"]))
         model.load_state_dict(load_file(str(args.init_from)))
-        if args.split == "standard" and not args.validation_alphabets:
-            held_out = validation_alphabets(init_metadata)
     else:
         model = MetaNet(MetaNetConfig(signed_keys=True, max_task_examples=5))
+    held_out = held_out_alphabets(args.split, args.validation_alphabets, init_metadata)
     model.to(device)
     optimizer = torch.optim.Adam(key_parameters(model), lr=args.lr)
 
