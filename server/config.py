@@ -107,7 +107,7 @@ class ServerSettings(BaseSettings):
 
     # Admission and fairness (docs/SERVER.md, "Admission and fairness"); GET /info publishes them.
     queue_deadline: float = Field(
-        5.0, gt=0, description="seconds a request may wait for the inference workers before it starts"
+        5.0, gt=0, description="seconds within which a classify is answered, a support started, or refused"
     )
     queue_quantum: int = Field(
         32, ge=1, description="images a tenant is served per turn; classify requests run in parts this size"

@@ -184,9 +184,9 @@ def task_router(
     ) -> ClassifyResponse:
         """One prediction per image, in request order, with the task version used. While the task's
         memory is being built the call waits for it, up to ``METANET_BUILD_WAIT`` seconds, then answers
-        503 ``task_building`` with a Retry-After header. A request that cannot start within
-        ``METANET_QUEUE_DEADLINE`` is refused at once: 429 ``over_share`` or 503 ``overloaded``, with
-        Retry-After."""
+        503 ``task_building`` with a Retry-After header. A request that cannot be answered within
+        ``METANET_QUEUE_DEADLINE`` of its arrival is refused, at once if the queue shows it: 429
+        ``over_share`` or 503 ``overloaded``, with Retry-After."""
         check_count(len(body.images))
         with dispatcher.admit(tenant, len(body.images), arrived) as reservation:
             images = await decode_images(

@@ -219,7 +219,9 @@ class Queue(BaseModel):
     """How the inference queue admits and shares work (``METANET_QUEUE_*``; docs/SERVER.md, "Admission
     and fairness")."""
 
-    queue_deadline: float = Field(description="seconds a request may wait before it starts; else 429/503")
+    queue_deadline: float = Field(
+        description="seconds within which a classify is answered (a support started); else 429/503"
+    )
     queue_quantum: int = Field(description="images a tenant is served per turn of the round robin")
 
 
