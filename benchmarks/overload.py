@@ -3,7 +3,8 @@ by one tenant while another tenant and a monitor keep calling (docs/SERVER.md, "
 fairness").
 
 Phases, in one run against one server process:
-  1. unloaded: one client sends 256-image classifies back to back for ``--baseline-seconds``
+  1. unloaded: ``--baseline-clients`` (4) clients send 256-image classifies back to back for
+     ``--baseline-seconds``: the server's throughput when busy but not overloaded
      (images/s), then a probe of 1-image classifies and /health alone (latency);
   2. overload: ``--clients`` clients of tenant "heavy" each send 256-image classifies for
      ``--seconds`` (from a process of their own); a refused request (429 or 503) is sent again after
@@ -117,10 +118,15 @@ def served_images(record: list, images: int) -> int:
     return sum(images for _, _, status, _, _ in record if status == 200)
 
 
-async def unloaded(url: str, heavy_body: bytes, probe_body: bytes, seconds: float) -> dict:
+async def unloaded(url: str, heavy_body: bytes, probe_body: bytes, seconds: float, clients: int) -> dict:
     record: list = []
     started = time.monotonic()
-    await classify_loop(url, KEYS["heavy"], heavy_body, 256, started + seconds, record, True)
+    await asyncio.gather(
+        *(
+            classify_loop(url, KEYS["heavy"], heavy_body, 256, started + seconds, record, True)
+            for _ in range(clients)
+        )
+    )
     wall = time.monotonic() - started
     probe: list = []
     health: list[float] = []
@@ -129,7 +135,9 @@ async def unloaded(url: str, heavy_body: bytes, probe_body: bytes, seconds: floa
         classify_loop(url, KEYS["probe"], probe_body, 1, until, probe, True), health_loop(url, until, health)
     )
     return {
+        "clients": clients,
         "images_per_s": served_images(record, 256) / wall,
+        "refused": sum(1 for r in record if r[2] != 200),
         "request_256": summary([e for _, e, s, _, _ in record if s == 200]),
         "probe_1_image": summary([e for _, e, s, _, _ in probe if s == 200]),
         "health": summary(health),
@@ -206,7 +214,9 @@ async def run(args: argparse.Namespace) -> dict:
             info = httpx.get(f"{server.url}/info", timeout=60).json()
             await setup(server.url, chars)
             print("unloaded ...", file=sys.stderr)
-            base = await unloaded(server.url, heavy_body, probe_body, args.baseline_seconds)
+            base = await unloaded(
+                server.url, heavy_body, probe_body, args.baseline_seconds, args.baseline_clients
+            )
             print(f"  {base['images_per_s']:.0f} images/s", file=sys.stderr)
             print(
                 f"overload: {args.clients} clients x 256 images for {args.seconds:g} s ...", file=sys.stderr
@@ -238,6 +248,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--baseline-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--baseline-clients",
+        type=int,
+        default=4,
+        help="clients of the unloaded phase: enough to keep the "
+        "worker busy (decoding overlaps inference), too few to be refused",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/overload.json")
     args = parser.parse_args()
     report = asyncio.run(run(args))
