@@ -395,6 +395,7 @@ def run(
         "unexpected": stats.unexpected,
         "export_mismatches": stats.export_mismatches,
         "rss": samples,
+        "rss_drift": rss_drift(samples, minutes, kill_every or 10.0),
         "acknowledged": {
             "tasks": sum(v["tasks"] for v in verified),
             "examples": sum(v["examples"] for v in verified),
@@ -413,6 +414,22 @@ def run(
     return report
 
 
+def rss_drift(samples: list[dict], minutes: float, window: float) -> dict | None:
+    """Mean resident memory over the last ``window`` minutes against the ``window`` minutes after the
+    first (warm-up) one; with a restart every ``window`` minutes, both are one whole life of a restarted
+    server. None for a run too short to have both."""
+    early = [s["rss_mib"] for s in samples if window <= s["minute"] < 2 * window]
+    late = [s["rss_mib"] for s in samples if minutes - window <= s["minute"] < minutes]
+    if minutes < 3 * window or not early or not late:
+        return None
+    before, after = float(np.mean(early)), float(np.mean(late))
+    return {
+        "minutes": [[window, 2 * window], [minutes - window, minutes]],
+        "mean_rss_mib": [round(before, 1), round(after, 1)],
+        "change": round(after / before - 1, 4),
+    }
+
+
 def summary(report: dict) -> str:
     lines = [f"{'call':<14}{'calls':>7}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'max ms':>10}"]
     for op, row in report["latency"].items():
@@ -429,6 +446,13 @@ def summary(report: dict) -> str:
     )
     mismatches = len(report["export_mismatches"])
     lines.append(f"unexpected answers: {len(report['unexpected'])}; export mismatches: {mismatches}")
+    if drift := report.get("rss_drift"):
+        (a, b), (c, d) = drift["minutes"]
+        before, after = drift["mean_rss_mib"]
+        lines.append(
+            f"server RSS, mean over minutes {a:g}-{b:g}: {before:.0f} MiB, over {c:g}-{d:g}: {after:.0f} MiB "
+            f"({drift['change']:+.1%})"
+        )
     lines.append("OK" if report["ok"] else "FAILED")
     return "\n".join(lines)
 
