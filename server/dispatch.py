@@ -130,12 +130,12 @@ class Dispatcher:
 
         return run
 
-    def _late(self, tenant: str) -> ServiceError:
-        """The refusal of a request that did not start by its deadline."""
+    def _late(self, tenant: str, missed: str = "start") -> ServiceError:
+        """The refusal of a request that did not ``missed`` ("start", "be answered") by its deadline."""
         if (refusal := self.admission.check(tenant)) is not None:
             return self._refused(refusal)
         deadline = self.admission.deadline
-        return Overloaded(f"the request did not start within {deadline:g} s (METANET_QUEUE_DEADLINE)", 1.0)
+        return Overloaded(f"the request did not {missed} within {deadline:g} s (METANET_QUEUE_DEADLINE)", 1.0)
 
     def _refused(self, refusal: Refusal) -> ServiceError:
         deadline = self.admission.deadline
@@ -157,7 +157,7 @@ class Dispatcher:
         """The images in parts, answered together. Parts answered from different versions of the task (a
         support landed between them) are asked again, so that all predictions use one version.
 
-        A classify not answered by its deadline (from its admission) is refused like one that could not
+        A classify not answered by its deadline (from its arrival) is refused like one that could not
         start, unless it waited for its task's memory to be built (``build_wait`` bounds that): its parts
         are abandoned (a worker drops a part that has not started; the answer of one that has goes to
         nobody). The admission estimate makes this rare; it bounds what an estimate error costs."""
@@ -168,7 +168,7 @@ class Dispatcher:
                 return await self._classify(work, reservation, lambda: answer_by.reschedule(None))
         except TimeoutError:
             if answer_by.expired():
-                raise self._late(work.tenant) from None
+                raise self._late(work.tenant, "be answered") from None
             raise
 
     async def _classify(
