@@ -114,19 +114,23 @@ class Dispatcher:
                 )
             except GateExpired:
                 raise self._late(tenant) from None
+            holding = True
             try:
                 if self._decode_thread is None:
                     self._decode_thread = ThreadPoolExecutor(1, thread_name_prefix="decode")
                 results = []
                 for i, (images, decode) in enumerate(chunks):
                     if i:  # started: no deadline
+                        holding = False  # cancelled while waiting, it does not hold the gate
                         await self.decode_gate.pass_on(Ticket(tenant, images, request))
+                        holding = True
                     results.append(
                         await asyncio.get_running_loop().run_in_executor(self._decode_thread, decode)
                     )
                 return results
             finally:
-                self.decode_gate.leave()
+                if holding:
+                    self.decode_gate.leave()
 
         return run
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
 from server.admission import Admission, FairGate, FairQueue, GateExpired, Ticket, parts
 from server.auth import KeyRing
+from server.dispatch import Dispatcher, Reservation
 from server.protocol import RateLimited
 from server.quotas import RateLimiter, TenantQuota, TenantQuotas, TokenBucket
 
@@ -259,3 +261,41 @@ def test_fair_gate_finishes_a_started_request_before_its_tenants_next() -> None:
 
     # Chunk by chunk in turn, both would finish at the end; "a" finishes first instead.
     assert asyncio.run(scenario()) == ["a-0", "a-1", "a-2", "b-0", "b-1", "b-2"]
+
+
+def test_a_request_cancelled_between_its_chunks_does_not_release_the_gate_it_passed_on() -> None:
+    """A client that goes away while its request waits for its next chunk's turn must not let a third
+    request through while the one it passed the gate to still decodes."""
+    dispatcher = Dispatcher(None, Admission(deadline=60.0, quantum=32, initial_rate=100.0), None, 60.0, 256)
+
+    async def scenario() -> list[str]:
+        inside: list[str] = []
+        release = asyncio.Event()
+
+        def chunk(name: str) -> Callable[[], str]:
+            def decode() -> str:
+                inside.append(name)
+                return name
+
+            return decode
+
+        def reservation(tenant: str) -> Reservation:
+            return Reservation(dispatcher.admission, tenant, 64, time.monotonic(), time.monotonic() + 60)
+
+        gone = asyncio.create_task(
+            dispatcher.decoding(reservation("a"))([(32, chunk("a0")), (32, chunk("a1"))])
+        )
+        await asyncio.sleep(0)  # "a" holds the gate, decoding a0 on the decode thread
+        await dispatcher.decode_gate.enter(Ticket("b", 32, "b"))  # "b" waits, then gets the turn after a0
+        gone.cancel()  # "a" waits for a1's turn: its client went away
+        await asyncio.gather(gone, return_exceptions=True)
+        third = asyncio.create_task(dispatcher.decode_gate.enter(Ticket("c", 32, "c")))
+        await asyncio.sleep(0.05)
+        assert not third.done()  # "b" still holds the gate
+        dispatcher.decode_gate.leave()  # "b" is done
+        await third
+        dispatcher.decode_gate.leave()
+        release.set()
+        return inside
+
+    assert asyncio.run(scenario()) == ["a0"]
