@@ -417,7 +417,9 @@ def run(
 def rss_drift(samples: list[dict], minutes: float, window: float) -> dict | None:
     """Mean resident memory over the last ``window`` minutes against the ``window`` minutes after the
     first (warm-up) one; with a restart every ``window`` minutes, both are one whole life of a restarted
-    server. None for a run too short to have both."""
+    server (samples taken while it restarts left out). None for a run too short to have both."""
+    up = max((s["processes"] for s in samples), default=0)
+    samples = [s for s in samples if s["processes"] == up]  # not those taken during a restart
     early = [s["rss_mib"] for s in samples if window <= s["minute"] < 2 * window]
     late = [s["rss_mib"] for s in samples if minutes - window <= s["minute"] < minutes]
     if minutes < 3 * window or not early or not late:
