@@ -48,6 +48,22 @@ LABELS_PER_TASK = 12
 MAX_TASK_EXAMPLES = 80
 
 
+def cache_bytes(url: str) -> int | None:
+    """Bytes of task memory the server's workers cache (``metanet_memory_cache_bytes``), None if it does
+    not answer (restarting)."""
+    try:
+        page = httpx.get(f"{url}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    return int(
+        sum(
+            float(line.split()[-1])
+            for line in page.splitlines()
+            if line.startswith("metanet_memory_cache_bytes")
+        )
+    )
+
+
 def group_rss(pgid: int) -> tuple[int, int]:
     """Resident bytes of every process in process group ``pgid``, and how many processes there are."""
     total = count = 0
@@ -319,9 +335,11 @@ def run(
         with stats.lock:
             calls = sum(n for (_, status), n in stats.statuses.items() if status != "connection")
             errors = sum(n for (_, status), n in stats.statuses.items() if _is_error(status))
+        cached = cache_bytes(server.process.url) if server.up.is_set() else None
         entry = {
             "minute": round((time.monotonic() - started) / 60, 2),
             "rss_mib": round(rss / 2**20, 1),
+            "cache_mib": None if cached is None else round(cached / 2**20, 1),
             "processes": processes,
             "calls": calls,
             "errors": errors,
@@ -329,7 +347,8 @@ def run(
         }
         samples.append(entry)
         log(
-            f"  {entry['minute']:6.2f} min  server RSS {entry['rss_mib']:7.1f} MiB ({processes} processes)  "
+            f"  {entry['minute']:6.2f} min  server RSS {entry['rss_mib']:7.1f} MiB ({processes} processes; "
+            f"task memory cached {entry['cache_mib']} MiB)  "
             f"calls {calls}  errors {errors}  restarts {entry['restarts']}"
         )
 
