@@ -205,8 +205,10 @@ class Admission:
         initial_rate: float,
         share: Callable[[str], float] = equal_shares,
         rate_window: float = 2.0,
+        headroom: float = 0.8,
     ) -> None:
         self.deadline = deadline
+        self.headroom = headroom
         self.quantum = quantum
         self.rate = initial_rate
         self.share = share
@@ -236,9 +238,11 @@ class Admission:
 
     def check(self, tenant: str, images: int = 0, within: float | None = None) -> Refusal | None:
         """None if a new request of ``tenant`` with ``images`` images can start, and be answered, within
-        ``within`` seconds (default: the deadline), else why not (``images`` 0: whether any request
-        could start)."""
-        limit = self.deadline if within is None else within
+        ``headroom`` of ``within`` seconds (default: the deadline), else why not (``images`` 0: whether
+        any request could start)."""
+        # Work is let in only up to ``headroom`` of the time left: the rest is for the estimate's error,
+        # since a classify that misses its deadline is refused with its work done for nothing.
+        limit = self.headroom * (self.deadline if within is None else within)
         wait = self.wait(tenant) + images / self.rate
         if wait <= limit:
             return None

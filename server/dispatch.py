@@ -58,6 +58,12 @@ class Reservation:
         self.release()
 
 
+def _forget(task: asyncio.Future) -> None:
+    """Done callback of abandoned work: its outcome is nobody's (retrieved, so asyncio does not log it)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class Dispatcher:
     """One per HTTP process. ``refuse_early`` and ``admit`` raise a ServiceError (with Retry-After) for a
     request that must not go to the workers; ``support`` and ``classify`` run one that may."""
@@ -162,18 +168,24 @@ class Dispatcher:
         support landed between them) are asked again, so that all predictions use one version.
 
         A classify not answered by its deadline (from its arrival) is refused like one that could not
-        start, unless it waited for its task's memory to be built (``build_wait`` bounds that): its parts
-        are abandoned (a worker drops a part that has not started; the answer of one that has goes to
-        nobody). The admission estimate makes this rare; it bounds what an estimate error costs."""
+        start, unless it is waiting for its task's memory to be built (``build_wait`` bounds that). Its
+        parts are left to finish, or to be dropped by the worker if they have not started by then, and
+        count as queued until they have: admission must not let new work in on capacity that the
+        abandoned parts still hold. The admission estimate makes this rare."""
         reservation.release()  # the parts count themselves from here (no await in between)
-        answer_by = asyncio.timeout(reservation.start_by - SEND_MARGIN - time.monotonic())
-        try:
-            async with answer_by:
-                return await self._classify(work, reservation, lambda: answer_by.reschedule(None))
-        except TimeoutError:
-            if answer_by.expired():
-                raise self._late(work.tenant, "be answered") from None
-            raise
+        building = False
+
+        def waits_for_build() -> None:
+            nonlocal building
+            building = True
+
+        answering = asyncio.ensure_future(self._classify(work, reservation, waits_for_build))
+        left = reservation.start_by - SEND_MARGIN - time.monotonic()
+        done, _ = await asyncio.wait({answering}, timeout=max(left, 0.0))
+        if done or building:
+            return await answering
+        answering.add_done_callback(_forget)
+        raise self._late(work.tenant, "be answered")
 
     async def _classify(
         self, work: ClassifyWork, reservation: Reservation, building: Callable[[], None]
