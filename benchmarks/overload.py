@@ -39,7 +39,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from testkit import REPO, b64, omniglot, running_server
+from testkit import REPO, b64, latency_ms, omniglot, running_server
 
 KEYS = {"heavy": "heavy-overload-key", "probe": "probe-overload-key"}
 LABELS = 20
@@ -47,16 +47,6 @@ LABELS = 20
 
 def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
-
-
-def summary(seconds: list[float]) -> dict:
-    ms = [s * 1e3 for s in seconds]
-    return {
-        "count": len(ms),
-        "p50_ms": percentile(ms, 50),
-        "p99_ms": percentile(ms, 99),
-        "max_ms": max(ms) if ms else None,
-    }
 
 
 def metrics(url: str) -> dict[str, float]:
@@ -138,9 +128,9 @@ async def unloaded(url: str, heavy_body: bytes, probe_body: bytes, seconds: floa
         "clients": clients,
         "images_per_s": served_images(record, 256) / wall,
         "refused": sum(1 for r in record if r[2] != 200),
-        "request_256": summary([e for _, e, s, _, _ in record if s == 200]),
-        "probe_1_image": summary([e for _, e, s, _, _ in probe if s == 200]),
-        "health": summary(health),
+        "request_256": latency_ms([e for _, e, s, _, _ in record if s == 200]),
+        "probe_1_image": latency_ms([e for _, e, s, _, _ in probe if s == 200]),
+        "health": latency_ms(health),
     }
 
 
@@ -189,15 +179,15 @@ async def overload(url: str, heavy_body: bytes, probe_body: bytes, clients: int,
         # Answered within the window: requests sent before its end and answered after it count too.
         "images_per_s": (served_images(heavy, 256) + served_images(probe, 1)) / wall,
         "heavy_answers": dict(Counter(f"{r[2]} {r[4] or 'ok'}" for r in heavy)),
-        "heavy_200": summary([e for _, e, s, _, _ in heavy if s == 200]),
-        "heavy_refused": summary([e for _, e, _, _, _ in refused]),
+        "heavy_200": latency_ms([e for _, e, s, _, _ in heavy if s == 200]),
+        "heavy_refused": latency_ms([e for _, e, _, _, _ in refused]),
         "refusals_with_retry_after": sum(1 for r in refused if r[3] is not None),
         "refusals_with_json_error": sum(1 for r in refused if r[4] not in (None, "not-json")),
         "refusal_statuses": sorted({r[2] for r in refused}),
-        "probe_1_image": summary([e for _, e, s, _, _ in probe if s == 200]),
+        "probe_1_image": latency_ms([e for _, e, s, _, _ in probe if s == 200]),
         "probe_not_200": sum(1 for r in probe if r[2] != 200),
         "probe_p99_ms_per_5s": windows,
-        "health": summary(health),
+        "health": latency_ms(health),
         "server_counters": {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after},
     }
 

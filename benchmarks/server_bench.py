@@ -52,7 +52,7 @@ from server.config import ServerSettings
 from server.images import ImageDecoder
 from server.memory import TaskMemories
 from server.memory_cache import CachedTask, MemoryCache
-from testkit import CHECKPOINT, REPO, b64, free_port, omniglot, running_server
+from testkit import CHECKPOINT, REPO, b64, free_port, latency_ms, omniglot, running_server
 
 SIZES = (5, 20, 100)
 
@@ -60,17 +60,6 @@ SIZES = (5, 20, 100)
 def drawings(characters: int, drawers: int) -> list[list[str]]:
     """base64 PNGs of evaluation characters, alphabet by alphabet: [character][drawer]."""
     return [[b64(png) for png in row] for row in omniglot(None, characters, drawers)]
-
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.array(seconds) * 1e3
-    return {
-        "calls": len(ms),
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p95_ms": float(np.percentile(ms, 95)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(ms.mean()),
-    }
 
 
 def timed(http: httpx.Client, method: str, path: str, body: dict | bytes) -> float:
@@ -109,7 +98,7 @@ def bench_classify(http: httpx.Client, chars: list[list[str]], calls: int) -> di
             timed(http, "POST", f"/tasks/{task}/classify", {"images": [q]})
             for q in tqdm(queries, desc=f"classify vs {size} labels", leave=False)
         ]
-        results[str(size)] = percentiles(latencies)
+        results[str(size)] = latency_ms(latencies)
     return results
 
 
@@ -130,7 +119,7 @@ def bench_support(http: httpx.Client, chars: list[list[str]], calls: int, pool: 
             latencies.append(
                 timed(http, "POST", f"/tasks/{tasks[i % pool]}/support", {"examples": [example]})
             )
-        results[str(size)] = percentiles(latencies) | {
+        results[str(size)] = latency_ms(latencies) | {
             "task_examples_from": size,
             "task_examples_to": size + -(-calls // pool),
         }
@@ -151,7 +140,7 @@ def bench_throughput(url: str, chars: list[list[str]], clients: list[int], calls
         with ThreadPoolExecutor(n) as pool:
             latencies = [t for ts in pool.map(client, range(n), [max(1, calls // n)] * n) for t in ts]
         wall = time.perf_counter() - started
-        results[str(n)] = {"clients": n, "requests_per_s": len(latencies) / wall} | percentiles(latencies)
+        results[str(n)] = {"clients": n, "requests_per_s": len(latencies) / wall} | latency_ms(latencies)
         print(f"  {n:>3} clients: {results[str(n)]['requests_per_s']:.1f} classify/s", file=sys.stderr)
     return results
 
@@ -273,7 +262,7 @@ def floor_ms(fn, repeats: int) -> dict[str, float]:
         started = time.perf_counter()
         fn(i)
         seconds.append(time.perf_counter() - started)
-    return percentiles(seconds)
+    return latency_ms(seconds)
 
 
 def bench_compute_floor(predictor: MetaNetPredictor, images: np.ndarray, big: TaskMemory, calls: int) -> dict:
@@ -338,7 +327,7 @@ def bench_images_per_s(url: str, task: str, batch: list[str], concurrency: list[
             "clients": n,
             "images_per_request": len(batch),
             "images_per_s": len(latencies) * len(batch) / wall,
-        } | percentiles(latencies)
+        } | latency_ms(latencies)
         print(f"    {task}, {n:>2} clients: {results[str(n)]['images_per_s']:.0f} images/s", file=sys.stderr)
     return results
 

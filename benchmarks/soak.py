@@ -38,7 +38,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from testkit import REPO, ServerProcess, omniglot
+from testkit import REPO, ServerProcess, latency_ms, omniglot
 
 DOCUMENTED_503 = {"store_unavailable", "task_building", "not_ready", "overloaded"}
 DOCUMENTED_429 = {"over_share", "rate_limited"}  # admission and rate limits: sent again after Retry-After
@@ -295,17 +295,6 @@ def _is_error(status: int | str) -> bool:
     return status == "connection" or status >= 400
 
 
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.array(seconds) * 1e3
-    return {
-        "calls": len(ms),
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p95_ms": float(np.percentile(ms, 95)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "max_ms": float(ms.max()),
-    }
-
-
 def run(
     minutes: float,
     kill_every: float,
@@ -392,7 +381,7 @@ def run(
     for w in workers:
         w.http.close()
 
-    by_op = {op: percentiles(values) for op, values in sorted(stats.latencies.items())}
+    by_op = {op: latency_ms(values) for op, values in sorted(stats.latencies.items())}
     errors = Counter()
     for (op, status), n in stats.statuses.items():
         if _is_error(status):

@@ -1,8 +1,10 @@
 """Helpers shared by the tests (tests/, clients/python/tests) and the benchmarks: a real server process
-on a free port, Omniglot drawings, image files (good and malicious), and threads whose failures fail
-the caller. Installed with the project (``pip install -e .``), so every one of them imports it."""
+on a free port, Omniglot drawings, image files (good and malicious), threads whose failures fail the
+caller, and the latency summary the benchmarks report. Installed with the project
+(``pip install -e .``), so every one of them imports it."""
 
 from testkit.images import b64, decompression_bomb, png, png_chunks, support_body, zero_size_png
+from testkit.latency import latency_ms
 from testkit.omniglot import OMNIGLOT_DIR, omniglot
 from testkit.server import (
     CHECKPOINT,
@@ -26,6 +28,7 @@ __all__ = [
     "decompression_bomb",
     "free_port",
     "in_threads",
+    "latency_ms",
     "omniglot",
     "png",
     "png_chunks",
