@@ -135,8 +135,8 @@ def serve(settings: ServerSettings) -> None:
     server = build_server(settings, keys)
     _shutdown_on_sigterm()
     # Everything loaded so far (torch, the app) lives as long as the processes: kept out of the cyclic
-    # garbage collector's full passes, which would otherwise walk it in every HTTP process (pauses of
-    # a tenth of a second under load) and touch its pages after the fork.
+    # garbage collector's full passes, which would otherwise walk all of it in every HTTP process (a
+    # pause in the event loop) and touch its pages after the fork.
     gc.collect()
     gc.freeze()
     logger.info(
