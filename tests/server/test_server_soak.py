@@ -4,18 +4,13 @@ documented 503s. Slow (two minutes of traffic and two server starts): ``pytest -
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from testkit import REPO
+from benchmarks import soak
 
 
 @pytest.mark.slow
 def test_two_minute_soak_with_a_sigkill_loses_nothing(tmp_path) -> None:
-    spec = importlib.util.spec_from_file_location("soak", REPO / "benchmarks/soak.py")
-    soak = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(soak)
     report = soak.run(minutes=2, kill_every=1, clients=3, sample_every=30, data_dir=tmp_path / "data")
     print(soak.summary(report))
     acknowledged = report["acknowledged"]
