@@ -425,18 +425,32 @@ def run(
 def rss_drift(samples: list[dict], minutes: float, window: float) -> dict | None:
     """Mean resident memory over the last ``window`` minutes against the ``window`` minutes after the
     first (warm-up) one; with a restart every ``window`` minutes, both are one whole life of a restarted
-    server (samples taken while it restarts left out). None for a run too short to have both."""
+    server (samples taken while it restarts left out). Also the same for RSS less the task memory the
+    workers cache (a bounded LRU cache, so what grows beyond it is what would leak). None for a run too
+    short to have both."""
     up = max((s["processes"] for s in samples), default=0)
     samples = [s for s in samples if s["processes"] == up]  # not those taken during a restart
-    early = [s["rss_mib"] for s in samples if window <= s["minute"] < 2 * window]
-    late = [s["rss_mib"] for s in samples if minutes - window <= s["minute"] < minutes]
-    if minutes < 3 * window or not early or not late:
+
+    def change(value) -> tuple[float, float, float] | None:
+        early = [value(s) for s in samples if window <= s["minute"] < 2 * window and value(s) is not None]
+        late = [
+            value(s) for s in samples if minutes - window <= s["minute"] < minutes and value(s) is not None
+        ]
+        if not early or not late:
+            return None
+        before, after = float(np.mean(early)), float(np.mean(late))
+        return round(before, 1), round(after, 1), round(after / before - 1, 4)
+
+    rss = change(lambda s: s["rss_mib"])
+    if minutes < 3 * window or rss is None:
         return None
-    before, after = float(np.mean(early)), float(np.mean(late))
+    less_cache = change(lambda s: None if s.get("cache_mib") is None else s["rss_mib"] - s["cache_mib"])
     return {
         "minutes": [[window, 2 * window], [minutes - window, minutes]],
-        "mean_rss_mib": [round(before, 1), round(after, 1)],
-        "change": round(after / before - 1, 4),
+        "mean_rss_mib": list(rss[:2]),
+        "change": rss[2],
+        "mean_rss_less_cache_mib": None if less_cache is None else list(less_cache[:2]),
+        "change_less_cache": None if less_cache is None else less_cache[2],
     }
 
 
@@ -463,6 +477,12 @@ def summary(report: dict) -> str:
             f"server RSS, mean over minutes {a:g}-{b:g}: {before:.0f} MiB, over {c:g}-{d:g}: {after:.0f} MiB "
             f"({drift['change']:+.1%})"
         )
+        if drift["mean_rss_less_cache_mib"]:
+            before, after = drift["mean_rss_less_cache_mib"]
+            lines.append(
+                f"  less the cached task memory: {before:.0f} MiB, then {after:.0f} MiB "
+                f"({drift['change_less_cache']:+.1%})"
+            )
     lines.append("OK" if report["ok"] else "FAILED")
     return "\n".join(lines)
 
