@@ -4,6 +4,7 @@ fairness").
 
 Throughout, tenant "probe" sends 1-image classifies back to back and a monitor calls /health every
 50 ms. Phases, in one run against one server process:
+  0. warm-up: 5 s of phase 1, not measured;
   1. busy: ``--baseline-clients`` (4) clients of tenant "heavy" send 256-image classifies back to back
      for ``--baseline-seconds``: the throughput of a server kept busy without being overloaded;
      then the probe and the monitor alone (their latency on an idle server);
@@ -253,6 +254,8 @@ async def run(args: argparse.Namespace) -> dict:
         with running_server(Path(folder) / "data", "--api-keys-file", str(keys_file)) as server:
             info = httpx.get(f"{server.url}/info", timeout=60).json()
             await setup(server.url, chars)
+            # Warm-up, not measured: phase 1 then does not start on a server that has barely served.
+            await busy(server.url, heavy_body, probe_body, 5.0, args.baseline_clients)
             print("unloaded ...", file=sys.stderr)
             before = await busy(
                 server.url, heavy_body, probe_body, args.baseline_seconds, args.baseline_clients
