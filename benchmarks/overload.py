@@ -211,6 +211,7 @@ async def overload(url: str, heavy_body: bytes, probe_body: bytes, clients: int,
         await asyncio.to_thread(ready.wait)
         watchers = await watching(url)
         before = metrics(url)
+        print(f"  {clients} clients connected, flooding", file=sys.stderr)
         started = time.monotonic()  # CLOCK_MONOTONIC: the same clock in the flood's process
         until = started + seconds
         go.put(until)
@@ -238,6 +239,9 @@ async def overload(url: str, heavy_body: bytes, probe_body: bytes, clients: int,
         "probe_1_image": latency_ms([e for _, e, s, _, _ in probe if s == 200]),
         "probe_not_200": sum(1 for r in probe if r[2] != 200),
         "probe_p99_ms_per_5s": windows,
+        "probe_calls": [
+            (round(t - started, 4), round(e, 4), s) for t, e, s, _, _ in probe
+        ],  # sent, s, status
         "health": latency_ms(health),
         "server_counters": {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after},
     }

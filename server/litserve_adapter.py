@@ -35,12 +35,16 @@ that an upgrade that changes one fails there, loudly, instead of somewhere in a 
   ``litapi_request_queues`` and the answers' ``MessageTransport`` in ``_transport`` (``send(item,
   consumer_id)`` in the workers, ``areceive(consumer_id)`` in HTTP process ``consumer_id``) before any
   worker or HTTP process starts, and those get them from there; LitServe's answer task drops ``None``
-  and stops for good if ``areceive`` raises.
+  and stops for good if ``areceive`` raises;
+- and from the standard library: a ``multiprocessing.Queue`` writes its pipe through ``_writer``
+  (``enlarge_pipe`` raises that pipe's size).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import math
 import multiprocessing as mp
 import os
@@ -220,9 +224,26 @@ class DirectQueueServer(ls.LitServer):
         manager = super()._init_manager(num_api_servers)
         spawn = mp.get_context("spawn")
         for path in self.litapi_request_queues:
-            self.litapi_request_queues[path] = spawn.Queue()
+            self.litapi_request_queues[path] = queue = spawn.Queue()
+            enlarge_pipe(queue._writer.fileno())
         self._transport = PipeTransport(num_api_servers)
         return manager
+
+
+REQUEST_PIPE_BYTES = 1 << 20
+
+
+def enlarge_pipe(fd: int, size: int = REQUEST_PIPE_BYTES) -> None:
+    """Let the pipe under a request queue hold ``size`` bytes (Linux; elsewhere, or over the system's
+    limit, it keeps its default).
+
+    The queue is first-in-first-out and a worker reads it only between batches, taking all that the
+    pipe holds into its ``FairQueue``. A default pipe (64 KiB) holds two or three 32-image parts, so a
+    burst of one tenant's parts would wait in the sending process and keep another tenant's one-image
+    request behind it, out of the worker's sight, for as many batches as the burst has parts; 1 MiB
+    holds about forty. (A thread reading the queue all the time would take the GIL from inference.)"""
+    with contextlib.suppress(AttributeError, OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
 
 
 def remove_builtin_routes(server: ls.LitServer) -> None:

@@ -4,7 +4,9 @@ internal the adapter relies on (see the adapter's docstring), before a server is
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import inspect
+import multiprocessing
 import multiprocessing.queues
 import queue
 import threading
@@ -28,10 +30,12 @@ from starlette.middleware.gzip import GZipMiddleware
 from server.admission import Ticket, equal_shares
 from server.litserve_adapter import (
     LITSERVE_VERSIONS,
+    REQUEST_PIPE_BYTES,
     DirectQueueServer,
     FairBatchedLoop,
     PipeTransport,
     WorkerBridge,
+    enlarge_pipe,
     remove_builtin_routes,
     set_gzip_level,
 )
@@ -199,3 +203,15 @@ def test_the_server_queues_go_straight_between_processes() -> None:
         assert received[0] == "uid" and np.array_equal(received[1][0], long[1][0])
     finally:
         manager.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are Linux's")
+def test_a_request_queues_pipe_is_enlarged_to_hold_a_burst_of_parts() -> None:
+    """The pipe under a request queue (its ``_writer``, a stdlib internal) holds about forty 32-image
+    parts, not two: a worker that reads it between batches sees a burst, and another tenant's request
+    sent after it, at its next read."""
+    request_queue = multiprocessing.get_context("spawn").Queue()
+    enlarge_pipe(request_queue._writer.fileno())
+    assert fcntl.fcntl(request_queue._reader.fileno(), fcntl.F_GETPIPE_SZ) == REQUEST_PIPE_BYTES
+    assert REQUEST_PIPE_BYTES >= 40 * 32 * 28 * 28
+    request_queue.close()
