@@ -94,11 +94,9 @@ async def open_clients(url: str, key: str | None, count: int) -> list[httpx.Asyn
     return clients
 
 
-async def classify_loop(
-    http: httpx.AsyncClient, body: bytes, until: float, record: list, honour_retry_after: bool = True
-) -> None:
-    """Send ``body`` back to back until ``until``; ``record`` gets (sent, seconds, status, retry_after,
-    json_error) per request."""
+async def classify_loop(http: httpx.AsyncClient, body: bytes, until: float, record: list) -> None:
+    """Send ``body`` back to back until ``until``, a refused one again after its Retry-After; ``record``
+    gets (sent, seconds, status, retry_after, json_error) per request."""
     while time.monotonic() < until:
         sent = time.monotonic()
         answer = await http.post("/tasks/t/classify", content=body)
@@ -111,7 +109,7 @@ async def classify_loop(
             except (ValueError, KeyError, TypeError):
                 error = "not-json"
         record.append((sent, elapsed, answer.status_code, retry_after, error))
-        if answer.status_code in (429, 503) and retry_after and honour_retry_after:
+        if answer.status_code in (429, 503) and retry_after:
             await asyncio.sleep(min(float(retry_after), max(0.0, until - time.monotonic())))
 
 
@@ -239,9 +237,8 @@ async def overload(url: str, heavy_body: bytes, probe_body: bytes, clients: int,
         "probe_1_image": latency_ms([e for _, e, s, _, _ in probe if s == 200]),
         "probe_not_200": sum(1 for r in probe if r[2] != 200),
         "probe_p99_ms_per_5s": windows,
-        "probe_calls": [
-            (round(t - started, 4), round(e, 4), s) for t, e, s, _, _ in probe
-        ],  # sent, s, status
+        # Each probe call: seconds into the overload when sent, seconds to its answer, status.
+        "probe_calls": [(round(t - started, 4), round(e, 4), s) for t, e, s, _, _ in probe],
         "health": latency_ms(health),
         "server_counters": {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after},
     }

@@ -35,7 +35,6 @@ from server.litserve_adapter import (
     FairBatchedLoop,
     PipeTransport,
     WorkerBridge,
-    enlarge_pipe,
     remove_builtin_routes,
     set_gzip_level,
 )
@@ -207,11 +206,14 @@ def test_the_server_queues_go_straight_between_processes() -> None:
 
 @pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are Linux's")
 def test_a_request_queues_pipe_is_enlarged_to_hold_a_burst_of_parts() -> None:
-    """The pipe under a request queue (its ``_writer``, a stdlib internal) holds about forty 32-image
-    parts, not two: a worker that reads it between batches sees a burst, and another tenant's request
-    sent after it, at its next read."""
-    request_queue = multiprocessing.get_context("spawn").Queue()
-    enlarge_pipe(request_queue._writer.fileno())
-    assert fcntl.fcntl(request_queue._reader.fileno(), fcntl.F_GETPIPE_SZ) == REQUEST_PIPE_BYTES
-    assert REQUEST_PIPE_BYTES >= 40 * 32 * 28 * 28
-    request_queue.close()
+    """The pipe under the server's request queue (a stdlib queue's ``_writer`` and ``_reader``) holds about
+    forty 32-image parts, not two: a worker that reads it between batches sees a burst, and another
+    tenant's request sent after it, at its next read."""
+    server = DirectQueueServer(Echo(max_batch_size=2), accelerator="cpu")
+    manager = server._init_manager(1)
+    try:
+        for request_queue in server.litapi_request_queues.values():
+            assert fcntl.fcntl(request_queue._reader.fileno(), fcntl.F_GETPIPE_SZ) == REQUEST_PIPE_BYTES
+        assert REQUEST_PIPE_BYTES >= 40 * 32 * 28 * 28
+    finally:
+        manager.shutdown()
