@@ -19,7 +19,8 @@ Reports: images classified per second (unloaded and under overload, and their ra
 1-image latency p50/p99/max in each phase and its p99 per 5-second window of the overload; /health
 p50/p99; the heavy clients' answers by status, whether every refusal carried Retry-After and the JSON
 error body, the slowest refusal and answer (at the client); the server's own counters (refusals by
-code, work items its worker refused at the deadline, images it classified and its seconds busy).
+code, work items its worker refused at the deadline, images it classified and its seconds busy) and
+its processes' CPU seconds and page faults, with the images classified per busy second of the worker.
 Prints JSON and writes it to ``--out``.
 
     python benchmarks/overload.py                         # 64 clients x 256 images for 30 s
@@ -44,7 +45,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from testkit import REPO, b64, latency_ms, omniglot, running_server
+from testkit import REPO, ServerProcess, b64, latency_ms, omniglot, running_server
 
 KEYS = {"heavy": "heavy-overload-key", "probe": "probe-overload-key"}
 LABELS = 20
@@ -52,6 +53,43 @@ LABELS = 20
 
 def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
+
+
+def counters(server: ServerProcess) -> dict[str, float]:
+    """The server's admission counters, summed over its processes, and its processes' CPU seconds and
+    page faults (Linux; the server runs in a process group of its own)."""
+    return {**metrics(server.url), **process_group_usage(server.process.pid)}
+
+
+def process_group_usage(group: int) -> dict[str, float]:
+    """Minor page faults and user and system CPU seconds of the live processes in process group
+    ``group``, from /proc (empty elsewhere)."""
+    usage = {"process_minor_faults": 0.0, "process_user_seconds": 0.0, "process_system_seconds": 0.0}
+    if not Path("/proc/self/stat").exists():
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp
+        except OSError:
+            continue  # exited
+        if int(fields[2]) == group:
+            usage["process_minor_faults"] += int(fields[7])
+            usage["process_user_seconds"] += int(fields[11]) / tick
+            usage["process_system_seconds"] += int(fields[12]) / tick
+    return usage
+
+
+def rates(counted: dict[str, float], seconds: float) -> dict[str, float | None]:
+    """From a phase's counter deltas: the images the worker classified per second it was busy, and the
+    server processes' page faults and system (kernel) CPU seconds per second."""
+    busy = counted.get("metanet_worker_seconds_sum", 0.0)
+    classified = counted.get("metanet_classified_images_total", 0.0)
+    return {
+        "worker_images_per_busy_s": classified / busy if busy else None,
+        "minor_faults_per_s": counted.get("process_minor_faults", 0.0) / seconds,
+        "system_cpu_per_s": counted.get("process_system_seconds", 0.0) / seconds,
+    }
 
 
 def metrics(url: str) -> dict[str, float]:
@@ -146,13 +184,16 @@ async def watch(clients: tuple[httpx.AsyncClient, httpx.AsyncClient], body: byte
     return probe, health
 
 
-async def busy(url: str, heavy_body: bytes, probe_body: bytes, seconds: float, clients: int) -> dict:
+async def busy(
+    server: ServerProcess, heavy_body: bytes, probe_body: bytes, seconds: float, clients: int
+) -> dict:
     """``clients`` of tenant "heavy" sending 256-image classifies back to back for ``seconds``, with the
     probe and the monitor: the throughput of a server that is busy but refuses nothing."""
+    url = server.url
     https = await open_clients(url, KEYS["heavy"], clients)
     watchers = await watching(url)
     record: list = []
-    before = metrics(url)
+    before = counters(server)
     started = time.monotonic()
     until = started + seconds
     _, (probe, health) = await asyncio.gather(
@@ -160,7 +201,7 @@ async def busy(url: str, heavy_body: bytes, probe_body: bytes, seconds: float, c
         watch(watchers, probe_body, until),
     )
     wall = time.monotonic() - started
-    after = metrics(url)
+    after = counters(server)
     for http in https:
         await http.aclose()
     return {
@@ -170,7 +211,8 @@ async def busy(url: str, heavy_body: bytes, probe_body: bytes, seconds: float, c
         "request_256": latency_ms([e for _, e, s, _, _ in record if s == 200]),
         "probe_1_image": latency_ms([e for _, e, s, _, _ in probe if s == 200]),
         "health": latency_ms(health),
-        "server_counters": {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after},
+        "server_counters": (counted := {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}),
+        "server_rates": rates(counted, wall),
     }
 
 
@@ -199,7 +241,10 @@ def flood(url: str, body: bytes, clients: int, ready, go, out: Path) -> None:
     out.write_text(json.dumps(record))
 
 
-async def overload(url: str, heavy_body: bytes, probe_body: bytes, clients: int, seconds: float) -> dict:
+async def overload(
+    server: ServerProcess, heavy_body: bytes, probe_body: bytes, clients: int, seconds: float
+) -> dict:
+    url = server.url
     spawn = mp.get_context("spawn")
     ready, go = spawn.Event(), spawn.Queue()
     with tempfile.TemporaryDirectory() as folder:
@@ -208,7 +253,7 @@ async def overload(url: str, heavy_body: bytes, probe_body: bytes, clients: int,
         flooding.start()
         await asyncio.to_thread(ready.wait)
         watchers = await watching(url)
-        before = metrics(url)
+        before = counters(server)
         print(f"  {clients} clients connected, flooding", file=sys.stderr)
         started = time.monotonic()  # CLOCK_MONOTONIC: the same clock in the flood's process
         until = started + seconds
@@ -217,7 +262,7 @@ async def overload(url: str, heavy_body: bytes, probe_body: bytes, clients: int,
         await asyncio.to_thread(flooding.join)
         heavy = [tuple(r) for r in json.loads(records.read_text())]
     wall = time.monotonic() - started
-    after = metrics(url)
+    after = counters(server)
     refused = [r for r in heavy if r[2] != 200]
     windows = {}
     for start in np.arange(0, seconds, 5.0):
@@ -240,7 +285,8 @@ async def overload(url: str, heavy_body: bytes, probe_body: bytes, clients: int,
         # Each probe call: seconds into the overload when sent, seconds to its answer, status.
         "probe_calls": [(round(t - started, 4), round(e, 4), s) for t, e, s, _, _ in probe],
         "health": latency_ms(health),
-        "server_counters": {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after},
+        "server_counters": (counted := {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}),
+        "server_rates": rates(counted, wall),
     }
 
 
@@ -256,21 +302,17 @@ async def run(args: argparse.Namespace) -> dict:
             info = httpx.get(f"{server.url}/info", timeout=60).json()
             await setup(server.url, chars)
             # Warm-up, not measured: phase 1 then does not start on a server that has barely served.
-            await busy(server.url, heavy_body, probe_body, 5.0, args.baseline_clients)
+            await busy(server, heavy_body, probe_body, 5.0, args.baseline_clients)
             print("unloaded ...", file=sys.stderr)
-            before = await busy(
-                server.url, heavy_body, probe_body, args.baseline_seconds, args.baseline_clients
-            )
+            before = await busy(server, heavy_body, probe_body, args.baseline_seconds, args.baseline_clients)
             alone = await quiet(server.url, probe_body, min(args.baseline_seconds, 5.0))
             print(f"  {before['images_per_s']:.0f} images/s", file=sys.stderr)
             print(
                 f"overload: {args.clients} clients x 256 images for {args.seconds:g} s ...", file=sys.stderr
             )
-            loaded = await overload(server.url, heavy_body, probe_body, args.clients, args.seconds)
+            loaded = await overload(server, heavy_body, probe_body, args.clients, args.seconds)
             print("unloaded again ...", file=sys.stderr)
-            after = await busy(
-                server.url, heavy_body, probe_body, args.baseline_seconds, args.baseline_clients
-            )
+            after = await busy(server, heavy_body, probe_body, args.baseline_seconds, args.baseline_clients)
             print(f"  {after['images_per_s']:.0f} images/s", file=sys.stderr)
     deadline = info["queue"]["queue_deadline"]
     # The unloaded throughput is measured before and after the overload: this VM's speed drifts.

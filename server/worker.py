@@ -22,6 +22,7 @@ from model.checkpoint import read_metadata
 from model.inference import Classified, MetaNetPredictor
 from model.novelty import OpenSetCalibration
 from server import metrics
+from server.allocator import keep_freed_heap
 from server.config import ServerSettings
 from server.derived import DerivedMemoryFiles, fingerprint
 from server.litserve_adapter import FairBatchedLoop, WorkerBridge
@@ -76,6 +77,7 @@ class MetaNetAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         self.settings.configure_logging()
         s = self.settings
+        keep_freed_heap()  # each batch reuses the memory the last one freed (server/allocator.py)
         torch.set_num_threads(s.torch_threads)
         faiss.omp_set_num_threads(s.torch_threads)
         # The main process migrated the schema.
