@@ -4,7 +4,7 @@ glibc's malloc hands the top of its heap back to the OS as soon as more than its
 free there, and that threshold follows the largest block freed so far. An inference worker allocates
 and frees the same tens of megabytes on every batch (activations, fast weights, decoded parts); when
 a batch's blocks end up at the top of the heap they are returned after it and faulted in again, page
-by page, by the next one. Under a flood of requests that churn took a fifth of the worker's CPU.
+by page, by the next one: kernel time taken from inference (figures in docs/SERVER.md).
 ``keep_freed_heap`` makes a process keep that memory for its next batch instead.
 """
 
