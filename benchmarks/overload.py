@@ -65,9 +65,9 @@ def counters(server: ServerProcess) -> dict[str, float]:
 def process_group_usage(group: int) -> dict[str, float]:
     """Minor page faults and user and system CPU seconds of the live processes in process group
     ``group``, from /proc (empty elsewhere)."""
-    usage = {"process_minor_faults": 0.0, "process_user_seconds": 0.0, "process_system_seconds": 0.0}
     if not Path("/proc/self/stat").exists():
         return {}
+    usage = {"process_minor_faults": 0.0, "process_user_seconds": 0.0, "process_system_seconds": 0.0}
     tick = os.sysconf("SC_CLK_TCK")
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import inspect
-import multiprocessing
 import multiprocessing.queues
 import queue
 import threading
